@@ -1,0 +1,445 @@
+"""Recurrent stacks whose state is an explicit :class:`~hiddenstate.state.State`.
+
+``y, state = model(x, state)``: nothing changes a state behind the caller's back. The one place
+that carries state between calls is :class:`Stateful`, and it says so.
+
+Each layer is a single-layer ``torch.nn.LSTM``/``GRU``/``RNN`` with ``batch_first=True``, so the
+whole sequence runs in one cuDNN/oneDNN kernel call per layer; there is no Python loop over
+time steps. Layers may have different hidden sizes, which one ``nn.LSTM`` cannot do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, ShapeError, StateError
+from .state import LayerSpec, LayerState, State, StateSpec
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "LearnedInitialState",
+    "SequenceModel",
+    "StackedRNN",
+    "StateEncoder",
+    "Stateful",
+]
+
+
+def LSTM(hidden_size: int) -> LayerSpec:  # noqa: N802 - reads like a layer constructor
+    """An LSTM layer of ``hidden_size`` units, for :class:`StackedRNN`'s ``layers`` list."""
+    return LayerSpec("lstm", hidden_size)
+
+
+def GRU(hidden_size: int) -> LayerSpec:  # noqa: N802
+    """A GRU layer of ``hidden_size`` units."""
+    return LayerSpec("gru", hidden_size)
+
+
+def RNN(hidden_size: int) -> LayerSpec:  # noqa: N802
+    """A plain tanh RNN layer of ``hidden_size`` units."""
+    return LayerSpec("rnn", hidden_size)
+
+
+_TORCH_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ("," if t.dim() == 1 else "") + ")"
+
+
+class StackedRNN(nn.Module):
+    """A stack of recurrent layers of any cell kinds and sizes.
+
+    Args:
+        input_size: features per time step of ``x``.
+        layers: e.g. ``[hs.LSTM(8), hs.LSTM(16)]``, or a :class:`StateSpec`.
+        dropout: dropout on the outputs between layers (not after the last), as in ``nn.LSTM``.
+
+    ``forward(x, state=None) -> (y, State)``: ``x`` is ``(batch, steps, input_size)``, ``y`` is
+    ``(batch, steps, hidden_last)``; ``state`` None means zeros.
+
+    >>> rnn = StackedRNN(2, [LSTM(8), LSTM(16)])
+    >>> y, s = rnn(torch.zeros(10, 96, 2))
+    >>> tuple(y.shape), s.spec.state_size
+    ((10, 96, 16), ((8, 8), (16, 16)))
+    """
+
+    def __init__(
+        self, input_size: int, layers: Sequence[LayerSpec] | StateSpec, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        spec = layers if isinstance(layers, StateSpec) else StateSpec(layers)
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+            raise ConfigError(f"input_size must be a positive int, got {input_size!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+        self.input_size = input_size
+        self._spec = spec
+        self.cells = nn.ModuleList()
+        size = input_size
+        for ls in spec.layers:
+            kwargs: dict[str, Any] = {"batch_first": True}
+            if ls.cell == "rnn":
+                kwargs["nonlinearity"] = "tanh"
+            self.cells.append(_TORCH_CELLS[ls.cell](size, ls.hidden_size, **kwargs))
+            size = ls.hidden_size
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+
+    @property
+    def state_spec(self) -> StateSpec:
+        return self._spec
+
+    @property
+    def output_size(self) -> int:
+        return self._spec.layers[-1].hidden_size
+
+    def check_input(self, x: torch.Tensor, state: State | None) -> None:
+        """Cheap structural checks at the call boundary (no device sync)."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[2] != self.input_size:
+            got = _shape(x) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"x: expected shape (batch, steps, input={self.input_size}), got {got}")
+        if state is None:
+            return
+        if not isinstance(state, State):
+            raise StateError(
+                f"state: expected a hiddenstate.State, got {type(state).__name__}; "
+                "build one with State.from_tensors(spec, ...)"
+            )
+        if state.spec != self._spec:
+            raise StateError(f"state spec {state.spec.describe()} differs from the model's {self._spec.describe()}")
+        if state.batch_size != x.shape[0]:
+            raise StateError(f"state has batch {state.batch_size} but x has batch {x.shape[0]}")
+
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        outputs, new_state = self.layer_outputs(x, state)
+        return outputs[-1], new_state
+
+    def layer_outputs(
+        self, x: torch.Tensor, state: State | None = None
+    ) -> tuple[list[torch.Tensor], State]:
+        """Every layer's per-step ``h`` (``(batch, steps, hidden_i)`` each) and the final State."""
+        self.check_input(x, state)
+        outputs: list[torch.Tensor] = []
+        new_layers: list[LayerState] = []
+        out = x
+        last = len(self.cells) - 1
+        for i, (ls, cell) in enumerate(zip(self._spec.layers, self.cells, strict=True)):
+            hx: Any = None
+            if state is not None:
+                prev = state.layers[i]
+                # nn.LSTM wants (num_layers=1, batch, hidden).
+                hx = (prev.h.unsqueeze(0), prev.c.unsqueeze(0)) if ls.has_c else prev.h.unsqueeze(0)  # type: ignore[union-attr]
+            out, hn = cell(out, hx)  # out: (batch, steps, hidden_i)
+            if ls.has_c:
+                new_layers.append(LayerState(hn[0][0], hn[1][0]))
+            else:
+                new_layers.append(LayerState(hn[0]))
+            outputs.append(out)
+            if self.dropout is not None and i < last:
+                out = self.dropout(out)
+        return outputs, State._trusted(self._spec, new_layers)
+
+
+class StateEncoder(nn.Module):
+    """A learned map from a conditioning vector to a full State for every layer.
+
+    ``forward(cond)`` takes ``cond`` of shape ``(batch, cond_size)`` (for the seed user, the true
+    observation just before the minibatch) and returns a State. Each layer has its own output
+    for ``h`` (through tanh, so it lies in (-1, 1) like an LSTM's own ``h``) and for ``c``.
+    With ``hidden`` set, a tanh hidden layer of that width comes first.
+
+    >>> enc = StateEncoder(2, StateSpec([("lstm", 8), ("lstm", 16)]))
+    >>> s = enc(torch.zeros(10, 2))
+    >>> s.batch_size, tuple(s.layers[1].h.shape)
+    (10, (10, 16))
+    """
+
+    def __init__(self, cond_size: int, spec: StateSpec, hidden: int | None = None) -> None:
+        super().__init__()
+        if cond_size < 1:
+            raise ConfigError(f"cond_size must be at least 1, got {cond_size}")
+        self.cond_size = cond_size
+        self.spec = spec
+        self.trunk = nn.Sequential(nn.Linear(cond_size, hidden), nn.Tanh()) if hidden else None
+        width = hidden or cond_size
+        self.h_heads = nn.ModuleList(nn.Linear(width, ls.hidden_size) for ls in spec.layers)
+        self.c_heads = nn.ModuleDict(
+            {str(i): nn.Linear(width, ls.hidden_size) for i, ls in enumerate(spec.layers) if ls.has_c}
+        )
+
+    def forward(self, cond: torch.Tensor) -> State:
+        if not isinstance(cond, torch.Tensor) or cond.dim() != 2 or cond.shape[1] != self.cond_size:
+            got = _shape(cond) if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise ShapeError(f"cond: expected shape (batch, cond={self.cond_size}), got {got}")
+        z = self.trunk(cond) if self.trunk is not None else cond
+        layers = []
+        for i, ls in enumerate(self.spec.layers):
+            h = torch.tanh(self.h_heads[i](z))  # (batch, hidden_i), bounded like an LSTM's h
+            c = self.c_heads[str(i)](z) if ls.has_c else None
+            layers.append(LayerState(h, c))
+        return State._trusted(self.spec, layers)
+
+
+class LearnedInitialState(nn.Module):
+    """A learned constant initial state, the same for every row.
+
+    ``forward(batch_size)`` returns a State whose rows all equal the learned vectors; ``h`` goes
+    through tanh so it stays in (-1, 1).
+    """
+
+    def __init__(self, spec: StateSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.h0 = nn.ParameterList(nn.Parameter(torch.zeros(ls.hidden_size)) for ls in spec.layers)
+        self.c0 = nn.ParameterList(
+            nn.Parameter(torch.zeros(ls.hidden_size if ls.has_c else 0)) for ls in spec.layers
+        )
+
+    def forward(self, batch_size: int) -> State:
+        layers = []
+        for i, ls in enumerate(self.spec.layers):
+            h = torch.tanh(self.h0[i]).unsqueeze(0).expand(batch_size, -1)  # (batch, hidden_i)
+            c = self.c0[i].unsqueeze(0).expand(batch_size, -1) if ls.has_c else None
+            layers.append(LayerState(h, c))
+        return State._trusted(self.spec, layers)
+
+
+_ACTIVATIONS: dict[str, Any] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "softmax": lambda t: torch.softmax(t, dim=-1),
+}
+
+
+class SequenceModel(nn.Module):
+    """A :class:`StackedRNN` plus a per-step linear head (Keras's ``TimeDistributed(Dense)``).
+
+    Args:
+        input_size, output_size: features in and out per step.
+        layers: e.g. ``[hs.LSTM(8), hs.LSTM(8)]``.
+        dropout: between recurrent layers.
+        head_activation: None (linear), ``"tanh"``, ``"sigmoid"``, ``"relu"`` or ``"softmax"``.
+        state_encoder: where a missing state comes from: None (zeros), ``"cond:N"`` (a
+            :class:`StateEncoder` from an N-wide conditioning vector) or ``"learned"``
+            (:class:`LearnedInitialState`).
+        horizon: when > 0, adds a direct multi-step head that maps the final top-layer ``h``
+            to ``(batch, horizon, output_size)``; see :meth:`forecast_direct`.
+
+    ``forward(x, state=None, *, cond=None, reset=None) -> (y, State)`` with ``x``
+    ``(batch, steps, input_size)`` and ``y`` ``(batch, steps, output_size)``. A missing state
+    comes from :meth:`initial_state`; ``reset`` is a boolean ``(batch,)`` mask of rows that go
+    back to the initial state before the step.
+
+    >>> m = SequenceModel(2, 2, [LSTM(8), LSTM(8)], state_encoder="cond:2")
+    >>> y, s = m(torch.zeros(10, 96, 2), cond=torch.zeros(10, 2))
+    >>> tuple(y.shape)
+    (10, 96, 2)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        layers: Sequence[LayerSpec] | StateSpec,
+        dropout: float = 0.0,
+        head_activation: str | None = None,
+        state_encoder: str | None = None,
+        horizon: int = 0,
+    ) -> None:
+        super().__init__()
+        if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
+            raise ConfigError(f"output_size must be a positive int, got {output_size!r}")
+        if head_activation is not None and head_activation not in _ACTIVATIONS:
+            raise ConfigError(
+                f"unknown head_activation {head_activation!r}; expected one of {', '.join(_ACTIVATIONS)}"
+            )
+        self.rnn = StackedRNN(input_size, layers, dropout)
+        self.input_size = input_size
+        self.output_size = output_size
+        self.head_activation = head_activation
+        self.head = nn.Linear(self.rnn.output_size, output_size)
+        self.state_encoder_kind = state_encoder
+        self.encoder: StateEncoder | None = None
+        self.learned: LearnedInitialState | None = None
+        self.cond_size = 0
+        if state_encoder == "learned":
+            self.learned = LearnedInitialState(self.state_spec)
+        elif isinstance(state_encoder, str) and state_encoder.startswith("cond:"):
+            try:
+                self.cond_size = int(state_encoder.split(":", 1)[1])
+            except ValueError:
+                raise ConfigError(f"state_encoder {state_encoder!r}: expected 'cond:N' with an int N") from None
+            self.encoder = StateEncoder(self.cond_size, self.state_spec)
+        elif state_encoder is not None:
+            raise ConfigError(f"unknown state_encoder {state_encoder!r}; expected None, 'cond:N' or 'learned'")
+        self.horizon = horizon
+        self.direct_head = nn.Linear(self.rnn.output_size, horizon * output_size) if horizon > 0 else None
+
+    @property
+    def state_spec(self) -> StateSpec:
+        return self.rnn.state_spec
+
+    def initial_state(self, batch_size: int, cond: torch.Tensor | None = None) -> State:
+        """The state a fresh row starts from: encoded from ``cond``, learned, or zeros."""
+        if self.encoder is not None:
+            if cond is None:
+                raise ShapeError(
+                    f"this model sets its state from cond (state_encoder='cond:{self.cond_size}'); "
+                    f"pass cond of shape (batch={batch_size}, cond={self.cond_size})"
+                )
+            if cond.dim() == 2 and cond.shape[0] != batch_size:
+                raise ShapeError(
+                    f"cond: expected shape (batch={batch_size}, cond={self.cond_size}), got {_shape(cond)}"
+                )
+            return self.encoder(cond)
+        if self.learned is not None:
+            return self.learned(batch_size)
+        p = self.head.weight
+        return State.zeros(self.state_spec, batch_size, dtype=p.dtype, device=p.device)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        *,
+        cond: torch.Tensor | None = None,
+        reset: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, State]:
+        self.rnn.check_input(x, state)
+        batch = x.shape[0]
+        if state is None:
+            state = self.initial_state(batch, cond)
+        elif reset is not None:
+            fresh = self.initial_state(batch, cond) if (self.encoder or self.learned) else None
+            state = state.reset(reset, to=fresh)
+        out, new_state = self.rnn(x, state)  # out: (batch, steps, hidden_last)
+        return self.apply_head(out), new_state
+
+    def apply_head(self, out: torch.Tensor) -> torch.Tensor:
+        y = self.head(out)  # (batch, steps, output_size)
+        if self.head_activation is not None:
+            y = _ACTIVATIONS[self.head_activation](y)
+        return y
+
+    def forecast_direct(self, state: State) -> torch.Tensor:
+        """``(batch, horizon, output_size)`` straight from the final top-layer ``h``."""
+        if self.direct_head is None:
+            raise ConfigError("this model has no direct head; build it with horizon=H > 0")
+        h = state.layers[-1].h  # (batch, hidden_last)
+        return self.direct_head(h).view(h.shape[0], self.horizon, self.output_size)
+
+
+class Stateful(nn.Module):
+    """Keras ``stateful=True`` done right: carries the state of ``model`` across calls.
+
+    ``y = wrapper(x)`` runs ``model(x, wrapper.state)`` and keeps the new state, detached from
+    the graph (gradients stop at the call boundary, as in truncated BPTT). For a model built with
+    ``state_encoder="cond:N"``, ``wrapper(x, cond=cond)`` instead sets the state from ``cond``
+    (the previous true values) for this call, with gradients into the encoder. Row i of every call
+    must continue row i of the previous one, so the batch size is fixed at ``batch_size``.
+
+    ``.state`` is read-only; replace it with :meth:`set_state`, which validates, and clear rows
+    with :meth:`reset_state`. This wrapper is the one object in hiddenstate that changes a
+    state between calls.
+
+    >>> w = Stateful(SequenceModel(2, 2, [LSTM(8), LSTM(8)]), batch_size=10)
+    >>> y = w(torch.zeros(10, 96, 2))
+    >>> w.state.batch_size
+    10
+    """
+
+    def __init__(self, model: SequenceModel | StackedRNN, batch_size: int) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.model = model
+        self.batch_size = batch_size
+        self._carried: State | None = None
+
+    @property
+    def state_spec(self) -> StateSpec:
+        return self.model.state_spec
+
+    @property
+    def state(self) -> State:
+        """The carried state (zeros or the model's initial state before the first call)."""
+        if self._carried is None:
+            self._carried = self._initial(None)
+        return self._carried
+
+    @state.setter
+    def state(self, value: object) -> None:
+        raise AttributeError(
+            "Stateful.state is read-only; use set_state(state) or set_state(layer=i, h=..., c=...)"
+        )
+
+    def _initial(self, cond: torch.Tensor | None) -> State:
+        if isinstance(self.model, SequenceModel):
+            if self.model.encoder is not None and cond is None:
+                p = self.model.head.weight
+                return State.zeros(self.state_spec, self.batch_size, dtype=p.dtype, device=p.device)
+            return self.model.initial_state(self.batch_size, cond).detach()
+        p = next(self.model.parameters())
+        return State.zeros(self.state_spec, self.batch_size, dtype=p.dtype, device=p.device)
+
+    def forward(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            got = _shape(x) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"x: expected shape (batch={self.batch_size}, steps, input), got {got}")
+        if x.shape[0] != self.batch_size:
+            raise StateError(
+                f"Stateful(batch_size={self.batch_size}) got a batch of {x.shape[0]} rows; row i of each "
+                "call continues row i of the previous one, so the batch size is fixed"
+            )
+        if cond is not None and isinstance(self.model, SequenceModel) and self.model.encoder is not None:
+            # Set the state from the conditioning vector for this call; gradients reach the encoder.
+            start = self.model.initial_state(self.batch_size, cond)
+        else:
+            start = self.state
+        y, new = self.model(x, start)
+        self._carried = new.detach()
+        return y
+
+    def set_state(
+        self,
+        state: State | None = None,
+        *,
+        layer: int | None = None,
+        h: torch.Tensor | None = None,
+        c: torch.Tensor | None = None,
+        broadcast: bool = False,
+    ) -> None:
+        """Replace the carried state, validated: a whole State, or one layer's ``h``/``c``."""
+        if state is not None:
+            if layer is not None or h is not None or c is not None:
+                raise StateError("set_state takes either a whole state or layer=, h=, c=, not both")
+            if not isinstance(state, State):
+                raise StateError(f"set_state: expected a State, got {type(state).__name__}")
+            if state.spec != self.state_spec:
+                raise StateError(
+                    f"set_state: spec {state.spec.describe()} differs from the model's {self.state_spec.describe()}"
+                )
+            if state.batch_size != self.batch_size:
+                raise StateError(
+                    f"set_state: state has batch {state.batch_size}, expected batch={self.batch_size}"
+                )
+            self._carried = state
+            return
+        if layer is None:
+            raise StateError("set_state needs a State or layer=i with h= and/or c=")
+        self._carried = self.state.replace(layer, h=h, c=c, broadcast=broadcast)
+
+    def reset_state(self, mask: torch.Tensor | None = None) -> None:
+        """Send every row (or the rows where ``mask`` is true) back to the initial state."""
+        fresh = self._initial(None)
+        if mask is None:
+            self._carried = fresh
+        else:
+            self._carried = self.state.reset(mask, to=fresh)
