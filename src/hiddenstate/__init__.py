@@ -18,10 +18,56 @@ from .errors import (
     ShapeError,
     StateError,
 )
-from .model import GRU, LSTM, RNN, LearnedInitialState, SequenceModel, StackedRNN, StateEncoder, Stateful
+from .model import (
+    GRU,
+    LSTM,
+    RNN,
+    LearnedInitialState,
+    SequenceModel,
+    StackedRNN,
+    StateEncoder,
+    Stateful,
+    build_model,
+)
 from .state import LayerSpec, LayerState, State, StateSpec
 
 __version__ = "0.1.0"
+
+# The pipeline's names load on first use, so `import hiddenstate` stays light for the core.
+_LAZY = {
+    "Batch": "hiddenstate.data.lanes",
+    "StatefulBatches": "hiddenstate.data.lanes",
+    "WindowSampler": "hiddenstate.data.lanes",
+    "check_continuity": "hiddenstate.data.lanes",
+    "Dataset": "hiddenstate.data.frames",
+    "Series": "hiddenstate.data.frames",
+    "read_dataset": "hiddenstate.data.frames",
+    "Split": "hiddenstate.data.frames",
+    "StandardScaler": "hiddenstate.data.scaling",
+    "synthetic_dataset": "hiddenstate.data.synthetic",
+    "TrainConfig": "hiddenstate.train",
+    "Trainer": "hiddenstate.train",
+    "Run": "hiddenstate.checkpoint",
+    "load_run": "hiddenstate.checkpoint",
+    "save_run": "hiddenstate.checkpoint",
+    "forecast": "hiddenstate.forecast",
+    "metrics": "hiddenstate.forecast",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hiddenstate' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "GRU",
@@ -44,4 +90,6 @@ __all__ = [
     "StateSpec",
     "Stateful",
     "__version__",
+    "build_model",
+    *_LAZY,
 ]

@@ -20,6 +20,7 @@ from .errors import ConfigError, ShapeError, StateError
 from .state import LayerSpec, LayerState, State, StateSpec
 
 __all__ = [
+    "MODEL_KINDS",
     "GRU",
     "LSTM",
     "RNN",
@@ -28,7 +29,35 @@ __all__ = [
     "StackedRNN",
     "StateEncoder",
     "Stateful",
+    "build_model",
+    "register_model_kind",
 ]
+
+#: Model classes by the ``"kind"`` of their ``config()``; run directories rebuild models from it.
+MODEL_KINDS: dict[str, type[nn.Module]] = {}
+
+
+def register_model_kind(kind: str) -> Any:
+    """Class decorator: make ``build_model({"kind": kind, ...})`` build this class.
+
+    The class provides ``config() -> dict`` (JSON-safe, with ``"kind"``) and a classmethod
+    ``from_config(dict)``.
+    """
+
+    def deco(cls: type[nn.Module]) -> type[nn.Module]:
+        MODEL_KINDS[kind] = cls
+        cls.kind = kind  # type: ignore[attr-defined]
+        return cls
+
+    return deco
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from its ``config()``; raises ConfigError for an unknown kind."""
+    kind = config.get("kind") if isinstance(config, dict) else None
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS))}")
+    return MODEL_KINDS[kind].from_config(config)  # type: ignore[attr-defined,no-any-return]
 
 
 def LSTM(hidden_size: int) -> LayerSpec:  # noqa: N802 - reads like a layer constructor
@@ -218,6 +247,7 @@ _ACTIVATIONS: dict[str, Any] = {
 }
 
 
+@register_model_kind("sequence")
 class SequenceModel(nn.Module):
     """A :class:`StackedRNN` plus a per-step linear head (Keras's ``TimeDistributed(Dense)``).
 
@@ -285,6 +315,34 @@ class SequenceModel(nn.Module):
     @property
     def state_spec(self) -> StateSpec:
         return self.rnn.state_spec
+
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild this model (not its weights), JSON-safe."""
+        return {
+            "kind": "sequence",
+            "input_size": self.input_size,
+            "output_size": self.output_size,
+            "layers": self.state_spec.to_json(),
+            "dropout": self.rnn.dropout.p if self.rnn.dropout is not None else 0.0,
+            "head_activation": self.head_activation,
+            "state_encoder": self.state_encoder_kind,
+            "horizon": self.horizon,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SequenceModel:
+        try:
+            return cls(
+                config["input_size"],
+                config["output_size"],
+                StateSpec.from_json(config["layers"]),
+                dropout=config.get("dropout", 0.0),
+                head_activation=config.get("head_activation"),
+                state_encoder=config.get("state_encoder"),
+                horizon=config.get("horizon", 0),
+            )
+        except KeyError as e:
+            raise ConfigError(f"model config is missing {e.args[0]!r}") from None
 
     def initial_state(self, batch_size: int, cond: torch.Tensor | None = None) -> State:
         """The state a fresh row starts from: encoded from ``cond``, learned, or zeros."""
