@@ -30,6 +30,7 @@ from .model import (
     build_model,
 )
 from .state import LayerSpec, LayerState, State, StateSpec
+from . import segment as _segment  # noqa: F401, E402 - registers the "segrnn" model kind for load_run
 
 __version__ = "0.1.0"
 
@@ -50,7 +51,6 @@ _LAZY = {
     "Run": "hiddenstate.checkpoint",
     "load_run": "hiddenstate.checkpoint",
     "save_run": "hiddenstate.checkpoint",
-    "forecast": "hiddenstate.forecast",
     "metrics": "hiddenstate.forecast",
 }
 

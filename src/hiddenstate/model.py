@@ -10,7 +10,7 @@ time steps. Layers may have different hidden sizes, which one ``nn.LSTM`` cannot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,9 +20,9 @@ from .errors import ConfigError, ShapeError, StateError
 from .state import LayerSpec, LayerState, State, StateSpec
 
 __all__ = [
-    "MODEL_KINDS",
     "GRU",
     "LSTM",
+    "MODEL_KINDS",
     "RNN",
     "LearnedInitialState",
     "SequenceModel",
@@ -75,7 +75,7 @@ def RNN(hidden_size: int) -> LayerSpec:  # noqa: N802
     return LayerSpec("rnn", hidden_size)
 
 
-_TORCH_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+_TORCH_CELLS: dict[str, Callable[..., nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -99,9 +99,7 @@ class StackedRNN(nn.Module):
     ((10, 96, 16), ((8, 8), (16, 16)))
     """
 
-    def __init__(
-        self, input_size: int, layers: Sequence[LayerSpec] | StateSpec, dropout: float = 0.0
-    ) -> None:
+    def __init__(self, input_size: int, layers: Sequence[LayerSpec] | StateSpec, dropout: float = 0.0) -> None:
         super().__init__()
         spec = layers if isinstance(layers, StateSpec) else StateSpec(layers)
         if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
@@ -149,9 +147,7 @@ class StackedRNN(nn.Module):
         outputs, new_state = self.layer_outputs(x, state)
         return outputs[-1], new_state
 
-    def layer_outputs(
-        self, x: torch.Tensor, state: State | None = None
-    ) -> tuple[list[torch.Tensor], State]:
+    def layer_outputs(self, x: torch.Tensor, state: State | None = None) -> tuple[list[torch.Tensor], State]:
         """Every layer's per-step ``h`` (``(batch, steps, hidden_i)`` each) and the final State."""
         self.check_input(x, state)
         outputs: list[torch.Tensor] = []
@@ -162,8 +158,10 @@ class StackedRNN(nn.Module):
             hx: Any = None
             if state is not None:
                 prev = state.layers[i]
-                # nn.LSTM wants (num_layers=1, batch, hidden).
-                hx = (prev.h.unsqueeze(0), prev.c.unsqueeze(0)) if ls.has_c else prev.h.unsqueeze(0)  # type: ignore[union-attr]
+                # nn.LSTM wants (num_layers=1, batch, hidden), contiguous: cuDNN refuses the
+                # expanded views that broadcast and learned initial states are.
+                h0 = prev.h.unsqueeze(0).contiguous()
+                hx = (h0, prev.c.unsqueeze(0).contiguous()) if ls.has_c else h0  # type: ignore[union-attr]
             out, hn = cell(out, hx)  # out: (batch, steps, hidden_i)
             if ls.has_c:
                 new_layers.append(LayerState(hn[0][0], hn[1][0]))
@@ -226,9 +224,7 @@ class LearnedInitialState(nn.Module):
         super().__init__()
         self.spec = spec
         self.h0 = nn.ParameterList(nn.Parameter(torch.zeros(ls.hidden_size)) for ls in spec.layers)
-        self.c0 = nn.ParameterList(
-            nn.Parameter(torch.zeros(ls.hidden_size if ls.has_c else 0)) for ls in spec.layers
-        )
+        self.c0 = nn.ParameterList(nn.Parameter(torch.zeros(ls.hidden_size if ls.has_c else 0)) for ls in spec.layers)
 
     def forward(self, batch_size: int) -> State:
         layers = []
@@ -287,9 +283,7 @@ class SequenceModel(nn.Module):
         if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
             raise ConfigError(f"output_size must be a positive int, got {output_size!r}")
         if head_activation is not None and head_activation not in _ACTIVATIONS:
-            raise ConfigError(
-                f"unknown head_activation {head_activation!r}; expected one of {', '.join(_ACTIVATIONS)}"
-            )
+            raise ConfigError(f"unknown head_activation {head_activation!r}; expected one of {', '.join(_ACTIVATIONS)}")
         self.rnn = StackedRNN(input_size, layers, dropout)
         self.input_size = input_size
         self.output_size = output_size
@@ -309,6 +303,8 @@ class SequenceModel(nn.Module):
             self.encoder = StateEncoder(self.cond_size, self.state_spec)
         elif state_encoder is not None:
             raise ConfigError(f"unknown state_encoder {state_encoder!r}; expected None, 'cond:N' or 'learned'")
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 0:
+            raise ConfigError(f"horizon must be an int >= 0, got {horizon!r}")
         self.horizon = horizon
         self.direct_head = nn.Linear(self.rnn.output_size, horizon * output_size) if horizon > 0 else None
 
@@ -352,7 +348,7 @@ class SequenceModel(nn.Module):
                     f"this model sets its state from cond (state_encoder='cond:{self.cond_size}'); "
                     f"pass cond of shape (batch={batch_size}, cond={self.cond_size})"
                 )
-            if cond.dim() == 2 and cond.shape[0] != batch_size:
+            if isinstance(cond, torch.Tensor) and cond.dim() == 2 and cond.shape[0] != batch_size:
                 raise ShapeError(
                     f"cond: expected shape (batch={batch_size}, cond={self.cond_size}), got {_shape(cond)}"
                 )
@@ -375,7 +371,8 @@ class SequenceModel(nn.Module):
         if state is None:
             state = self.initial_state(batch, cond)
         elif reset is not None:
-            fresh = self.initial_state(batch, cond) if (self.encoder or self.learned) else None
+            has_initial = self.encoder is not None or self.learned is not None
+            fresh = self.initial_state(batch, cond) if has_initial else None
             state = state.reset(reset, to=fresh)
         out, new_state = self.rnn(x, state)  # out: (batch, steps, hidden_last)
         return self.apply_head(out), new_state
@@ -434,9 +431,7 @@ class Stateful(nn.Module):
 
     @state.setter
     def state(self, value: object) -> None:
-        raise AttributeError(
-            "Stateful.state is read-only; use set_state(state) or set_state(layer=i, h=..., c=...)"
-        )
+        raise AttributeError("Stateful.state is read-only; use set_state(state) or set_state(layer=i, h=..., c=...)")
 
     def _initial(self, cond: torch.Tensor | None) -> State:
         if isinstance(self.model, SequenceModel):
@@ -456,7 +451,12 @@ class Stateful(nn.Module):
                 f"Stateful(batch_size={self.batch_size}) got a batch of {x.shape[0]} rows; row i of each "
                 "call continues row i of the previous one, so the batch size is fixed"
             )
-        if cond is not None and isinstance(self.model, SequenceModel) and self.model.encoder is not None:
+        if cond is not None:
+            if not (isinstance(self.model, SequenceModel) and self.model.encoder is not None):
+                raise ConfigError(
+                    "cond= sets the state through a state encoder, and this model has none; "
+                    "build it with SequenceModel(..., state_encoder='cond:N')"
+                )
             # Set the state from the conditioning vector for this call; gradients reach the encoder.
             start = self.model.initial_state(self.batch_size, cond)
         else:
@@ -485,12 +485,16 @@ class Stateful(nn.Module):
                     f"set_state: spec {state.spec.describe()} differs from the model's {self.state_spec.describe()}"
                 )
             if state.batch_size != self.batch_size:
+                raise StateError(f"set_state: state has batch {state.batch_size}, expected batch={self.batch_size}")
+            p = next(self.model.parameters())
+            if (state.dtype, state.device) != (p.dtype, p.device):
                 raise StateError(
-                    f"set_state: state has batch {state.batch_size}, expected batch={self.batch_size}"
+                    f"set_state: state is {state.dtype} on {state.device} but the model is {p.dtype} on "
+                    f"{p.device}; convert it with state.to(device=..., dtype=...)"
                 )
             self._carried = state
             return
-        if layer is None:
+        if layer is None or (h is None and c is None):
             raise StateError("set_state needs a State or layer=i with h= and/or c=")
         self._carried = self.state.replace(layer, h=h, c=c, broadcast=broadcast)
 

@@ -129,7 +129,7 @@ class StateSpec:
         """A stable string that changes whenever the state's structure changes.
 
         >>> StateSpec([("lstm", 8)]).fingerprint()
-        'hs1-lstm8-8c3cc1b9d0'
+        'hs1-lstm8-78f4361761'
         """
         canon = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(canon.encode()).hexdigest()[:10]
@@ -205,6 +205,9 @@ class State:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"State is immutable; use replace(layer, h=..., c=...) instead of setting {name!r}")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"State is immutable; cannot delete {name!r}")
+
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
@@ -242,9 +245,7 @@ class State:
         if not isinstance(tensors, Sequence) or isinstance(tensors, torch.Tensor):
             raise StateError(f"from_tensors takes one entry per layer (a list), got {type(tensors).__name__}")
         if len(tensors) != spec.num_layers:
-            raise StateError(
-                f"expected {spec.num_layers} layers for spec {spec.describe()}, got {len(tensors)}"
-            )
+            raise StateError(f"expected {spec.num_layers} layers for spec {spec.describe()}, got {len(tensors)}")
         pairs: list[tuple[Any, Any]] = []
         for i, (ls, entry) in enumerate(zip(spec.layers, tensors, strict=True)):
             if isinstance(entry, torch.Tensor):
@@ -278,9 +279,7 @@ class State:
         return cls._build(spec, pairs, broadcast=broadcast, batch_size=batch_size)
 
     @classmethod
-    def from_torch(
-        cls, spec: StateSpec, hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-    ) -> State:
+    def from_torch(cls, spec: StateSpec, hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> State:
         """Build from ``nn.LSTM``'s ``(h_n, c_n)`` or ``nn.GRU``'s ``h_n``, each ``(layers, batch, hidden)``."""
         _require_uniform(spec, "from_torch")
         if spec.layers[0].has_c:
@@ -399,18 +398,32 @@ class State:
         """A new State with layer ``layer``'s ``h`` and/or ``c`` replaced, validated."""
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self._spec.num_layers:
             raise StateError(
-                f"layer index {layer!r} out of range for a {self._spec.num_layers}-layer spec "
-                f"{self._spec.describe()}"
+                f"layer index {layer!r} out of range for a {self._spec.num_layers}-layer spec {self._spec.describe()}"
             )
         ls = self._spec.layers[layer]
         if c is not None and not ls.has_c:
             raise StateError(f"{ls.describe(layer)} `c`: a {ls.cell} layer has no cell state; pass h only")
         old = self._layers[layer]
-        new_h = old.h if h is None else _prepare(ls, layer, "h", h, broadcast, self.batch_size)
-        new_c = old.c if c is None else _prepare(ls, layer, "c", c, broadcast, self.batch_size)
+        new_h = old.h if h is None else self._prepare_like(ls, layer, "h", h, broadcast)
+        new_c = old.c if c is None else self._prepare_like(ls, layer, "c", c, broadcast)
         layers = list(self._layers)
         layers[layer] = LayerState(new_h, new_c)
         return State(self._spec, layers)
+
+    def _prepare_like(self, ls: LayerSpec, index: int, name: str, t: Any, broadcast: bool) -> torch.Tensor:
+        """``_prepare`` for a tensor joining this State: same batch, dtype and device, else blame it."""
+        if not isinstance(t, torch.Tensor):
+            try:
+                t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
+            except (TypeError, ValueError, RuntimeError):
+                raise StateError(f"{ls.describe(index)} `{name}`: expected a tensor, got {type(t).__name__}") from None
+        t = _prepare(ls, index, name, t, broadcast, self.batch_size)
+        if (t.dtype, t.device) != (self.dtype, self.device):
+            raise StateError(
+                f"{ls.describe(index)} `{name}`: {t.dtype} on {t.device} differs from the state's "
+                f"{self.dtype} on {self.device}; convert it with .to(dtype=..., device=...)"
+            )
+        return t
 
     def detach(self) -> State:
         """The same values cut from the autograd graph (truncated BPTT does this each chunk)."""
@@ -434,6 +447,10 @@ class State:
                     f"{self.batch_size}, got "
                     + (f"{to.spec.describe()} batch {to.batch_size}" if isinstance(to, State) else type(to).__name__)
                 )
+            if (to.dtype, to.device) != (self.dtype, self.device):
+                raise StateError(
+                    f"reset(to=...): {to.dtype} on {to.device} differs from the state's {self.dtype} on {self.device}"
+                )
         keep = mask.to(device=self.device, dtype=torch.bool).unsqueeze(1)  # (batch, 1)
         layers = []
         for i, ls in enumerate(self._layers):
@@ -451,18 +468,20 @@ class State:
             index: Any = rows
         else:
             index = torch.as_tensor(rows, device=self.device)
+            if index.numel() == 0:
+                raise StateError("select: no rows selected; a State has at least one row")
             if index.dtype == torch.bool:
                 if index.shape != (self.batch_size,):
                     raise ShapeError(
                         f"select mask: expected shape (batch={self.batch_size},), got {_shape_str(index.shape)}"
                     )
+            elif index.dtype.is_floating_point or index.dtype.is_complex:
+                raise ShapeError(f"select rows: expected integer indices or a boolean mask, got {index.dtype}")
             elif index.dim() != 1:
                 raise ShapeError(f"select rows: expected a 1-D list of row indices, got {_shape_str(index.shape)}")
             elif index.numel() and (int(index.min()) < -self.batch_size or int(index.max()) >= self.batch_size):
                 raise ShapeError(f"select rows: index out of range for batch {self.batch_size}")
-        layers = [
-            LayerState(ls.h[index], None if ls.c is None else ls.c[index]) for ls in self._layers
-        ]
+        layers = [LayerState(ls.h[index], None if ls.c is None else ls.c[index]) for ls in self._layers]
         if layers[0].h.shape[0] == 0:
             raise StateError("select: no rows selected; a State has at least one row")
         return State._trusted(self._spec, layers)
@@ -507,10 +526,7 @@ class State:
         )
 
     def __repr__(self) -> str:
-        return (
-            f"State(spec={self._spec.describe()}, batch={self.batch_size}, "
-            f"dtype={self.dtype}, device={self.device})"
-        )
+        return f"State(spec={self._spec.describe()}, batch={self.batch_size}, dtype={self.dtype}, device={self.device})"
 
 
 def _require_uniform(spec: StateSpec, what: str) -> None:
@@ -522,9 +538,7 @@ def _require_uniform(spec: StateSpec, what: str) -> None:
         )
 
 
-def _prepare(
-    ls: LayerSpec, index: int, name: str, t: Any, broadcast: bool, batch_size: int | None
-) -> torch.Tensor:
+def _prepare(ls: LayerSpec, index: int, name: str, t: Any, broadcast: bool, batch_size: int | None) -> torch.Tensor:
     """Turn a user value into a ``(batch, hidden)`` tensor, or raise naming layer and tensor."""
     where = f"{ls.describe(index)} `{name}`"
     if t is None:
@@ -536,7 +550,9 @@ def _prepare(
             raise StateError(f"{where}: expected a tensor, got {type(t).__name__}") from None
     if t.dim() == 1 and broadcast:
         if t.shape[0] != ls.hidden_size:
-            raise StateError(f"{where}: expected shape (hidden={ls.hidden_size},) to broadcast, got {_shape_str(t.shape)}")
+            raise StateError(
+                f"{where}: expected shape (hidden={ls.hidden_size},) to broadcast, got {_shape_str(t.shape)}"
+            )
         if batch_size is None:
             raise StateError(f"{where}: broadcast needs a batch size; pass batch_size=")
         t = t.unsqueeze(0).expand(batch_size, ls.hidden_size)
@@ -573,7 +589,9 @@ def _validate(spec: StateSpec, layers: tuple[LayerState, ...]) -> None:
                 raise StateError(f"{where}: expected a tensor, got {type(t).__name__}")
             batch = "batch" if ref is None else f"batch={ref.shape[0]}"
             if t.dim() != 2 or t.shape[1] != ls.hidden_size or (ref is not None and t.shape[0] != ref.shape[0]):
-                raise StateError(f"{where}: expected shape ({batch}, hidden={ls.hidden_size}), got {_shape_str(t.shape)}")
+                raise StateError(
+                    f"{where}: expected shape ({batch}, hidden={ls.hidden_size}), got {_shape_str(t.shape)}"
+                )
             if t.shape[0] == 0:
                 raise StateError(f"{where}: a State has at least one row, got {_shape_str(t.shape)}")
             if not t.dtype.is_floating_point:
