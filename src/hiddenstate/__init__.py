@@ -30,7 +30,6 @@ from .model import (
     build_model,
 )
 from .state import LayerSpec, LayerState, State, StateSpec
-from . import segment as _segment  # noqa: F401, E402 - registers the "segrnn" model kind for load_run
 
 __version__ = "0.1.0"
 

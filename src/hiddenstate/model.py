@@ -52,9 +52,17 @@ def register_model_kind(kind: str) -> Any:
     return deco
 
 
+# Model kinds defined outside this module, imported on first use so the core stays light.
+_KIND_MODULES = {"segrnn": "hiddenstate.segment"}
+
+
 def build_model(config: dict[str, Any]) -> nn.Module:
     """Rebuild a model from its ``config()``; raises ConfigError for an unknown kind."""
     kind = config.get("kind") if isinstance(config, dict) else None
+    if kind not in MODEL_KINDS and kind in _KIND_MODULES:
+        import importlib
+
+        importlib.import_module(_KIND_MODULES[kind])  # registers the kind on import
     if kind not in MODEL_KINDS:
         raise ConfigError(f"unknown model kind {kind!r}; known kinds: {', '.join(sorted(MODEL_KINDS))}")
     return MODEL_KINDS[kind].from_config(config)  # type: ignore[attr-defined,no-any-return]
