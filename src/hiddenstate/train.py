@@ -1,0 +1,584 @@
+"""Truncated backpropagation through time over stateful lanes: :class:`Trainer`, :class:`TrainConfig`.
+
+The data arrives as :class:`~hiddenstate.data.lanes.Batch` chunks in which row i of chunk k+1
+continues row i of chunk k (see ``StatefulBatches``). The Trainer carries each lane's state from
+chunk to chunk and cuts the graph every ``detach_every`` chunks::
+
+    lane 0   [chunk 0] --h,c--> [chunk 1] --h,c--> [chunk 2] --h,c--> [chunk 3]
+    lane 1   [chunk 0] --h,c--> [chunk 1] --h,c--> [chunk 2] --h,c--> [chunk 3]
+                          ^                  ^
+             detach_every=1: backward, optimizer step and detach after every chunk;
+             detach_every=2: one step per two chunks, gradients flow through both.
+
+``state_policy`` says where each chunk's starting state comes from:
+
+- ``"carry"``: the previous chunk's final state (Keras ``stateful=True``); rows whose
+  ``batch.reset`` is set go back to the model's initial state (zeros, learned, or encoded).
+- ``"encode"``: the model's StateEncoder applied to ``batch.cond`` (the true observation before
+  the chunk), before every chunk; the encoder trains through it.
+- ``"carry+encode"``: carry, and encode from ``batch.cond`` where a lane resets.
+- ``"zeros"``: zeros every chunk; nothing is carried.
+
+The loop reads top to bottom in :meth:`Trainer.fit`. It keeps the loss on the device and
+synchronises once per epoch (or every few chunks when the progress bar shows).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional name
+from torch import nn
+
+from . import checkpoint
+from .errors import CheckpointError, ConfigError
+from .state import State, StateSpec
+
+__all__ = ["History", "TrainConfig", "Trainer"]
+
+POLICIES = ("carry", "encode", "carry+encode", "zeros")
+LOSSES = ("mse", "mae", "huber")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("none", "cosine", "step")
+METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "sample_steps_per_s")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; every field is JSON-safe and checked when the config is made.
+
+    >>> TrainConfig(epochs=3, state_policy="carry").detach_every
+    1
+    >>> TrainConfig(loss="l2")
+    Traceback (most recent call last):
+    ...
+    hiddenstate.errors.ConfigError: TrainConfig.loss: expected one of mse, mae, huber, got 'l2'
+    """
+
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    loss: str = "mse"
+    huber_delta: float = 1.0
+    clip: float | None = 1.0  # max gradient norm; None turns clipping off
+    schedule: str = "none"  # per-epoch learning rate: "none", "cosine" (to 0) or "step"
+    step_size: int = 10  # "step": multiply the lr by gamma every step_size epochs
+    gamma: float = 0.5
+    patience: int | None = None  # early stopping: epochs without a better val loss
+    restore_best: bool = True  # with validation, end with the best epoch's weights
+    state_policy: str = "carry"
+    detach_every: int = 1  # chunks per backward/optimizer step and state detach
+    seed: int = 0
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
+    threads: int | None = None  # CPU threads; None: 1 for hidden sizes <= 32, else every core
+    progress: bool = True  # a rich progress bar when stderr is a terminal
+    keep_checkpoints: int | None = 3  # newest per-epoch checkpoints kept in run_dir; None: all
+
+    def __post_init__(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("loss", self.loss, LOSSES)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("state_policy", self.state_policy, POLICIES)
+        for name in ("epochs", "step_size", "detach_every"):
+            _int(name, getattr(self, name), low=1)
+        for name in ("patience", "threads", "keep_checkpoints"):
+            if getattr(self, name) is not None:
+                _int(name, getattr(self, name), low=1)
+        _int("seed", self.seed, low=0)
+        for name in ("lr", "huber_delta"):
+            _positive(name, getattr(self, name))
+        if self.clip is not None:
+            _positive("clip", self.clip)
+        if not isinstance(self.weight_decay, int | float) or not self.weight_decay >= 0:
+            raise ConfigError(f"TrainConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}")
+        if not isinstance(self.gamma, int | float) or not 0 < self.gamma <= 1:
+            raise ConfigError(f"TrainConfig.gamma: expected a number in (0, 1], got {self.gamma!r}")
+        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"TrainConfig.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        for name in ("restore_best", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"TrainConfig.{name}: expected True or False, got {getattr(self, name)!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"TrainConfig.from_json: expected a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"TrainConfig.from_json: unknown field {unknown[0]!r}")
+        return cls(**data)
+
+
+def _choice(name: str, value: Any, options: Sequence[str]) -> None:
+    if value not in options:
+        raise ConfigError(f"TrainConfig.{name}: expected one of {', '.join(options)}, got {value!r}")
+
+
+def _int(name: str, value: Any, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"TrainConfig.{name}: expected an int >= {low}, got {value!r}")
+
+
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"TrainConfig.{name}: expected a number > 0, got {value!r}")
+
+
+@dataclass
+class History:
+    """One row per finished epoch (the columns of ``metrics.csv``) and the early-stopping record."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+    @property
+    def train_loss(self) -> list[float]:
+        return [r["train_loss"] for r in self.rows]
+
+    @property
+    def val_loss(self) -> list[float | None]:
+        return [r["val_loss"] for r in self.rows]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> History:
+        return cls(**data)
+
+
+Callback = Callable[["Trainer", dict[str, Any]], None]
+
+
+class Trainer:
+    """Truncated-BPTT training of a stateful model over lane-ordered chunks.
+
+    ``model`` is a :class:`~hiddenstate.model.SequenceModel` (or anything with its
+    ``forward(x, state, *, cond=, reset=) -> (y, State)``); ``"encode"`` and ``"carry+encode"``
+    need one built with ``state_encoder="cond:N"``.
+
+    Each epoch starts every lane from the model's initial state, since the data starts over.
+    ``fit`` returns a :class:`History`; ``lane_state`` is the State carried by every training lane
+    at the end of the last epoch trained (detached; with ``restore_best`` the weights may come
+    from an earlier epoch than this state). Callbacks are called as ``callback(trainer, row)``
+    after each epoch; setting ``trainer.should_stop = True`` ends training after that epoch.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig | None = None) -> None:
+        self.config = config if config is not None else TrainConfig()
+        if not isinstance(self.config, TrainConfig):
+            raise ConfigError(f"Trainer config: expected a TrainConfig, got {type(self.config).__name__}")
+        self.device = _resolve_device(self.config.device)
+        self.model = model.to(self.device)
+        self._encodes = getattr(model, "encoder", None) is not None
+        policy = self.config.state_policy
+        if policy in ("encode", "carry+encode") and not self._encodes:
+            raise ConfigError(
+                f"state_policy {policy!r} sets states from batch.cond through the model's StateEncoder; "
+                "build the model with state_encoder='cond:N' (N = number of input columns)"
+            )
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        opt_class = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_class(self._params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.lane_state: State | None = None
+        self.history = History()
+        self.epoch = 0  # finished epochs
+        self.should_stop = False
+        self._best_weights: dict[str, torch.Tensor] | None = None
+        self._zeros: State | None = None
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train_batches: Iterable[Any],
+        val_batches: Iterable[Any] | None = None,
+        *,
+        run_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        callbacks: Sequence[Callback] = (),
+    ) -> History:
+        """Train to ``config.epochs``; with ``run_dir``, write metrics.csv and a checkpoint per
+        epoch; with ``resume=True``, continue from the newest checkpoint in ``run_dir`` exactly.
+
+        ``train_batches`` and ``val_batches`` are re-iterable (iterated once per epoch).
+        """
+        cfg = self.config
+        run = Path(run_dir) if run_dir is not None else None
+        if resume:
+            if run is None:
+                raise ConfigError("fit(resume=True) needs the run_dir to resume from")
+            self._resume(run)
+        else:
+            if run is not None and checkpoint.list_checkpoints(run):
+                raise CheckpointError(
+                    f"{run / 'checkpoints'}: holds checkpoints of an earlier run; "
+                    "pass resume=True to continue it, or use a new run_dir"
+                )
+            _seed_everything(cfg.seed)
+            self.epoch, self.history, self._best_weights, self.lane_state = 0, History(), None, None
+        self.should_stop = False
+        with self._threads(), _Progress(cfg.progress) as bar:
+            while self.epoch < cfg.epochs and not self.history.stopped_early and not self.should_stop:
+                lr = self._set_lr(self.epoch)
+                start = time.perf_counter()
+                train_loss, sample_steps = self._train_epoch(train_batches, bar)
+                train_seconds = time.perf_counter() - start
+                val_loss = self.evaluate(val_batches)["loss"] if val_batches is not None else None
+                bar.show_val(val_loss)
+                self.epoch += 1
+                row = {
+                    "epoch": self.epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "lr": lr,
+                    "seconds": time.perf_counter() - start,
+                    "sample_steps_per_s": sample_steps / max(train_seconds, 1e-9),
+                }
+                self.history.rows.append(row)
+                self._early_stopping(val_loss)
+                if run is not None:
+                    self._save(run)
+                for callback in callbacks:
+                    callback(self, row)
+        if self._best_weights is not None and cfg.restore_best:
+            self.model.load_state_dict(self._best_weights)
+        return self.history
+
+    def _train_epoch(self, batches: Iterable[Any], bar: _Progress) -> tuple[float, int]:
+        cfg, model = self.config, self.model
+        model.train()
+        losses: list[torch.Tensor] = []  # each chunk's mean loss, detached; summed once per epoch
+        counts: list[int] = []  # valid elements per chunk
+        sample_steps = 0
+        state: State | None = None
+        window: list[tuple[torch.Tensor, int]] = []  # the chunks since the last optimizer step
+        if hasattr(batches, "set_epoch"):  # a shuffling sampler reshuffles by epoch; resume stays exact
+            batches.set_epoch(self.epoch)
+        bar.start_epoch(self.epoch + 1, cfg.epochs, _length(batches))
+        for batch in batches:
+            x, y, cond, reset, mask, valid = self._to_device(batch)
+            y_hat, state = self._forward(x, state, cond, reset)  # y_hat: (batch, steps, out)
+            n = valid * y.shape[-1]
+            loss = self._loss(y_hat, y, mask, n)  # mean over the chunk's valid elements
+            window.append((loss, n))
+            losses.append(loss.detach())
+            counts.append(n)
+            sample_steps += x.shape[0] * x.shape[1]
+            if len(window) == cfg.detach_every:
+                self._step(window)
+                state = state.detach()
+                window = []
+            bar.advance(losses, counts, sample_steps)
+        if window:
+            self._step(window)
+            state = state.detach() if state is not None else None
+        self.lane_state = state
+        train_loss = _weighted_mean(losses, counts)  # the epoch's one sync when the bar is off
+        bar.end_epoch(train_loss, sample_steps)
+        return train_loss, sample_steps
+
+    def _step(self, window: list[tuple[torch.Tensor, int]]) -> None:
+        """One backward pass through the window's chunks and one optimizer step."""
+        total = sum(n for _, n in window)
+        if total == 0:  # nothing but padding: no gradient to follow
+            return
+        if len(window) == 1:
+            loss = window[0][0]
+        else:  # the mean over every valid element of the window
+            loss = torch.stack([chunk * (n / total) for chunk, n in window]).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip is not None:
+            nn.utils.clip_grad_norm_(self._params, self.config.clip)
+        self.optimizer.step()
+
+    def evaluate(self, batches: Iterable[Any]) -> dict[str, float]:
+        """Mean loss, MSE and MAE over the valid elements of ``batches``, carrying state by the
+        same policy as training, without gradients."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, squared error, absolute error
+        count = 0
+        state: State | None = None
+        with torch.no_grad(), self._threads():
+            for batch in batches:
+                x, y, cond, reset, mask, valid = self._to_device(batch)
+                y_hat, state = self._forward(x, state, cond, reset)
+                if mask is not None:
+                    y = torch.where(mask, y, y_hat)  # padding contributes exactly zero
+                diff = y_hat - y  # (batch, steps, out)
+                sums += torch.stack([self._loss_fn(y_hat, y, "sum"), diff.square().sum(), diff.abs().sum()])
+                count += valid * y.shape[-1]
+        model.train(was_training)
+        loss, mse, mae = (sums / max(count, 1)).tolist()
+        return {"loss": loss, "mse": mse, "mae": mae}
+
+    # -- one chunk ------------------------------------------------------------------------------
+
+    def _to_device(
+        self, batch: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, int]:
+        """Move a Batch to the device. The mask and reset checks run on the CPU copies, so the
+        common case (no padding, no reset) costs no device sync and no extra kernels."""
+        dev, dtype = self.device, self._dtype()
+        x = batch.x.to(dev, dtype, non_blocking=True)  # (batch, steps, in)
+        y = batch.y.to(dev, dtype, non_blocking=True)  # (batch, steps, out)
+        mask, mask_dev = batch.mask, None
+        if bool(mask.all()):
+            valid = mask.numel()
+        else:
+            valid = int(mask.sum())
+            mask_dev = mask.to(dev, non_blocking=True).unsqueeze(-1)  # (batch, steps, 1)
+        reset = batch.reset.to(dev, non_blocking=True) if bool(batch.reset.any()) else None
+        cond = batch.cond.to(dev, dtype, non_blocking=True) if self._encodes else None
+        return x, y, cond, reset, mask_dev, valid
+
+    def _forward(
+        self, x: torch.Tensor, state: State | None, cond: torch.Tensor | None, reset: torch.Tensor | None
+    ) -> tuple[torch.Tensor, State]:
+        policy = self.config.state_policy
+        if policy == "zeros":
+            return self.model(x, self._zero_state(x))  # type: ignore[no-any-return]
+        if policy == "encode":
+            return self.model(x, None, cond=cond)  # type: ignore[no-any-return]
+        kwargs: dict[str, Any] = {"cond": cond} if self._encodes else {}
+        if state is not None and reset is not None:
+            kwargs["reset"] = reset  # reset rows go to the model's initial state (encoded from cond)
+        return self.model(x, state, **kwargs)  # type: ignore[no-any-return]
+
+    def _loss(self, y_hat: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The mean loss over the ``n`` valid elements; ``mask`` None means all are valid."""
+        if mask is None:
+            return self._loss_fn(y_hat, y, "mean")
+        # Where padded, the target becomes the (detached) prediction: zero loss, zero gradient,
+        # even when the padding holds NaN.
+        y = torch.where(mask, y, y_hat.detach())
+        return self._loss_fn(y_hat, y, "sum") / max(n, 1)
+
+    def _loss_fn(self, y_hat: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+        if self.config.loss == "mse":
+            return F.mse_loss(y_hat, y, reduction=reduction)
+        if self.config.loss == "mae":
+            return F.l1_loss(y_hat, y, reduction=reduction)
+        return F.huber_loss(y_hat, y, reduction=reduction, delta=self.config.huber_delta)
+
+    def _zero_state(self, x: torch.Tensor) -> State:
+        if self._zeros is None or self._zeros.batch_size != x.shape[0]:
+            spec: StateSpec = self.model.state_spec  # type: ignore[assignment]
+            self._zeros = State.zeros(spec, x.shape[0], dtype=x.dtype, device=x.device)
+        return self._zeros
+
+    def _dtype(self) -> torch.dtype:
+        return self._params[0].dtype if self._params else torch.get_default_dtype()
+
+    # -- epochs, checkpoints, resume ------------------------------------------------------------
+
+    def _set_lr(self, epoch: int) -> float:
+        cfg = self.config
+        factor = 1.0
+        if cfg.schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+        elif cfg.schedule == "step":
+            factor = cfg.gamma ** (epoch // cfg.step_size)
+        lr = cfg.lr * factor
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _early_stopping(self, val_loss: float | None) -> None:
+        h = self.history
+        if val_loss is None:
+            return
+        if h.best_val_loss is None or val_loss < h.best_val_loss:
+            h.best_epoch, h.best_val_loss, h.bad_epochs = self.epoch, val_loss, 0
+            self._best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return
+        h.bad_epochs += 1
+        if self.config.patience is not None and h.bad_epochs >= self.config.patience:
+            h.stopped_early = True
+
+    def _save(self, run: Path) -> None:
+        run.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write(run / "metrics.csv", _metrics_csv(self.history.rows))
+        checkpoint.save_checkpoint(
+            run,
+            epoch=self.epoch,
+            model=self.model,
+            optimizer=self.optimizer,
+            train_config=self.config.to_json(),
+            trainer={"history": self.history.to_json()},
+            lane_state=self.lane_state,
+            best_weights=self._best_weights,
+            keep=self.config.keep_checkpoints,
+        )
+
+    def _resume(self, run: Path) -> None:
+        found = checkpoint.list_checkpoints(run)
+        if not found:
+            raise CheckpointError(f"{run / 'checkpoints'}: no checkpoint to resume from")
+        ckpt = checkpoint.load_checkpoint(found[-1], model=self.model)
+        self.model.load_state_dict(ckpt.model_state)
+        try:
+            self.optimizer.load_state_dict(ckpt.optimizer_state)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{ckpt.path / 'optimizer.safetensors'}: does not fit the optimizer: {e}") from None
+        try:
+            self.history = History.from_json(ckpt.trainer["history"])
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{ckpt.path / 'checkpoint.json'}: malformed trainer history: {e}") from None
+        self.epoch = ckpt.epoch
+        self.lane_state = None if ckpt.lane_state is None else ckpt.lane_state.to(self.device)
+        self._best_weights = (
+            None if ckpt.best_weights is None else {k: v.to(self.device) for k, v in ckpt.best_weights.items()}
+        )
+        checkpoint.restore_rng(ckpt.rng)
+        checkpoint.remove_stale_temp_files(run, "metrics.csv")
+        checkpoint.atomic_write(run / "metrics.csv", _metrics_csv(self.history.rows))
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Use ``config.threads`` CPU threads, or 1 for small models (they are bound by op
+        dispatch and run faster single-threaded) and every core for larger ones."""
+        spec = getattr(self.model, "state_spec", None)
+        n = self.config.threads
+        if n is None and spec is not None:
+            n = 1 if max(ls.hidden_size for ls in spec.layers) <= 32 else _cores()
+        previous = torch.get_num_threads()
+        if self.device.type != "cpu" or n is None or n == previous:
+            yield
+            return
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"TrainConfig.device: {name!r} asked for, but CUDA is not available")
+    return torch.device(name)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+
+
+def _length(batches: Iterable[Any]) -> int | None:
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _weighted_mean(losses: list[torch.Tensor], counts: list[int]) -> float:
+    """``sum(loss_i * n_i) / sum(n_i)`` over chunk means: one device sync."""
+    if not losses or not sum(counts):
+        return float("nan")
+    weights = torch.tensor(counts, dtype=torch.float64, device=losses[0].device)
+    return float(torch.stack(losses).double() @ weights) / sum(counts)
+
+
+def _metrics_csv(rows: Sequence[dict[str, Any]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(METRICS_COLUMNS)
+    for row in rows:
+        writer.writerow(["" if row[c] is None else repr(row[c]) for c in METRICS_COLUMNS])
+    return out.getvalue().encode()
+
+
+class _Progress:
+    """A rich progress bar on stderr (loss, sample-steps/s), or nothing when disabled or not a TTY.
+
+    It reads the loss off the device only every few chunks, so it adds no per-chunk sync.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}{task.fields[val]}"),
+                TextColumn("{task.fields[speed]} sample-steps/s"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def start_epoch(self, epoch: int, epochs: int, total: int | None) -> None:
+        if self._bar is None:
+            return
+        self._every = max(1, (total or 100) // 20)
+        self._seen = 0
+        self._started = time.perf_counter()
+        self._task = self._bar.add_task(f"epoch {epoch}/{epochs}", total=total, loss="…", val="", speed="…")
+
+    def advance(self, losses: list[torch.Tensor], counts: list[int], sample_steps: int) -> None:
+        if self._bar is None:
+            return
+        self._seen += 1
+        if self._seen % self._every:
+            return
+        self._show(_weighted_mean(losses, counts), sample_steps, completed=self._seen)  # a sync every few chunks
+
+    def end_epoch(self, loss: float, sample_steps: int) -> None:
+        if self._bar is not None:
+            self._show(loss, sample_steps, completed=self._bar.tasks[-1].total or self._seen)
+
+    def show_val(self, val_loss: float | None) -> None:
+        if self._bar is not None and val_loss is not None:
+            self._bar.update(self._task, val=f"  val {val_loss:.4g}")
+
+    def _show(self, loss: float, sample_steps: int, completed: int) -> None:
+        speed = sample_steps / max(time.perf_counter() - self._started, 1e-9)
+        self._bar.update(self._task, completed=completed, loss=f"{loss:.4g}", speed=f"{speed:,.0f}")
