@@ -28,29 +28,43 @@ save leaves a run that is refused as unsaved rather than one that loads half-wri
 Loading never unpickles: tensors come from safetensors (parsed from bytes whose sha256 was just
 checked) and everything else from JSON. A missing, truncated, tampered or mismatched file raises
 :class:`~hiddenstate.errors.CheckpointError` naming the file.
+
+The durable-write and verified-read primitives live in :mod:`hiddenstate._files`, and the RNG
+and optimizer parts of a checkpoint in :mod:`hiddenstate._snapshot`; ``atomic_write``,
+``remove_stale_temp_files``, ``capture_rng`` and ``restore_rng`` are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import random
 import re
 import secrets
 import shutil
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from torch import nn
 
+from ._files import (
+    atomic_write,
+    file_entry,
+    fsync_dir,
+    json_bytes,
+    parse_state,
+    parse_tensors,
+    pause_for_crash_test,
+    read_json,
+    read_verified,
+    remove_stale_temp_files,
+    state_bytes,
+    tensor_bytes,
+    write_fsynced,
+)
+from ._snapshot import capture_rng, optimizer_parts, optimizer_state, restore_rng, rng_from_parts, rng_parts
 from .errors import CheckpointError, ConfigError, HiddenStateError
 from .state import State, StateSpec
 
@@ -71,133 +85,9 @@ __all__ = [
 RUN_FORMAT = "hiddenstate-run/1"
 CHECKPOINT_FORMAT = "hiddenstate-checkpoint/1"
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
-#: Test-only hook: seconds to pause at each stage of a checkpoint write (and name the stage on
-#: stderr), so the crash test can SIGKILL a process in the middle of a write.
-_PAUSE_ENV = "HIDDENSTATE_CHECKPOINT_PAUSE"
 
 
-# -- durable file primitives --------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # platforms that cannot open a directory (Windows)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_fsynced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` all at once: temp file, fsync, rename, fsync of the directory."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        _write_fsynced(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def remove_stale_temp_files(folder: str | os.PathLike[str], name: str) -> None:
-    """Delete the temp files that :func:`atomic_write` of ``folder/name`` left when killed."""
-    for stale in Path(folder).glob(f".{name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def _test_pause(stage: str) -> None:
-    pause = os.environ.get(_PAUSE_ENV)
-    if pause:
-        sys.stderr.write(f"hiddenstate-checkpoint-stage {stage}\n")
-        sys.stderr.flush()
-        time.sleep(float(pause))
-
-
-def _file_entry(data: bytes) -> dict[str, Any]:
-    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-
-
-def _read_verified(folder: Path, name: str, entry: Any, listing: Path) -> bytes:
-    """The bytes of ``folder/name`` after checking them against ``entry`` from ``listing``."""
-    path = folder / name
-    if "/" in name or "\\" in name or name in (".", ".."):
-        raise CheckpointError(f"{listing}: file name {name!r} is not a plain name inside the directory")
-    if (
-        not isinstance(entry, dict)
-        or not isinstance(entry.get("sha256"), str)
-        or not isinstance(entry.get("bytes"), int)
-    ):
-        raise CheckpointError(f"{listing}: entry for {name!r} needs 'sha256' and 'bytes'")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (listed in {listing.name})")
-    data = path.read_bytes()
-    if len(data) < entry["bytes"]:
-        raise CheckpointError(f"{path}: truncated: {len(data)} bytes, {listing.name} records {entry['bytes']}")
-    if len(data) != entry["bytes"]:
-        raise CheckpointError(f"{path}: {len(data)} bytes, {listing.name} records {entry['bytes']}")
-    got = hashlib.sha256(data).hexdigest()
-    if got != entry["sha256"]:
-        raise CheckpointError(
-            f"{path}: sha256 mismatch (expected {entry['sha256'][:16]}, got {got[:16]}); "
-            "the file was changed after it was written"
-        )
-    return data
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; {what}")
-    try:
-        data = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON (truncated or corrupted?): {e}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _tensor_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return safetensors.torch.save(cpu, metadata=dict(metadata) if metadata else None)
-
-
-def _parse_tensors(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and ``__metadata__`` of safetensors bytes; never unpickles anything."""
-    try:
-        tensors = safetensors.torch.load(data)
-        size = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
-    except Exception as e:  # safetensors raises its own error types for malformed headers
-        raise CheckpointError(f"{path}: not a valid safetensors file: {e}") from None
-    return tensors, metadata
-
-
-def _state_bytes(state: State) -> bytes:
-    return _tensor_bytes(state.to_dict(), {"fingerprint": state.spec.fingerprint()})
-
-
-def _parse_state(path: Path, data: bytes, spec: StateSpec) -> State:
-    tensors, metadata = _parse_tensors(path, data)
-    if metadata.get("fingerprint") != spec.fingerprint():
-        raise CheckpointError(
-            f"{path}: state spec fingerprint {metadata.get('fingerprint')!r} differs from the model's "
-            f"{spec.fingerprint()!r}"
-        )
-    try:
-        return State.from_dict(spec, tensors)
-    except HiddenStateError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+# -- the model inside a run or checkpoint ------------------------------------------------------
 
 
 def _load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -320,17 +210,17 @@ def save_run(
     # Without a manifest the run reads as unsaved; so a crash below never pairs new files with an old manifest.
     if manifest_path.exists():
         manifest_path.unlink()
-        _fsync_dir(run)
-    files = {"model.safetensors": _tensor_bytes(model.state_dict(), {"fingerprint": spec.fingerprint()})}
+        fsync_dir(run)
+    files = {"model.safetensors": tensor_bytes(model.state_dict(), {"fingerprint": spec.fingerprint()})}
     if lane_state is not None:
-        files["lane_state.safetensors"] = _state_bytes(lane_state)
+        files["lane_state.safetensors"] = state_bytes(lane_state)
     else:
         (run / "lane_state.safetensors").unlink(missing_ok=True)
     for name, data in files.items():
         remove_stale_temp_files(run, name)
         atomic_write(run / name, data)
-        manifest["files"][name] = _file_entry(data)
-    atomic_write(manifest_path, _json_bytes(manifest))
+        manifest["files"][name] = file_entry(data)
+    atomic_write(manifest_path, json_bytes(manifest))
     return manifest_path
 
 
@@ -344,21 +234,21 @@ def load_run(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
     if not run.is_dir():
         raise CheckpointError(f"{run}: run directory not found")
     listing = run / "manifest.json"
-    manifest = _read_json(listing, "not a saved run (save_run writes manifest.json last)")
+    manifest = read_json(listing, "not a saved run (save_run writes manifest.json last)")
     if manifest.get("format") != RUN_FORMAT:
         raise CheckpointError(f"{listing}: unknown format {manifest.get('format')!r}; expected {RUN_FORMAT!r}")
     files = manifest.get("files")
     if not isinstance(files, dict) or "model.safetensors" not in files:
         raise CheckpointError(f"{listing}: 'files' must list model.safetensors")
-    blobs = {name: _read_verified(run, name, entry, listing) for name, entry in files.items()}
+    blobs = {name: read_verified(run, name, entry, listing) for name, entry in files.items()}
     model = _build(manifest.get("model"), listing)
     spec = _model_spec(model)
     _check_fingerprint(manifest, spec, listing)
-    weights, _ = _parse_tensors(run / "model.safetensors", blobs["model.safetensors"])
+    weights, _ = parse_tensors(run / "model.safetensors", blobs["model.safetensors"])
     _load_weights(model, weights, run / "model.safetensors")
     lane_state = None
     if "lane_state.safetensors" in blobs:
-        lane_state = _parse_state(run / "lane_state.safetensors", blobs["lane_state.safetensors"], spec)
+        lane_state = parse_state(run / "lane_state.safetensors", blobs["lane_state.safetensors"], spec)
     scaler, target_scaler = _scaler(manifest, "scaler", listing), _scaler(manifest, "target_scaler", listing)
     model.to(device).eval()
     return Run(
@@ -405,66 +295,6 @@ class Checkpoint:
     trainer: dict[str, Any]
 
 
-def capture_rng() -> dict[str, Any]:
-    """Every global generator's state: torch CPU/CUDA, numpy and Python ``random``."""
-    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return rng
-
-
-def restore_rng(rng: Mapping[str, Any]) -> None:
-    """Put back what :func:`capture_rng` (or a loaded checkpoint) holds."""
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    if rng.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _rng_parts(rng: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"torch": rng["torch"]}
-    for i, t in enumerate(rng.get("cuda") or ()):
-        tensors[f"cuda.{i}"] = t
-    version, internal, gauss = rng["python"]
-    kind, keys, pos, has_gauss, cached = rng["numpy"]
-    meta = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
-    }
-    return tensors, meta
-
-
-def _optimizer_parts(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer ``state_dict`` into safetensors tensors and a JSON-safe rest."""
-    tensors: dict[str, torch.Tensor] = {}
-    per_param: dict[str, dict[str, Any]] = {}
-    for pid, entries in state["state"].items():
-        plain: dict[str, Any] = {}
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{pid}.{name}"] = value
-            else:
-                plain[name] = value
-        per_param[str(pid)] = plain
-    return tensors, {"state": per_param, "param_groups": state["param_groups"]}
-
-
-def _optimizer_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    try:
-        state: dict[int, dict[str, Any]] = {int(pid): dict(plain) for pid, plain in meta["state"].items()}
-        for key, value in tensors.items():
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-        groups = [
-            {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
-            for g in meta["param_groups"]
-        ]
-    except (KeyError, ValueError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: malformed optimizer state: {e}") from None
-    return {"state": state, "param_groups": groups}
-
-
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
     """Committed checkpoint directories of a run, oldest first (temp and trash dirs are skipped)."""
     folder = Path(run_dir) / "checkpoints"
@@ -497,17 +327,17 @@ def save_checkpoint(
     for stale in folder.iterdir():  # left by a process killed mid-write or mid-prune
         if stale.name.startswith((".tmp-", ".trash-")):
             shutil.rmtree(stale, ignore_errors=True)
-    opt_tensors, opt_meta = _optimizer_parts(optimizer.state_dict())
-    rng_tensors, rng_meta = _rng_parts(capture_rng())
+    opt_tensors, opt_meta = optimizer_parts(optimizer.state_dict())
+    rng_tensors, rng_meta = rng_parts(capture_rng())
     files = {
-        "model.safetensors": _tensor_bytes(model.state_dict(), {"fingerprint": spec.fingerprint()}),
-        "optimizer.safetensors": _tensor_bytes(opt_tensors),
-        "rng.safetensors": _tensor_bytes(rng_tensors),
+        "model.safetensors": tensor_bytes(model.state_dict(), {"fingerprint": spec.fingerprint()}),
+        "optimizer.safetensors": tensor_bytes(opt_tensors),
+        "rng.safetensors": tensor_bytes(rng_tensors),
     }
     if lane_state is not None:
-        files["lane_state.safetensors"] = _state_bytes(lane_state)
+        files["lane_state.safetensors"] = state_bytes(lane_state)
     if best_weights is not None:
-        files["best.safetensors"] = _tensor_bytes(best_weights, {"fingerprint": spec.fingerprint()})
+        files["best.safetensors"] = tensor_bytes(best_weights, {"fingerprint": spec.fingerprint()})
     meta = {
         "format": CHECKPOINT_FORMAT,
         "version": _version(),
@@ -519,26 +349,26 @@ def save_checkpoint(
         "optimizer": opt_meta,
         "rng": rng_meta,
         "trainer": dict(trainer),
-        "files": {name: _file_entry(data) for name, data in files.items()},
+        "files": {name: file_entry(data) for name, data in files.items()},
     }
     try:
-        meta_bytes = _json_bytes(meta)
+        meta_bytes = json_bytes(meta)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{folder}: checkpoint state is not JSON-safe: {e}") from None
     tmp = folder / f".tmp-epoch-{epoch:04d}-{secrets.token_hex(4)}"
     tmp.mkdir()
     for name, data in [*files.items(), ("checkpoint.json", meta_bytes)]:
-        _test_pause(f"write {name}")
-        _write_fsynced(tmp / name, data)
-    _test_pause("fsync dir")
-    _fsync_dir(tmp)
+        pause_for_crash_test(f"write {name}")
+        write_fsynced(tmp / name, data)
+    pause_for_crash_test("fsync dir")
+    fsync_dir(tmp)
     final = folder / f"epoch-{epoch:04d}"
     if final.exists():  # written by an earlier attempt that crashed before it was resumed from
         _retire(final)
-    _test_pause("rename")
+    pause_for_crash_test("rename")
     os.rename(tmp, final)  # the commit: the checkpoint exists completely or not at all
-    _fsync_dir(folder)
-    _test_pause("prune")
+    fsync_dir(folder)
+    pause_for_crash_test("prune")
     if keep is not None:
         for old in list_checkpoints(run_dir)[:-keep]:
             _retire(old)
@@ -548,7 +378,7 @@ def save_checkpoint(
 def _retire(path: Path) -> None:
     trash = path.with_name(f".trash-{path.name}-{secrets.token_hex(4)}")
     os.rename(path, trash)  # atomic: the checkpoint disappears whole before it is deleted
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -564,39 +394,32 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module | None = N
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: checkpoint directory not found")
     listing = folder / "checkpoint.json"
-    meta = _read_json(listing, "not a checkpoint directory")
+    meta = read_json(listing, "not a checkpoint directory")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{listing}: unknown format {meta.get('format')!r}; expected {CHECKPOINT_FORMAT!r}")
     files = meta.get("files")
     required = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
     if not isinstance(files, dict) or any(name not in files for name in required):
         raise CheckpointError(f"{listing}: 'files' must list {', '.join(required)}")
-    blobs = {name: _read_verified(folder, name, entry, listing) for name, entry in files.items()}
+    blobs = {name: read_verified(folder, name, entry, listing) for name, entry in files.items()}
     spec = _model_spec(model) if model is not None else _spec_from(meta, listing)
     _check_fingerprint(meta, spec, listing)
-    weights, _ = _parse_tensors(folder / "model.safetensors", blobs["model.safetensors"])
+    weights, _ = parse_tensors(folder / "model.safetensors", blobs["model.safetensors"])
     if model is not None:
         _check_fits(model, weights, folder / "model.safetensors")
-    opt_tensors, _ = _parse_tensors(folder / "optimizer.safetensors", blobs["optimizer.safetensors"])
-    rng_tensors, _ = _parse_tensors(folder / "rng.safetensors", blobs["rng.safetensors"])
+    opt_tensors, _ = parse_tensors(folder / "optimizer.safetensors", blobs["optimizer.safetensors"])
+    rng_tensors, _ = parse_tensors(folder / "rng.safetensors", blobs["rng.safetensors"])
     try:
-        version, internal, gauss = meta["rng"]["python"]
-        kind, keys, pos, has_gauss, cached = meta["rng"]["numpy"]
-        rng = {
-            "torch": rng_tensors["torch"],
-            "cuda": [rng_tensors[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in rng_tensors))],
-            "python": (version, tuple(internal), gauss),
-            "numpy": (kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached),
-        }
+        rng = rng_from_parts(rng_tensors, meta["rng"])
         epoch = int(meta["epoch"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{listing}: malformed RNG state or epoch: {e}") from None
     lane_state = None
     if "lane_state.safetensors" in blobs:
-        lane_state = _parse_state(folder / "lane_state.safetensors", blobs["lane_state.safetensors"], spec)
+        lane_state = parse_state(folder / "lane_state.safetensors", blobs["lane_state.safetensors"], spec)
     best = None
     if "best.safetensors" in blobs:
-        best, _ = _parse_tensors(folder / "best.safetensors", blobs["best.safetensors"])
+        best, _ = parse_tensors(folder / "best.safetensors", blobs["best.safetensors"])
         if model is not None:
             _check_fits(model, best, folder / "best.safetensors")
     return Checkpoint(
@@ -604,7 +427,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module | None = N
         epoch=epoch,
         meta=meta,
         model_state=weights,
-        optimizer_state=_optimizer_state(opt_tensors, meta.get("optimizer") or {}, folder / "optimizer.safetensors"),
+        optimizer_state=optimizer_state(opt_tensors, meta.get("optimizer") or {}, folder / "optimizer.safetensors"),
         rng=rng,
         lane_state=lane_state,
         best_weights=best,
@@ -630,10 +453,6 @@ def _check_fits(model: nn.Module, weights: Mapping[str, torch.Tensor], path: Pat
             f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected}, "
             f"different shapes {shapes})"
         )
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, allow_nan=True) + "\n").encode()
 
 
 def _version() -> str:

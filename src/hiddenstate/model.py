@@ -125,6 +125,24 @@ class StackedRNN(nn.Module):
             self.cells.append(_TORCH_CELLS[ls.cell](size, ls.hidden_size, **kwargs))
             size = ls.hidden_size
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.backend = "torch"
+        self._fused: Any = None
+
+    def set_backend(self, backend: str) -> None:
+        """``"torch"`` (default): one cuDNN/oneDNN ``nn.LSTM``/``GRU``/``RNN`` call per layer.
+        ``"fused"``: each LSTM layer's time loop runs in one call into a small C kernel on the
+        CPU (see :mod:`hiddenstate.fast`); same weights and results (to ~1e-6), faster for small
+        models. Raises ConfigError for a stack it cannot run."""
+        if backend == "fused":
+            from .fast import check_fusable, fused_lstm
+
+            check_fusable(self.cells)
+            self._fused = fused_lstm
+        elif backend == "torch":
+            self._fused = None
+        else:
+            raise ConfigError(f"unknown backend {backend!r}; expected 'torch' or 'fused'")
+        self.backend = backend
 
     @property
     def state_spec(self) -> StateSpec:
@@ -170,7 +188,7 @@ class StackedRNN(nn.Module):
                 # expanded views that broadcast and learned initial states are.
                 h0 = prev.h.unsqueeze(0).contiguous()
                 hx = (h0, prev.c.unsqueeze(0).contiguous()) if ls.has_c else h0  # type: ignore[union-attr]
-            out, hn = cell(out, hx)  # out: (batch, steps, hidden_i)
+            out, hn = cell(out, hx) if self._fused is None else self._fused(cell, out, hx)  # (batch, steps, hidden_i)
             if ls.has_c:
                 new_layers.append(LayerState(hn[0][0], hn[1][0]))
             else:
