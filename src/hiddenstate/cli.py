@@ -1,40 +1,38 @@
 """The ``hiddenstate`` command line: train, evaluate, forecast, plot and inspect runs.
 
-Thin by design: it parses, calls the library, prints. One ``app`` (a typer app) holds every
-command; subsystems add theirs through a ``register(app)`` function named in
-:data:`LAZY_COMMANDS`, imported only when that command is used (``serve``, ``benchmark``).
+Thin by design: it parses, calls the library (mostly :mod:`hiddenstate.pipeline`), prints. One
+``app`` (a typer app) holds every command; subsystems add theirs through a ``register(app)``
+function named in :data:`LAZY_COMMANDS`, imported only when that command is used (``serve``,
+``benchmark``).
 
 Exit codes: 0 success; 2 a usage error (a bad flag or value), as one line on stderr; 1 any
 other error hiddenstate raises (bad data, a damaged run directory, ...), as one line on stderr
-with no traceback.
+with no traceback. The root group that does both lives in :mod:`hiddenstate._cli_group`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from typer.core import TyperGroup
 
-try:  # typer >= 0.2x vendors its own click; its exceptions are the ones raised
-    from typer._click import exceptions as click_errors
+try:  # typer >= 0.2x vendors its own click
     from typer._click.core import ParameterSource
 except ImportError:  # pragma: no cover - older typer runs on click itself
-    from click import exceptions as click_errors  # type: ignore[no-redef]
     from click.core import ParameterSource  # type: ignore[no-redef,assignment]
 
-from .errors import HiddenStateError
+from . import pipeline
+from ._cli_group import LAZY_COMMANDS as LAZY_COMMANDS  # the same dict: an entry added here is a command
+from ._cli_group import OneLineErrors
+from .pipeline import ARGS_FILE, write_plots
+from .pipeline import load_data as load_data  # re-exported: hiddenstate.cli.load_data predates pipeline
 from .state import LayerSpec, StateSpec
 
 __all__ = ["app", "main"]
@@ -45,84 +43,13 @@ Method = Literal["auto", "rollout", "direct"]
 Layout = Literal["auto", "wide", "long"]
 Loss = Literal["mse", "mae", "huber"]
 CELLS = ("lstm", "gru", "rnn")
-ARGS_FILE = "train_args.json"  # the data and model settings of a run, written before training starts
 # flags that may change when a run is resumed; every other explicit flag must match the run
 RESUMABLE = {"epochs", "threads", "device", "plots", "method", "out", "resume", "patience"}
 
 
-#: Commands that live with their subsystems, each module offering ``register(app)``. They load
-#: on first use, so ``hiddenstate train`` does not import the web service.
-LAZY_COMMANDS = {"serve": "hiddenstate.serve.command", "benchmark": "hiddenstate.ett"}
-
-
-def _lazy_command(name: str) -> Any:
-    """The command ``name`` built by its module's ``register``, or None when it cannot be loaded."""
-    import importlib
-
-    try:
-        module = importlib.import_module(LAZY_COMMANDS[name])
-    except ImportError as e:
-        typer.echo(f"Warning: command {name!r} is unavailable: {e}", err=True)
-        return None
-    holder = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="rich")
-    module.register(holder)
-    return typer.main.get_group(holder).commands.get(name)
-
-
-class _OneLineErrors(TyperGroup):
-    """The root group: one-line errors (usage errors exit 2, hiddenstate errors exit 1) and the
-    lazily loaded commands of :data:`LAZY_COMMANDS`."""
-
-    def list_commands(self, ctx: Any) -> list[str]:
-        own = list(super().list_commands(ctx))
-        return own + [name for name in LAZY_COMMANDS if name not in own]
-
-    def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        command = super().get_command(ctx, cmd_name)
-        if command is None and cmd_name in LAZY_COMMANDS:
-            command = _lazy_command(cmd_name)
-            if command is not None:
-                self.add_command(command, cmd_name)
-        return command
-
-    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
-        standalone = extra.pop("standalone_mode", True)
-        code = 0
-        try:
-            rv = super().main(args=args, prog_name=prog_name or "hiddenstate", standalone_mode=False, **extra)
-            code = rv if isinstance(rv, int) else 0
-        except click_errors.NoArgsIsHelpError as e:
-            # building the error rendered the help (rich prints it at once; plain click returns it)
-            if e.format_message().strip():
-                typer.echo(e.format_message())
-            code = 2  # a command is missing: a usage error, as in click >= 8.2
-        except click_errors.UsageError as e:
-            where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-            code = _fail(f"{e.format_message()}{where}", 2)
-        except click_errors.ClickException as e:
-            code = _fail(e.format_message(), e.exit_code)
-        except typer.Abort:
-            code = _fail("aborted", 1)
-        except HiddenStateError as e:
-            code = _fail(str(e), 1)
-        except OSError as e:
-            code = _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), 1)
-        except KeyboardInterrupt:
-            code = _fail("interrupted", 130)
-        if standalone:
-            sys.exit(code)
-        return code
-
-
-def _fail(message: str, code: int) -> int:
-    text = " ".join(str(message).split()).replace("Value error, ", "")  # pydantic's prefix, via typer
-    typer.echo(f"Error: {text}", err=True)
-    return code
-
-
 app = typer.Typer(
     name="hiddenstate",
-    cls=_OneLineErrors,
+    cls=OneLineErrors,
     help="Stateful LSTM/GRU forecasting whose hidden state you can set, read, carry and save.",
     epilog=(
         "Start here: [bold]hiddenstate train --out runs/demo[/bold] trains on built-in data in about a minute.\n\n"
@@ -151,17 +78,6 @@ def _root(
     ] = False,
 ) -> None:
     """Stateful LSTM/GRU forecasting whose hidden state you can set, read, carry and save."""
-
-
-def _set_threads(spec: StateSpec, threads: int | None) -> None:
-    """Small recurrent models are bound by op dispatch: one thread is fastest and keeps a shared
-    machine responsive; larger ones use every core (the Trainer's own rule)."""
-    import os
-
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(threads or (1 if max(ls.hidden_size for ls in spec.layers) <= 32 else cores))
 
 
 def _console() -> Console:
@@ -211,77 +127,7 @@ def _fractions(value: str) -> list[float] | str:
     return parts
 
 
-# -- the data and run pipeline -----------------------------------------------------------------
-
-
-def load_data(settings: dict[str, Any]) -> Any:
-    """The Dataset a run's ``settings`` name: a file, or the built-in synthetic data."""
-    from .data import read_dataset, synthetic_dataset
-
-    if settings.get("data") is None:
-        return synthetic_dataset(n_steps=settings["synthetic_steps"], seed=settings["synthetic_seed"])
-    return read_dataset(
-        settings["data"],
-        time_col=settings.get("time_col"),
-        id_col=settings.get("id_col", "unique_id"),
-        ds_col=settings.get("ds_col", "ds"),
-        layout=settings.get("layout", "auto"),
-        fill=settings.get("fill", "error"),
-    )
-
-
-def _columns(dataset: Any, settings: dict[str, Any]) -> tuple[list[str], list[str]]:
-    inputs = settings.get("inputs") or list(dataset.columns)
-    targets = settings.get("targets") or list(inputs)
-    dataset.column_indices([*inputs, *targets])  # DataError naming the file and the missing column
-    return inputs, targets
-
-
-def _split(settings: dict[str, Any]) -> Any:
-    from .data import Split
-
-    if settings["split"] == "ett":  # ETT's standard 12/4/4-month borders, by the file's name
-        return Split.ett(Path(settings.get("data") or "synthetic").name, seq_len=0)
-    return Split(fractions=tuple(settings["split"]))
-
-
-def _parts(dataset: Any, settings: dict[str, Any], which: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Input and target arrays of split part ``which`` (0 train, 1 val, 2 test) of every series."""
-    inputs, targets = _columns(dataset, settings)
-    part = dataset.split(_split(settings))[which]
-    return part.arrays(inputs), part.arrays(targets)
-
-
-def _check_horizon(dataset: Any, settings: dict[str, Any], train_x: list[np.ndarray]) -> None:
-    """Refuse a horizon the splits cannot hold before training, not after it."""
-    from .errors import ConfigError
-
-    horizon = settings["horizon"]
-    tests = [stop - start for start, stop in (_split(settings).ranges(n)[2] for n in dataset.lengths)]
-    if max(tests) < horizon + 1:
-        raise ConfigError(
-            f"--horizon {horizon} does not fit the test split ({max(tests)} rows in the longest series); "
-            "use a shorter --horizon or a larger test fraction in --split"
-        )
-    if max(len(x) for x in train_x) < horizon + 2:
-        raise ConfigError(f"--horizon {horizon} does not fit the train split ({max(len(x) for x in train_x)} rows)")
-
-
-def _evaluate(run: Any, dataset: Any, settings: dict[str, Any], horizon: int, method: str) -> Any:
-    from .forecast import evaluate_forecasts
-
-    inputs, targets = _columns(dataset, settings)
-    regions = [_split(settings).ranges(n)[2] for n in dataset.lengths]
-    carried = settings.get("state_policy", "carry") in ("carry", "carry+encode")
-    return evaluate_forecasts(
-        run,
-        dataset.arrays(inputs),
-        dataset.arrays(targets),
-        regions,
-        horizon,
-        method,
-        lookback=None if carried else int(settings.get("steps", 96)),
-    )
+# -- printing results ---------------------------------------------------------------------------
 
 
 def _metrics_table(results: dict[str, Any], title: str) -> Table:
@@ -298,16 +144,8 @@ def _metrics_table(results: dict[str, Any], title: str) -> Table:
 
 def report(console: Console, run: Any, dataset: Any, settings: dict[str, Any], horizon: int, method: str) -> Any:
     """Evaluate on the test split, print model vs repeat-last, return the chosen method's Evaluation."""
-    from .forecast import resolve_method, target_indices
-
-    tidx = target_indices(run.inputs, run.targets)
-    methods = [method]
-    if tidx is None:  # some target is not an input: only the direct head can forecast
-        tidx = ()
-    if method == "auto" and resolve_method(run.model, "auto", horizon, tidx) == "direct" and tidx:
-        methods = ["direct", "rollout"]  # show both when both work
-    evals = {m: _evaluate(run, dataset, settings, horizon, m) for m in methods}
-    main = evals[methods[0]]
+    evals = pipeline.evaluate_methods(run, dataset, settings, horizon, method)
+    main = next(iter(evals.values()))
     rows = {f"model ({e.method})": e.model for e in evals.values()}
     rows["repeat last value"] = main.baseline
     how = (
@@ -329,74 +167,6 @@ def report(console: Console, run: Any, dataset: Any, settings: dict[str, Any], h
             "(normalised). Train longer (--epochs) or check the data."
         )
     return main
-
-
-def write_plots(run: Any, dataset: Any, settings: dict[str, Any], evaluation: Any, out_dir: Path) -> list[Path]:
-    """``forecast.png`` from the evaluation's sample and ``states.png`` over the start of the first series."""
-    from .plots import plot_forecast, plot_states
-
-    inputs, _ = _columns(dataset, settings)
-    s = evaluation.sample
-    paths = [
-        plot_forecast(
-            out_dir / "forecast.png",
-            s["history"],
-            s["truth"],
-            s["pred"],
-            list(run.targets),
-            baseline=s["baseline"],
-            title=f"{evaluation.method} forecast on the test split vs truth ({Path(dataset.source).name})",
-        )
-    ]
-    x = run.scaler.transform(dataset.arrays(inputs)[0][: int(settings.get("plot_steps", 384))])
-    paths.append(
-        plot_states(
-            out_dir / "states.png",
-            run.model,
-            x,
-            inputs,
-            title=f"hidden state of {run.spec.describe()} from the initial state over {len(x)} steps "
-            f"of series {dataset.series[0].id!r}",
-        )
-    )
-    return paths
-
-
-def _read_args(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / ARGS_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HiddenStateError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise HiddenStateError(f"{path}: expected a JSON object")
-    return data
-
-
-def _run_settings(run: Any) -> dict[str, Any]:
-    settings = run.extra.get("settings")
-    if not isinstance(settings, dict):
-        from .errors import CheckpointError
-
-        raise CheckpointError(
-            f"{run.path / 'manifest.json'}: has no data settings (it was not saved by `hiddenstate train`); "
-            "pass the DATA file"
-        )
-    return settings
-
-
-def _load(run_dir: Path, data: Path | None, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
-    from .checkpoint import load_run
-
-    run = load_run(run_dir)
-    _set_threads(run.spec, None)
-    settings = dict(_run_settings(run)) if data is None else {**run.extra.get("settings", {}), "data": str(data)}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    settings.setdefault("inputs", list(run.inputs))
-    settings.setdefault("targets", list(run.targets))
-    return run, settings, load_data(settings)
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -470,11 +240,7 @@ def train(
 
     Prints test metrics next to a repeat-last-value baseline; writes weights and plots into the run.
     """
-    from .checkpoint import atomic_write, list_checkpoints, load_run, save_run
-    from .data import StandardScaler, StatefulBatches
-    from .forecast import fit_direct_head
-    from .model import SequenceModel
-    from .train import TrainConfig, Trainer
+    from .checkpoint import load_run
 
     console = _console()
     out = out if out is not None else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
@@ -503,59 +269,24 @@ def train(
     }
     if resume:
         settings = _resume_settings(ctx, out, settings)
-    elif list_checkpoints(out) or (out / "manifest.json").exists():
+    elif pipeline.holds_run(out):
         raise typer.BadParameter(
             f"{out} already holds a run; pass --resume to continue it, or choose another --out", param_hint="--out"
         )
 
-    dataset = load_data(settings)
-    in_cols, out_cols = _columns(dataset, settings)
-    settings["inputs"], settings["targets"] = in_cols, out_cols
-    train_x, train_y = _parts(dataset, settings, 0)
-    _check_horizon(dataset, settings, train_x)
-    val_x, val_y = _parts(dataset, settings, 1)
-    scaler = StandardScaler.fit(train_x, columns=in_cols)
-    target_scaler = StandardScaler.fit(train_y, columns=out_cols)
-    norm = lambda xs, sc: [sc.transform(a) for a in xs]  # noqa: E731
-    bs, steps = settings["batch_size"], settings["steps"]
-    train_batches = StatefulBatches(norm(train_x, scaler), norm(train_y, target_scaler), bs, steps)
-    val_ok = all(len(a) >= 3 for a in val_x) and val_x
-    val_batches = StatefulBatches(norm(val_x, scaler), norm(val_y, target_scaler), bs, steps) if val_ok else None
-
-    import torch
-
-    _set_threads(StateSpec.from_json(settings["layers"]), threads)
-    torch.manual_seed(settings["seed"])
-    policy = settings["state_policy"]
-    model = SequenceModel(
-        len(in_cols),
-        len(out_cols),
-        StateSpec.from_json(settings["layers"]),
-        dropout=settings["dropout"],
-        state_encoder=f"cond:{len(in_cols)}" if "encode" in policy else None,
-        horizon=settings["horizon"],
+    job = pipeline.prepare_training(
+        settings, epochs=epochs, patience=patience, device=device, threads=threads, progress=sys.stderr.isatty()
     )
-    config = TrainConfig(
-        epochs=epochs,
-        lr=settings["lr"],
-        loss=settings["loss"],
-        patience=patience,
-        state_policy=policy,
-        seed=settings["seed"],
-        device=device,
-        threads=threads,
-        progress=sys.stderr.isatty(),
-    )
+    dataset, settings, model, config = job.dataset, job.settings, job.model, job.config
     n_params = sum(p.numel() for p in model.parameters())
     console.print(
         f"[bold]data[/] {escape(dataset.source)}: {dataset.num_series} series, {sum(dataset.lengths)} rows; "
-        f"inputs {escape(', '.join(in_cols))} → targets {escape(', '.join(out_cols))}\n"
-        f"[bold]model[/] {escape(model.state_spec.describe())} ({n_params:,} parameters), state policy {policy}; "
-        f"{train_batches.num_lanes} lanes × {steps} steps, {len(train_batches)} batches per epoch\n"
+        f"inputs {escape(', '.join(job.inputs))} → targets {escape(', '.join(job.targets))}\n"
+        f"[bold]model[/] {escape(model.state_spec.describe())} ({n_params:,} parameters), "
+        f"state policy {config.state_policy}; {job.train_batches.num_lanes} lanes × {settings['steps']} steps, "
+        f"{len(job.train_batches)} batches per epoch\n"
         f"[bold]run[/] {escape(str(out))}" + (" (resuming)" if resume else "")
     )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / ARGS_FILE, (json.dumps(settings, indent=1) + "\n").encode())
 
     def show(trainer: Any, row: dict[str, Any]) -> None:
         if not config.progress:
@@ -565,25 +296,11 @@ def train(
             )
 
     started = time.perf_counter()
-    trainer = Trainer(model, config)
-    history = trainer.fit(train_batches, val_batches, run_dir=out, resume=resume, callbacks=[show])
-    model.eval()
-    fit_direct_head(model, norm(train_x, scaler), norm(train_y, target_scaler))
-    save_run(
-        out,
-        model,
-        scaler=scaler,
-        target_scaler=target_scaler,
-        inputs=in_cols,
-        targets=out_cols,
-        train_config=config,
-        lane_state=trainer.lane_state,
-        extra={"settings": settings, "best_epoch": history.best_epoch},
-    )
+    trainer, _ = pipeline.train_run(job, out, resume=resume, callbacks=[show])
     console.print(f"trained to epoch {trainer.epoch} in {time.perf_counter() - started:.1f}s")
     run = load_run(out)
     evaluation = report(console, run, dataset, settings, settings["horizon"], method)
-    atomic_write(out / "evaluation.json", (json.dumps(evaluation.to_json(), indent=1) + "\n").encode())
+    pipeline.write_evaluation(out, evaluation)
     written = ["manifest.json", "model.safetensors", "metrics.csv", "evaluation.json"]
     if plots:
         written += [p.name for p in write_plots(run, dataset, settings, evaluation, out)]
@@ -591,7 +308,7 @@ def train(
 
 
 def _resume_settings(ctx: typer.Context, out: Path, given: dict[str, Any]) -> dict[str, Any]:
-    saved = _read_args(out)
+    saved = pipeline.read_args(out)
     if saved is None:
         raise typer.BadParameter(f"{out} holds no run to resume ({ARGS_FILE} is missing)", param_hint="--out")
     for name, value in ctx.params.items():
@@ -628,7 +345,7 @@ def evaluate(
     method: Annotated[Method, typer.Option(help="Forecast method.")] = "auto",
 ) -> None:
     """Score a run's forecasts on the test split, next to the repeat-last-value baseline."""
-    run, settings, dataset = _load(run_dir, data, {})
+    run, settings, dataset = pipeline.load(run_dir, data, {})
     report(_console(), run, dataset, settings, horizon or int(settings.get("horizon", 96)), method)
 
 
@@ -657,28 +374,12 @@ def forecast(
     """
     from .checkpoint import atomic_write
 
-    run, settings, dataset = _load(run_dir, data, {})
-    inputs, _ = _columns(dataset, settings)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    has_time = all(s.time is not None and len(s.time) >= 2 for s in dataset.series)
-    writer.writerow(["unique_id", "step", *(["ds"] if has_time else []), *run.targets])
-    for s, x in zip(dataset.series, dataset.arrays(inputs), strict=True):
-        pred = run.forecast(x, horizon, method)[0]  # (horizon, n_targets), original units
-        times: list[Any] = []
-        if has_time:
-            step = s.time[-1] - s.time[-2]
-            times = [str(s.time[-1] + step * (k + 1)).replace("T", " ") for k in range(horizon)]
-            if np.issubdtype(s.time.dtype, np.datetime64):
-                times = [
-                    str(np.datetime64(t, "s")).replace("T", " ") for t in s.time[-1] + step * np.arange(1, horizon + 1)
-                ]
-        for k in range(horizon):
-            writer.writerow([s.id, k + 1, *([times[k]] if has_time else []), *(repr(float(v)) for v in pred[k])])
+    run, settings, dataset = pipeline.load(run_dir, data, {})
+    text = pipeline.forecast_csv(run, dataset, settings, horizon, method)
     if out is None:
-        sys.stdout.write(buf.getvalue())
+        sys.stdout.write(text)
     else:
-        atomic_write(out, buf.getvalue().encode())
+        atomic_write(out, text.encode())
         _console().print(
             f"wrote {escape(str(out))}: {horizon} steps × {dataset.num_series} series of {', '.join(run.targets)}"
         )
@@ -698,8 +399,8 @@ def plot(
     steps: Annotated[int, typer.Option(min=2, help="Steps of the series shown in states.png.")] = 384,
 ) -> None:
     """Draw forecast.png (forecast vs truth on the test split) and states.png (h and c over time)."""
-    run, settings, dataset = _load(run_dir, data, {"plot_steps": steps})
-    evaluation = _evaluate(run, dataset, settings, horizon or int(settings.get("horizon", 96)), method)
+    run, settings, dataset = pipeline.load(run_dir, data, {"plot_steps": steps})
+    evaluation = pipeline.evaluate(run, dataset, settings, horizon or int(settings.get("horizon", 96)), method)
     target = out_dir or run_dir
     target.mkdir(parents=True, exist_ok=True)
     paths = write_plots(run, dataset, settings, evaluation, target)

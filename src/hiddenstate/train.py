@@ -30,7 +30,6 @@ import io
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +43,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import nn
 
 from . import checkpoint
+from ._progress import Progress
 from .errors import CheckpointError, ConfigError
 from .state import State, StateSpec
 
@@ -239,7 +239,7 @@ class Trainer:
             _seed_everything(cfg.seed)
             self.epoch, self.history, self._best_weights, self.lane_state = 0, History(), None, None
         self.should_stop = False
-        with self._threads(), _Progress(cfg.progress) as bar:
+        with self._threads(), Progress(cfg.progress) as bar:
             while self.epoch < cfg.epochs and not self.history.stopped_early and not self.should_stop:
                 lr = self._set_lr(self.epoch)
                 start = time.perf_counter()
@@ -266,7 +266,7 @@ class Trainer:
             self.model.load_state_dict(self._best_weights)
         return self.history
 
-    def _train_epoch(self, batches: Iterable[Any], bar: _Progress) -> tuple[float, int]:
+    def _train_epoch(self, batches: Iterable[Any], bar: Progress) -> tuple[float, int]:
         cfg, model = self.config, self.model
         model.train()
         losses: list[torch.Tensor] = []  # each chunk's mean loss, detached; summed once per epoch
@@ -290,7 +290,8 @@ class Trainer:
                 self._step(window)
                 state = state.detach()
                 window = []
-            bar.advance(losses, counts, sample_steps)
+            if bar.due():  # the bar reads the loss off the device only every few chunks
+                bar.advance(_weighted_mean(losses, counts), sample_steps)
         if window:
             self._step(window)
             state = state.detach() if state is not None else None
@@ -465,7 +466,7 @@ class Trainer:
         spec = getattr(self.model, "state_spec", None)
         n = self.config.threads
         if n is None and spec is not None:
-            n = 1 if max(ls.hidden_size for ls in spec.layers) <= 32 else _cores()
+            n = default_threads(spec)
         previous = torch.get_num_threads()
         if self.device.type != "cpu" or n is None or n == previous:
             yield
@@ -490,6 +491,13 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def default_threads(spec: StateSpec) -> int:
+    """CPU threads for a model with state ``spec``: 1 when every hidden size is at most 32 (small
+    recurrent models are bound by op dispatch, run fastest single-threaded and keep a shared
+    machine responsive), else every core this process may use."""
+    return 1 if max(ls.hidden_size for ls in spec.layers) <= 32 else _cores()
 
 
 def _seed_everything(seed: int) -> None:
@@ -520,65 +528,3 @@ def _metrics_csv(rows: Sequence[dict[str, Any]]) -> bytes:
     for row in rows:
         writer.writerow(["" if row[c] is None else repr(row[c]) for c in METRICS_COLUMNS])
     return out.getvalue().encode()
-
-
-class _Progress:
-    """A rich progress bar on stderr (loss, sample-steps/s), or nothing when disabled or not a TTY.
-
-    It reads the loss off the device only every few chunks, so it adds no per-chunk sync.
-    """
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self._bar: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}{task.fields[val]}"),
-                TextColumn("{task.fields[speed]} sample-steps/s"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def start_epoch(self, epoch: int, epochs: int, total: int | None) -> None:
-        if self._bar is None:
-            return
-        self._every = max(1, (total or 100) // 20)
-        self._seen = 0
-        self._started = time.perf_counter()
-        self._task = self._bar.add_task(f"epoch {epoch}/{epochs}", total=total, loss="…", val="", speed="…")
-
-    def advance(self, losses: list[torch.Tensor], counts: list[int], sample_steps: int) -> None:
-        if self._bar is None:
-            return
-        self._seen += 1
-        if self._seen % self._every:
-            return
-        self._show(_weighted_mean(losses, counts), sample_steps, completed=self._seen)  # a sync every few chunks
-
-    def end_epoch(self, loss: float, sample_steps: int) -> None:
-        if self._bar is not None:
-            self._show(loss, sample_steps, completed=self._bar.tasks[-1].total or self._seen)
-
-    def show_val(self, val_loss: float | None) -> None:
-        if self._bar is not None and val_loss is not None:
-            self._bar.update(self._task, val=f"  val {val_loss:.4g}")
-
-    def _show(self, loss: float, sample_steps: int, completed: int) -> None:
-        speed = sample_steps / max(time.perf_counter() - self._started, 1e-9)
-        self._bar.update(self._task, completed=completed, loss=f"{loss:.4g}", speed=f"{speed:,.0f}")
