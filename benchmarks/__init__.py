@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of hiddenstate; `python -m benchmarks` runs them all. Not tests."""

@@ -1,0 +1,95 @@
+"""Inference throughput over lane-ordered chunks, the state carried from chunk to chunk.
+
+    python -m benchmarks.inference                          # seed, wide and long
+    python -m benchmarks.inference --configs seed --repeats 11
+
+Candidates: a hand-written ``nn.LSTM`` stack under ``torch.inference_mode``, ``hs.Stateful`` on
+the default and the fused backend (and with ``StackedRNN`` calling ``torch._VF.lstm`` directly, a
+proposed change), and Keras ``predict_on_batch`` with stateful LSTMs. Each runs
+in its own process, interleaved with the others; the table gives median sample-steps/s and
+peak RSS.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import candidates as c
+from benchmarks.common import (
+    Config,
+    Result,
+    Spec,
+    base_parser,
+    environment,
+    keras_available,
+    measure,
+    pick_configs,
+    rate,
+    ratio,
+    rss,
+    table,
+    trainer_threads,
+)
+
+HAND = "hand-written PyTorch"
+HS = "hs.Stateful"
+FUSED = "hs.Stateful (fused)"
+DIRECT = "hs.Stateful (direct kernel call)"
+KERAS = "Keras 3 / TF, stateful"
+HEADERS = ["config", "candidate", "sample-steps/s", "vs hand loop", "(CPU time)", "vs Keras", "peak RSS"]
+
+
+def specs(cfg: Config, *, keras: bool, fused: bool, threads: int | None = None) -> list[Spec]:
+    kw = {"cfg": cfg, "threads": threads}
+    out = [Spec(HAND, c.HandInfer, kw), Spec(HS, c.HsInfer, kw)]
+    out.append(Spec(DIRECT, c.HsInfer, {**kw, "backend": "direct"}))
+    if fused:
+        out.append(Spec(FUSED, c.HsInfer, {**kw, "backend": "fused"}))
+    if keras:
+        out.append(Spec(KERAS, c.KerasInfer, kw))
+    return out
+
+
+def rows(cfg: Config, results: dict[str, Result]) -> list[list[Any]]:
+    hand, hand_cpu = results[HAND].rate, results[HAND].cpu_rate
+    keras = results[KERAS].rate if KERAS in results else None
+    return [
+        [
+            cfg.name,
+            label,
+            rate(r.rate),
+            ratio(r.rate, hand),
+            ratio(r.cpu_rate, hand_cpu),
+            ratio(r.rate, keras) if keras else "",
+            rss(r.rss_mb),
+        ]
+        for label, r in results.items()
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Result]]:
+    args = base_parser(__doc__.splitlines()[0], "seed,wide,long").parse_args(argv)
+    use_keras = keras_available() and not args.no_keras
+    repeats, isolate = (1, False) if args.tiny else (args.repeats, True)
+    print(f"## Inference throughput\n\n{environment()}\n")
+    found, all_rows = {}, []
+    for cfg in pick_configs(args.configs, args.tiny):
+        print(f"- {cfg.name}: {cfg.describe}, {cfg.chunks} chunks per repeat, "
+              f"{args.threads or trainer_threads(cfg.layers)} torch thread(s)", flush=True)  # fmt: skip
+        found[cfg.name] = results = measure(
+            specs(cfg, keras=use_keras, fused=not args.no_fused, threads=args.threads), repeats=repeats, isolate=isolate
+        )
+        all_rows += rows(cfg, results)
+    print()
+    print(table(HEADERS, all_rows))
+    print(f"\nmedian of {repeats} interleaved repeats; peak RSS of each candidate's own process")
+    return found
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Speed options: the fused CPU LSTM backend and mixed precision on the GPU.
+
+**The fused backend.** A small recurrent model on a CPU is bound by op dispatch, not arithmetic:
+the seed model (two LSTM(8) layers, batch 10) does ~5k multiply-adds per step, under a
+microsecond of work, while oneDNN's RNN kernel costs several microseconds per step and the
+backward twice that. ``model.rnn.set_backend("fused")`` runs each LSTM layer's time loop in one
+call into a small C kernel (``_fused_lstm.c``, built with the system C compiler on first use and
+cached), forward and backward; everything that is not sequential stays in torch as a few large
+matrix products per layer::
+
+    forward, per layer     xproj = x @ W_ih^T + b        one GEMM for all steps   (torch)
+                           for t: gates, c_t, h_t         the time loop            (C, one call)
+    backward, per layer    for t (reversed): d gates      the time loop            (C, one call)
+                           dW_ih, dW_hh, db, dx           one GEMM each            (torch)
+
+It computes the same function as ``nn.LSTM`` (to ~1e-6 in float32), returns outputs with the
+same memory layout (so dropout between layers draws the same masks), and is CPU-only, for LSTM
+layers in float32 or float64. It pays off for hidden sizes up to about 64; for larger ones the
+per-step matrix product dominates and oneDNN's blocked GEMM is as fast or faster. The default
+backend, ``"torch"``, is one ``nn.LSTM``/``nn.GRU`` (cuDNN/oneDNN) call per layer.
+
+>>> import torch, hiddenstate as hs
+>>> model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(8)])
+>>> x = torch.randn(10, 96, 2)
+>>> y_torch, _ = model(x)
+>>> model.rnn.set_backend("fused")  # doctest: +SKIP
+>>> torch.allclose(model(x)[0], y_torch, atol=1e-5)  # doctest: +SKIP
+True
+
+**Mixed precision on the GPU.** :func:`autocast` runs the forward pass in bfloat16 or float16
+under ``torch.autocast`` (cuDNN's RNN kernels take both); :func:`grad_scaler` gives the
+``GradScaler`` float16 needs. Weights and the optimizer stay in float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["PRECISIONS", "autocast", "build_kernel", "fused_available", "fused_lstm", "grad_scaler"]
+
+_SOURCE = Path(__file__).with_name("_fused_lstm.c")
+_FLAGS = ("-O3", "-fno-trapping-math", "-std=c99", "-shared", "-fPIC")
+_ARCH_FLAGS = ("-march=native",)  # AVX2/AVX-512 on the machine that builds (and runs) it
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("HIDDENSTATE_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hiddenstate"
+
+
+def _cpu_id() -> str:
+    """What the compiled kernel is specific to: ``-march=native`` ties it to this CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()}|{platform.processor()}|{flags}"
+
+
+def _compile(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        error = ""
+        for extra in (_ARCH_FLAGS, ()):  # not every compiler knows -march=native
+            cmd = [compiler, *_FLAGS, *extra, "-o", tmp, str(_SOURCE)]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode == 0:
+                os.replace(tmp, target)  # atomic: a concurrent build leaves one complete file
+                return
+            error = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise ConfigError(f"the fused backend could not build {_SOURCE.name} with {compiler}: {error}")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@functools.cache
+def build_kernel() -> ctypes.CDLL:
+    """Compile ``_fused_lstm.c`` (once per source, compiler and CPU; cached) and load it.
+
+    Raises ConfigError when no C compiler is found or the build fails.
+    """
+    name = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "cc")
+    compiler = shutil.which(name)
+    if compiler is None:
+        raise ConfigError(
+            f"the fused backend builds a small C kernel on first use and found no C compiler ({name!r}; "
+            "set CC to one); use backend 'torch' instead"
+        )
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()]))
+    target = _cache_dir() / f"fused_lstm-{key.hexdigest()[:16]}.so"
+    if not target.is_file():
+        _compile(compiler, target)
+    lib = ctypes.CDLL(str(target))
+    ptr, size = ctypes.c_void_p, ctypes.c_long
+    for suffix in ("f32", "f64"):
+        fwd = getattr(lib, f"hs_lstm_forward_{suffix}")
+        fwd.argtypes = [size] * 4 + [ptr, size, size] + [ptr] * 8 + [size, ptr, size]
+        fwd.restype = ctypes.c_int
+        bwd = getattr(lib, f"hs_lstm_backward_{suffix}")
+        bwd.argtypes = [size] * 4 + [ptr, size, size] + [ptr] * 8 + [size, size] + [ptr] * 3 + [size] * 2 + [ptr] * 3
+        bwd.restype = ctypes.c_int
+    return lib
+
+
+def fused_available() -> bool:
+    """True when the fused kernel is built or can be built here."""
+    try:
+        build_kernel()
+    except ConfigError:
+        return False
+    return True
+
+
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_WEIGHT_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+
+
+def _check(x: torch.Tensor, w_hh: torch.Tensor) -> str:
+    if x.device.type != "cpu":
+        raise ConfigError(
+            f"the fused backend runs on the CPU, got x on {x.device}; on a GPU the default "
+            "backend 'torch' runs cuDNN's kernel"
+        )
+    suffix = _SUFFIX.get(x.dtype)
+    if suffix is None or w_hh.dtype != x.dtype:
+        raise ConfigError(
+            f"the fused backend takes float32 or float64 (x and weights alike), got x {x.dtype}, weights {w_hh.dtype}"
+        )
+    return suffix
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with contiguous features (the kernel reads batch and time through strides)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _forward(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    weights: tuple[torch.Tensor, ...],
+    keep: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the time loop; ``keep`` stores every step's c and gates for the backward pass.
+
+    Returns ``hseq (steps, batch, hidden)``, ``cseq`` and ``acts`` (time-major)."""
+    w_ih, w_hh, b_ih, b_hh = weights
+    fn = getattr(build_kernel(), f"hs_lstm_forward_{_check(x, w_hh)}")
+    batch, steps, n_in = x.shape
+    hidden = w_hh.shape[1]
+    hseq = x.new_empty(steps, batch, hidden)
+    cseq = x.new_empty(steps if keep else 1, batch, hidden)
+    acts = x.new_empty(steps if keep else 1, batch, 4 * hidden)
+    status = fn(
+        batch, steps, n_in, hidden, x.data_ptr(), x.stride(0), x.stride(1),
+        w_ih.data_ptr(), w_hh.data_ptr(), b_ih.data_ptr(), b_hh.data_ptr(), h0.data_ptr(), c0.data_ptr(),
+        hseq.data_ptr(), cseq.data_ptr(), batch * hidden if keep else 0,
+        acts.data_ptr(), batch * 4 * hidden if keep else 0,
+    )  # fmt: skip
+    if status:
+        raise MemoryError("the fused LSTM kernel could not allocate its work buffers")
+    return hseq, cseq, acts
+
+
+class _LSTMLayer(torch.autograd.Function):
+    """One LSTM layer over a whole chunk: one kernel call forward, one backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        h0: torch.Tensor,
+        c0: torch.Tensor,
+        w_ih: torch.Tensor,
+        w_hh: torch.Tensor,
+        b_ih: torch.Tensor,
+        b_hh: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hseq, cseq, acts = _forward(x, h0, c0, (w_ih, w_hh, b_ih, b_hh), keep=True)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh)
+        ctx.inner = (hseq, cseq, acts)
+        # Outputs are views of the time-major buffers, laid out exactly like nn.LSTM's.
+        return hseq.transpose(0, 1), hseq[-1], cseq[-1]
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor, d_hn: torch.Tensor, d_cn: torch.Tensor) -> tuple[Any, ...]:
+        x, h0, c0, w_ih, w_hh = ctx.saved_tensors
+        hseq, cseq, acts = ctx.inner
+        steps, batch, hidden = hseq.shape
+        fn = getattr(build_kernel(), f"hs_lstm_backward_{_SUFFIX[hseq.dtype]}")
+        d_out = _rows(d_out)  # (batch, steps, hidden), any batch/time strides
+        dh = d_hn.clone(memory_format=torch.contiguous_format)  # in: d h_n; out: d h0
+        dc = d_cn.clone(memory_format=torch.contiguous_format)  # in: d c_n; out: d c0
+        dx = torch.empty_like(x, memory_format=torch.contiguous_format) if ctx.needs_input_grad[0] else None
+        d_w_ih, d_w_hh, d_b = torch.empty_like(w_ih), torch.empty_like(w_hh), hseq.new_empty(4 * hidden)
+        status = fn(
+            batch, steps, x.shape[2], hidden, x.data_ptr(), x.stride(0), x.stride(1),
+            w_ih.data_ptr(), w_hh.data_ptr(), h0.data_ptr(), c0.data_ptr(),
+            hseq.data_ptr(), cseq.data_ptr(), acts.data_ptr(), d_out.data_ptr(), d_out.stride(1), d_out.stride(0),
+            dh.data_ptr(), dc.data_ptr(), None if dx is None else dx.data_ptr(), steps * x.shape[2], x.shape[2],
+            d_w_ih.data_ptr(), d_w_hh.data_ptr(), d_b.data_ptr(),
+        )  # fmt: skip
+        if status:
+            raise MemoryError("the fused LSTM kernel could not allocate its work buffers")
+        return dx, dh, dc, d_w_ih, d_w_hh, d_b, d_b.clone()
+
+
+def fused_lstm(
+    cell: nn.LSTM, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """``cell(x, hx)`` for a one-layer, ``batch_first`` ``nn.LSTM``, through the fused kernel.
+
+    ``x`` is ``(batch, steps, input)``; ``hx`` is ``(h0, c0)``, each ``(1, batch, hidden)``, or
+    None for zeros. Returns ``(out (batch, steps, hidden), (h_n, c_n))`` like ``nn.LSTM``.
+    """
+    weights: tuple[torch.Tensor, ...] = tuple(getattr(cell, n) for n in _WEIGHT_NAMES)
+    batch = x.shape[0]
+    if hx is None:
+        h0 = c0 = x.new_zeros(batch, cell.hidden_size)
+    else:
+        h0, c0 = hx[0][0].contiguous(), hx[1][0].contiguous()  # (batch, hidden)
+    x = _rows(x)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or h0.requires_grad or c0.requires_grad or any(w.requires_grad for w in weights)
+    )
+    if needs_grad:
+        out, h_n, c_n = _LSTMLayer.apply(x, h0, c0, *weights)
+    else:
+        hseq, cseq, _ = _forward(x, h0, c0, weights, keep=False)
+        out, h_n, c_n = hseq.transpose(0, 1), hseq[-1], cseq[-1]
+    return out, (h_n.unsqueeze(0), c_n.unsqueeze(0))
+
+
+def check_fusable(cells: nn.ModuleList) -> None:
+    """Raise ConfigError unless every layer can run on the fused backend (and it builds)."""
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, nn.LSTM) or cell.num_layers != 1 or not cell.bias or cell.proj_size:
+            kind = type(cell).__name__.lower()
+            raise ConfigError(
+                f"layer {i} ({kind}, hidden {cell.hidden_size}): the fused backend runs lstm layers only; "
+                "use backend 'torch' for this stack"
+            )
+    build_kernel()
+
+
+# -- mixed precision on the GPU ----------------------------------------------------------------
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device | str, precision: str = "fp32") -> Iterator[None]:
+    """Run the enclosed forward pass (and loss) in ``precision`` on ``device``.
+
+    ``"fp32"`` changes nothing; ``"bf16"`` and ``"fp16"`` use ``torch.autocast``, under which
+    cuDNN's LSTM runs in half precision while the weights stay float32. Leave ``backward()`` and
+    the optimizer step outside the block.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        yield
+        return
+    device_type = torch.device(device).type
+    if device_type != "cuda":
+        raise ConfigError(f"precision {precision!r} is for CUDA devices; on {device_type} use 'fp32'")
+    with torch.autocast(device_type="cuda", dtype=_AUTOCAST_DTYPES[precision]):
+        yield
+
+
+def grad_scaler(precision: str) -> torch.amp.GradScaler:
+    """The loss scaler for ``precision``: active for ``"fp16"`` (whose gradients underflow),
+    a pass-through otherwise. Use ``scaler.scale(loss).backward()``, ``scaler.step(opt)``,
+    ``scaler.update()``."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return torch.amp.GradScaler("cuda", enabled=precision == "fp16")

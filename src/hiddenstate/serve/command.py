@@ -1,0 +1,140 @@
+"""``hiddenstate serve RUN_DIR``: the command that starts the service.
+
+:func:`register` adds the command to a typer app (the ``hiddenstate`` command line calls it);
+``python -m hiddenstate.serve RUN_DIR ...`` runs the same command on its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+
+__all__ = ["build_service", "register", "serve"]
+
+Sync = Literal["full", "normal"]
+DEFAULT_STORE_FILE = "states.db"
+
+
+def build_service(
+    run_dir: str | Path,
+    store: str | None = None,
+    *,
+    sync: str = "full",
+    ttl: float | None = None,
+    max_batch: int = 1024,
+    max_wait_ms: float = 2.0,
+    max_body_mb: float = 16.0,
+) -> Any:
+    """Load the run, open the store (checking its fingerprint) and build the :class:`~.service.Service`."""
+    import sqlite3
+
+    import redis
+
+    from ..checkpoint import load_run
+    from ..errors import ServeError
+    from .served import ServedModel
+    from .service import Limits, Service
+    from .store import open_store
+
+    run = load_run(run_dir)
+    served = ServedModel.from_run(run)
+    url = store if store is not None else f"sqlite://{(Path(run_dir).resolve() / DEFAULT_STORE_FILE)}"
+    limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024))
+    try:
+        states = open_store(url, ttl=ttl, sync=sync)
+    except (sqlite3.Error, redis.RedisError) as e:
+        raise ServeError(f"store {url}: cannot be opened: {e}") from None
+    try:
+        return Service(served, states, max_batch=max_batch, max_wait=max_wait_ms / 1000, limits=limits)
+    except (sqlite3.Error, redis.RedisError) as e:
+        states.close()
+        raise ServeError(f"store {states.url}: cannot be used: {e}") from None
+    except BaseException:
+        states.close()
+        raise
+
+
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by 'hiddenstate train' (save_run).")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Where states live: sqlite:///path/states.db (default: states.db in RUN_DIR) or "
+            "redis://host:port/db for several replicas sharing one store."
+        ),
+    ] = None,
+    sync: Annotated[
+        Sync,
+        typer.Option(
+            help="SQLite durability: 'full' fsyncs every commit (survives power loss); 'normal' is faster and "
+            "survives a killed process but may lose the last commits on power loss."
+        ),
+    ] = "full",
+    max_batch: Annotated[int, typer.Option(min=1, help="Most streams in one micro-batch.")] = 1024,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0.0, max=10000.0, help="Longest a request waits for others to join its batch.")
+    ] = 2.0,
+    ttl: Annotated[
+        float | None, typer.Option(min=0.001, help="Forget streams idle this many seconds (default: never).")
+    ] = None,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MiB (413 beyond).")] = 16.0,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads for the model.")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve a trained run over HTTP: each stream's hidden state kept durably, advanced one step at a time.
+
+    Examples:
+
+      hiddenstate serve runs/demo --port 8000
+
+      hiddenstate serve runs/demo --store redis://127.0.0.1:6379/0
+
+    Then: curl -X POST localhost:8000/v1/streams/sensor-1/observe -H 'content-type: application/json'
+    -d '{"seq": 1, "values": [[0.5, 1.2]]}'. OpenAPI docs at /docs.
+    """
+    import torch
+    import uvicorn
+
+    from .app import create_app
+    from .redis_store import RedisStore
+
+    torch.set_num_threads(threads)
+    service = build_service(
+        run_dir, store, sync=sync, ttl=ttl, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb
+    )
+    if isinstance(service.store, RedisStore):
+        found = service.store.durability()
+        if found and (found.get("appendonly") != "yes" or found.get("appendfsync") != "always"):
+            typer.echo(
+                f"Warning: Redis runs with appendonly={found.get('appendonly')} "
+                f"appendfsync={found.get('appendfsync')}; acknowledged updates survive a Redis crash only with "
+                "appendonly yes and appendfsync always",
+                err=True,
+            )
+    typer.echo(
+        f"hiddenstate serve: {run_dir} on http://{host}:{port} (store {service.store.url}, docs at /docs)", err=True
+    )
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command to ``app``."""
+    app.command("serve")(serve)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m hiddenstate.serve RUN_DIR ...``: the serve command on its own."""
+    from ..errors import HiddenStateError
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(serve)
+    try:
+        app(args=argv, prog_name="hiddenstate serve", standalone_mode=True)
+    except HiddenStateError as e:
+        typer.echo(f"Error: {' '.join(str(e).split())}", err=True)
+        sys.exit(1)

@@ -1,0 +1,441 @@
+"""The streaming service without HTTP: the sequence contract, micro-batches, state reads and writes.
+
+Sequence contract, per stream (like Triton's correlation ids, but durable)::
+
+    stored seq n     request seq n+1  -> advance through the rows, store, answer
+                     request seq n    -> the stored answer again, nothing advances
+                                         (the same body only; another body is a 409)
+                     anything else    -> 409 SequenceGapError: expected seq n+1
+    no stream        request seq 1    -> start from the model's initial state
+
+A micro-batch is read from the store in one call, advanced in one model call per step count
+and written back in one transaction, each stream by compare-and-set on the version it read.
+A stream whose write lost the race (another replica advanced it) is read and judged again in
+the next batch, so concurrent requests never lose an update, whichever replica they reach.
+A stream the model turns non-finite is answered with an error and never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from ..errors import (
+    ConfigError,
+    SequenceGapError,
+    ServeError,
+    ShapeError,
+    StateError,
+    StreamNotFoundError,
+    VersionConflictError,
+)
+from ..state import State
+from .batcher import RETRY, MicroBatcher
+from .metrics import Metrics
+from .served import ServedModel
+from .store import Record, StateStore, Write, new_version
+
+__all__ = ["Limits", "Observation", "Outcome", "Service", "check_store"]
+
+LAYOUT = "float32-flat/1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; beyond these it gets a 4xx, never a 5xx."""
+
+    max_steps: int = 4096  # rows for one stream in one request
+    max_streams: int = 10_000  # streams in one bulk request
+    max_total_steps: int = 200_000  # rows in one bulk request, all streams together
+    max_horizon: int = 4096
+    max_body_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Limits.{name} must be a positive int, got {value!r}")
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Observation(NamedTuple):
+    """One stream's part of an observe request, validated and normalised."""
+
+    stream_id: str
+    seq: int
+    x: np.ndarray  # (steps, n_in) float32, normalised
+    horizon: int | None
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one observation: ``status`` 200 with the JSON ``answer`` bytes, or an error."""
+
+    status: int
+    answer: bytes = b""
+    detail: str = ""
+    expected_seq: int | None = None
+    replayed: bool = False
+    error: str = ""  # a stable code beside the detail: sequence_gap, replay_conflict, invalid, nonfinite
+
+
+def check_store(store: StateStore, served: ServedModel) -> None:
+    """Pin the model's spec fingerprint in the store, or refuse a store that holds another spec's states."""
+    want = {"fingerprint": served.spec.fingerprint(), "spec": served.spec.describe(), "layout": LAYOUT}
+    held = store.init_meta(want)
+    if held.get("fingerprint") != want["fingerprint"] or held.get("layout", LAYOUT) != LAYOUT:
+        raise ServeError(
+            f"store {store.url} holds states of spec fingerprint {held.get('fingerprint')!r} "
+            f"({held.get('spec', '?')}), but the model{' in ' + served.source if served.source else ''} has "
+            f"{want['fingerprint']!r} ({want['spec']}); serve it with another --store, or delete the old states"
+        )
+
+
+class Service:
+    """Everything the HTTP layer calls; see the module docstring for the sequence contract."""
+
+    def __init__(
+        self,
+        served: ServedModel,
+        store: StateStore,
+        *,
+        max_batch: int = 1024,
+        max_wait: float = 0.002,
+        limits: Limits | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        check_store(store, served)
+        self.served = served
+        self.store = store
+        self.limits = limits or Limits()
+        self.metrics = metrics or Metrics()
+        # One worker thread runs every batch and every single-stream write, in order. OpenMP's thread
+        # count is per thread: a new thread must be told, or torch there runs ~40x slower on small ops.
+        threads = torch.get_num_threads()
+        self.worker = ThreadPoolExecutor(
+            1, thread_name_prefix="hiddenstate-worker", initializer=torch.set_num_threads, initargs=(threads,)
+        )
+        self.batcher: MicroBatcher[Observation] = MicroBatcher(
+            self._process,
+            lambda o: o.stream_id,
+            max_batch=max_batch,
+            max_wait=max_wait,
+            executor=self.worker,
+            on_batch=self.metrics.batch,
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+        self._count: tuple[float, int] | None = None  # (loop time, streams) of the last count
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.batcher.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._maintenance())
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await asyncio.get_running_loop().run_in_executor(self.worker, self.store.close)
+        self.worker.shutdown(wait=True)
+
+    async def _maintenance(self) -> None:
+        """In the background: checkpoint SQLite's WAL off the request path; sweep expired streams."""
+        loop = asyncio.get_running_loop()
+        checkpoint = getattr(self.store, "checkpoint", None)
+        sweep_every = min(60.0, max(float(self.store.ttl or 0) / 2, 0.5))
+        last_sweep = loop.time()
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                if checkpoint is not None:
+                    await loop.run_in_executor(None, checkpoint)
+                if self.store.ttl and loop.time() - last_sweep >= sweep_every:
+                    last_sweep = loop.time()
+                    await self._in_worker(self.store.sweep)
+            except Exception:  # housekeeping must not die; the requests themselves report store errors
+                continue
+
+    async def _in_worker(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
+
+    # -- validation -------------------------------------------------------------------------------
+
+    def observations(
+        self, items: Sequence[tuple[str, int, Sequence[Sequence[float]], int | None]]
+    ) -> list[Observation]:
+        """Check and normalise ``(stream_id, seq, values, horizon)`` items, all rows at once.
+
+        Raises ShapeError or ConfigError naming the stream, the row and what is wrong; nothing
+        is queued unless every item is acceptable.
+        """
+        served, lim = self.served, self.limits
+        if len(items) > lim.max_streams:
+            raise ShapeError(f"{len(items)} streams in one request; at most {lim.max_streams}")
+        lengths = [len(values) for _, _, values, _ in items]
+        for (sid, _, _, _), steps in zip(items, lengths, strict=True):
+            if steps > lim.max_steps:
+                raise ShapeError(f"stream {sid!r}: {steps} rows in one request; at most {lim.max_steps}")
+        if sum(lengths) > lim.max_total_steps:
+            raise ShapeError(f"{sum(lengths)} rows in one request; at most {lim.max_total_steps}")
+        if len(items) > 1 and len({item[0] for item in items}) < len(items):
+            seen: set[str] = set()
+            for sid, _, _, _ in items:
+                if sid in seen:
+                    raise ShapeError(f"stream {sid!r} appears twice in one request; send its rows in one item")
+                seen.add(sid)
+        rows = items[0][2] if len(items) == 1 else [row for _, _, values, _ in items for row in values]
+        try:
+            raw = np.array(rows, dtype=np.float64)  # (all rows, n_in)
+            ok = raw.ndim == 2 and raw.shape[1] == served.n_inputs
+        except ValueError:  # ragged rows
+            ok = False
+        if not ok:
+            for sid, _, values, _ in items:
+                for r, row in enumerate(values):
+                    if len(row) != served.n_inputs:
+                        raise ShapeError(
+                            f"stream {sid!r}: values row {r} has {len(row)} numbers; the model takes "
+                            f"{served.n_inputs} ({', '.join(served.inputs)})"
+                        )
+        x = served.normalise(raw)  # (all rows, n_in) float32
+        offsets = [0]
+        for steps in lengths:
+            offsets.append(offsets[-1] + steps)
+        if not np.isfinite(x).all():
+            r, c = (int(v) for v in np.argwhere(~np.isfinite(x))[0])
+            k = int(np.searchsorted(offsets, r, side="right")) - 1
+            raise ShapeError(
+                f"stream {items[k][0]!r}: values row {r - offsets[k]} column {served.inputs[c]!r} "
+                f"({float(raw[r, c])!r}) is out of float32 range once normalised"
+            )
+        for horizon in {h for _, _, _, h in items} - {None}:
+            if horizon > lim.max_horizon:  # type: ignore[operator]
+                raise ConfigError(f"horizon {horizon} is above the limit of {lim.max_horizon}")
+            served.forecast_method(horizon)  # type: ignore[arg-type]  # ConfigError when it cannot be done
+        out = []
+        for k, (sid, seq, _, horizon) in enumerate(items):
+            a, b = offsets[k], offsets[k + 1]
+            digest = hashlib.blake2b(raw[a:b].tobytes() + str(horizon).encode(), digest_size=16).digest()
+            out.append(Observation(sid, seq, x[a:b], horizon, digest))
+        return out
+
+    # -- observe ----------------------------------------------------------------------------------
+
+    async def observe(self, observations: Sequence[Observation]) -> list[Outcome]:
+        """Advance each stream (micro-batched with every other request in flight)."""
+        return await self.batcher.submit(list(observations))
+
+    def _process(self, batch: list[Observation]) -> list[Any]:
+        """One micro-batch, in the worker thread: read, judge seqs, advance, write (one transaction)."""
+        served, metrics = self.served, self.metrics
+        records = self.store.read([o.stream_id for o in batch])
+        results: list[Any] = [None] * len(batch)
+        go: list[Observation] = []  # the observations that advance
+        slots: list[int] = []  # their places in the batch
+        for k, o in enumerate(batch):
+            r = records.get(o.stream_id)
+            last = r.seq if r is not None else 0
+            if r is not None and o.seq == last:
+                results[k] = self._replay(o, r)
+            elif o.seq != last + 1:
+                results[k] = Outcome(
+                    409,
+                    detail=str(SequenceGapError(o.stream_id, last + 1, o.seq)),
+                    expected_seq=last + 1,
+                    error="sequence_gap",
+                )
+                metrics.outcome("gap")
+            elif r is None and served.cond_size and o.x.shape[0] < 2:
+                results[k] = Outcome(
+                    422,
+                    detail=f"stream {o.stream_id!r}: this model starts a stream from its first row "
+                    "(state_encoder 'cond'), so the first observe needs at least 2 rows",
+                    error="invalid",
+                )
+                metrics.outcome("rejected")
+            else:
+                go.append(o)
+                slots.append(k)
+        if not go:
+            return results
+        n = len(go)
+        have = [records.get(o.stream_id) for o in go]
+        fresh = np.array([r is None for r in have])
+        starts = torch.zeros(n, served.state_width)
+        stored = [i for i, r in enumerate(have) if r is not None]
+        if stored:
+            starts[torch.tensor(stored)] = served.from_bytes([have[i].state for i in stored])  # type: ignore[union-attr]
+        new, preds = served.advance(starts, fresh, [o.x for o in go])  # (n, state_width), (n, n_out)
+        tails = torch.cat([torch.from_numpy(np.stack([o.x[-1] for o in go])), preds], dim=1)  # (n, n_in + n_out)
+        forecasts: dict[int, list[list[float]]] = {}
+        finite = (torch.isfinite(new).all(1) & torch.isfinite(preds).all(1)).tolist()
+        for horizon in {o.horizon for o in go} - {None}:
+            rows = [i for i, o in enumerate(go) if o.horizon == horizon]
+            f = served.forecast(new[torch.tensor(rows)], tails[torch.tensor(rows)], horizon).numpy()  # type: ignore[arg-type]
+            for i, fi in zip(rows, f, strict=True):  # fi: (horizon, n_out)
+                if np.isfinite(fi).all():
+                    forecasts[i] = served.targets_original(fi).tolist()
+                else:
+                    finite[i] = False
+        state_bytes, tail_bytes = new.numpy().astype("<f4").tobytes(), tails.numpy().astype("<f4").tobytes()
+        sw, tw = served.state_width * 4, tails.shape[1] * 4
+        predictions = served.targets_original(preds.numpy()).tolist()
+        now = time.time()
+        writes: list[Write] = []
+        answers: list[tuple[int, int, bytes]] = []  # (slot, steps, answer)
+        for i, (o, r) in enumerate(zip(go, have, strict=True)):
+            if not finite[i]:
+                results[slots[i]] = Outcome(
+                    422,
+                    detail=f"stream {o.stream_id!r}: the model produced NaN or inf at seq {o.seq}; "
+                    "the state was not advanced (check the values for outliers)",
+                    error="nonfinite",
+                )
+                metrics.outcome("nonfinite")
+                continue
+            answer = _answer(o.stream_id, o.seq, predictions[i], forecasts.get(i))
+            state, tail = state_bytes[i * sw : (i + 1) * sw], tail_bytes[i * tw : (i + 1) * tw]
+            record = Record(o.seq, new_version(), state, tail, answer, o.digest, now)
+            writes.append(Write(o.stream_id, r.version if r is not None else 0, record))
+            answers.append((slots[i], o.x.shape[0], answer))
+        advanced = steps_done = 0
+        for (k, steps, answer), ok in zip(answers, self.store.write(writes), strict=True):
+            if ok:
+                results[k] = Outcome(200, answer)
+                advanced += 1
+                steps_done += steps
+            else:  # another replica advanced it first: read and judge it again in the next batch
+                results[k] = RETRY
+                metrics.outcome("cas_retry")
+        metrics.outcome("advanced", steps=steps_done, count=advanced)
+        return results
+
+    def _replay(self, o: Observation, r: Record) -> Outcome:
+        if r.answer is None or r.digest is None:
+            self.metrics.outcome("conflict")
+            return Outcome(
+                409,
+                detail=f"stream {o.stream_id!r}: seq {o.seq} was set by a PUT of the state, not by an observe; "
+                f"there is no answer to repeat; the next seq is {o.seq + 1}",
+                expected_seq=o.seq + 1,
+                error="replay_conflict",
+            )
+        if r.digest != o.digest:
+            self.metrics.outcome("conflict")
+            return Outcome(
+                409,
+                detail=f"stream {o.stream_id!r}: seq {o.seq} was already applied with other values or horizon; "
+                f"the next seq is {o.seq + 1}",
+                expected_seq=o.seq + 1,
+                error="replay_conflict",
+            )
+        self.metrics.outcome("replayed")
+        return Outcome(200, r.answer, replayed=True)
+
+    # -- reads, forecasts and direct writes -------------------------------------------------------
+
+    def _record(self, stream_id: str) -> Record:
+        r = self.store.read([stream_id]).get(stream_id)
+        if r is None:
+            raise StreamNotFoundError(stream_id)
+        return r
+
+    async def forecast(self, stream_id: str, horizon: int) -> dict[str, Any]:
+        if horizon > self.limits.max_horizon:
+            raise ConfigError(f"horizon {horizon} is above the limit of {self.limits.max_horizon}")
+        method = self.served.forecast_method(horizon)
+        return await self._in_worker(self._forecast, stream_id, horizon, method)
+
+    def _forecast(self, stream_id: str, horizon: int, method: str) -> dict[str, Any]:
+        served = self.served
+        r = self._record(stream_id)
+        if method == "rollout" and r.tail is None:
+            raise ServeError(
+                f"stream {stream_id!r}: its state was set by a PUT and nothing has been observed since, so there is "
+                "no last row to roll out from; observe once first"
+            )
+        states = served.from_bytes([r.state])
+        width = served.n_inputs + served.n_targets
+        tails = torch.from_numpy(np.frombuffer(r.tail or bytes(4 * width), dtype="<f4").reshape(1, width).copy())
+        f = served.forecast(states, tails, horizon).numpy()[0]  # (horizon, n_out)
+        if not np.isfinite(f).all():
+            raise StateError(f"stream {stream_id!r}: the model's forecast is not finite (NaN or inf)")
+        return {"id": stream_id, "seq": r.seq, "method": method, "forecast": served.targets_original(f).tolist()}
+
+    async def get_state(self, stream_id: str) -> dict[str, Any]:
+        r = await asyncio.get_running_loop().run_in_executor(None, self._record, stream_id)
+        return {"id": stream_id, "seq": r.seq, "version": r.version, "state": self.served.state_lists(r.state)}
+
+    async def put_state(
+        self, stream_id: str, tensors: Mapping[str, Any], seq: int | None, version: int | None
+    ) -> dict[str, Any]:
+        """Replace a stream's state, validated exactly like ``State.from_dict`` (one row)."""
+        try:
+            state = State.from_dict(self.served.spec, dict(tensors), broadcast=True, batch_size=1)
+        except (TypeError, ValueError, RuntimeError) as e:
+            if isinstance(e, StateError):
+                raise
+            raise StateError(f"state: {e}") from None
+        flat = self.served.to_flat(state.to(dtype=torch.float32))
+        if not torch.isfinite(flat).all():
+            raise StateError("state: a value is out of float32 range (inf once stored as float32)")
+        blob = self.served.to_bytes(flat.numpy()[0])
+        return await self._in_worker(self._put, stream_id, blob, seq, version)
+
+    def _put(self, stream_id: str, blob: bytes, seq: int | None, version: int | None) -> dict[str, Any]:
+        while True:
+            r = self.store.read([stream_id]).get(stream_id)
+            current = r.version if r is not None else 0
+            if version is not None and version != current:
+                raise VersionConflictError(
+                    f"stream {stream_id!r}: version {version} was asked for, but the stored version is {current}"
+                )
+            new_seq = seq if seq is not None else (r.seq if r is not None else 0)
+            record = Record(new_seq, new_version(), blob, None, None, None, time.time())
+            if self.store.write([Write(stream_id, current, record)])[0]:
+                return {"id": stream_id, "seq": new_seq, "version": record.version}
+            self.metrics.outcome("cas_retry")
+
+    async def delete(self, stream_id: str) -> None:
+        await self._in_worker(self._delete, stream_id)
+
+    def _delete(self, stream_id: str) -> None:
+        while True:
+            r = self._record(stream_id)
+            if self.store.write([Write(stream_id, r.version, None)])[0]:
+                return
+            self.metrics.outcome("cas_retry")
+
+    async def count(self) -> int:
+        """Streams in the store, counted at most every 10 s (a Redis count scans every key)."""
+        loop = asyncio.get_running_loop()
+        if self._count is None or loop.time() - self._count[0] > 10.0:
+            self._count = (loop.time(), int(await loop.run_in_executor(None, self.store.count)))
+        return self._count[1]
+
+    async def ping(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.store.ping)
+
+
+def _floats(values: Sequence[float]) -> str:
+    return ",".join(map(repr, values))  # repr is the shortest round-trip form, as json.dumps writes it
+
+
+def _answer(stream_id: str, seq: int, prediction: Sequence[float], forecast: Sequence[Sequence[float]] | None) -> bytes:
+    """The observe answer's JSON, written directly (the values are finite, checked before)."""
+    text = f'{{"id":{json.dumps(stream_id)},"seq":{seq},"prediction":[{_floats(prediction)}]'
+    if forecast is not None:
+        text += ',"forecast":[' + ",".join(f"[{_floats(row)}]" for row in forecast) + "]"
+    return (text + "}").encode()

@@ -1,0 +1,352 @@
+"""Where the service keeps each stream's state: a small protocol and its SQLite backend.
+
+A store maps a stream id to one :class:`Record`. Every write is a compare-and-set on the
+record's ``version``: it applies only if the stored version is still the one the writer read
+(``0`` for a stream that does not exist yet). Versions are random 53-bit tokens, not counters,
+so a stream deleted and created again never reuses a version a slow writer may still hold
+(no ABA). One :meth:`StateStore.write` call is one transaction: the service commits a whole
+micro-batch at once (group commit), and each write in it succeeds or fails on its own.
+
+States are plain float32 bytes: every tensor of ``State.to_dict()`` for one row, in the order
+of ``StateSpec.names``, end to end. The store's ``meta`` pins the spec fingerprint, so bytes
+are never read back with another layout. Nothing here unpickles anything.
+
+Backends: :class:`SQLiteStore` (``sqlite:///path/states.db``, the default, WAL mode with
+``synchronous=FULL``) and :class:`~hiddenstate.serve.redis_store.RedisStore`
+(``redis://host:port/db``, for several replicas sharing one store).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from ..errors import ConfigError
+
+__all__ = [
+    "SYNC_MODES",
+    "Record",
+    "SQLiteStore",
+    "StateStore",
+    "Write",
+    "new_version",
+    "open_store",
+    "record_digest",
+]
+
+SYNC_MODES = ("full", "normal")
+
+
+# Versions need to be unique, not secret: a fast generator seeded from the OS is enough.
+_versions = random.Random(secrets.randbits(128))
+
+
+def new_version() -> int:
+    """A fresh random version token in ``[1, 2**53)``, exact in JSON numbers everywhere."""
+    return _versions.getrandbits(53) or 1
+
+
+class Record(NamedTuple):
+    """One stream as stored.
+
+    ``state`` is the float32 state (``spec.names`` order); ``tail`` the float32 last observed
+    row and last prediction, both normalised (what a rollout continues from; None after a PUT);
+    ``answer`` the JSON of the last observe's reply and ``digest`` a hash of that observe's
+    body, so a repeated seq replays the answer; ``updated`` is the unix time of the write
+    (a TTL counts from it).
+    """
+
+    seq: int
+    version: int
+    state: bytes
+    tail: bytes | None = None
+    answer: bytes | None = None
+    digest: bytes | None = None
+    updated: float = 0.0
+
+
+class Write(NamedTuple):
+    """Set (``record``) or delete (``record=None``) a stream if its version is ``expected``."""
+
+    stream_id: str
+    expected: int
+    record: Record | None
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """The backend protocol; see the module docstring for the contract."""
+
+    url: str
+    ttl: float | None
+
+    def read(self, ids: Sequence[str]) -> dict[str, Record]:
+        """The records of those ids that exist (and have not expired)."""
+        ...
+
+    def write(self, writes: Sequence[Write]) -> list[bool]:
+        """Apply every write whose expected version holds, in one transaction; which applied.
+
+        The ids of one call are distinct.
+        """
+        ...
+
+    def init_meta(self, meta: Mapping[str, str]) -> dict[str, str]:
+        """Store ``meta`` if the store has none yet; return the meta the store holds."""
+        ...
+
+    def count(self) -> int:
+        """How many streams the store holds."""
+        ...
+
+    def checksum(self) -> str:
+        """A sha256 of every record and the meta, in id order; equal iff the contents are."""
+        ...
+
+    def sweep(self) -> int:
+        """Delete expired streams now (when a TTL is set); how many went."""
+        ...
+
+    def ping(self) -> None:
+        """Raise when the store cannot be reached."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def record_digest(parts: Iterable[Mapping[str, object]]) -> str:
+    """Hash records given as dicts of their fields (id order), for the stores' checksums."""
+    h = hashlib.sha256()
+    for fields in parts:
+        for key in sorted(fields):
+            value = fields[key]
+            raw = value if isinstance(value, bytes) else repr(value).encode()
+            h.update(key.encode() + b"=" + len(raw).to_bytes(8, "little") + raw)
+    return h.hexdigest()
+
+
+def open_store(url: str, *, ttl: float | None = None, sync: str = "full") -> StateStore:
+    """A store from its URL: ``sqlite:///abs/path.db``, ``sqlite://rel/path.db`` or ``redis://host:port/db``.
+
+    A plain path (no scheme) is a SQLite file. ``sync`` applies to SQLite only. Redis URLs may
+    end in ``?prefix=name:`` to keep several services apart in one database.
+    """
+    if ttl is not None and not ttl > 0:
+        raise ConfigError(f"ttl must be a positive number of seconds, got {ttl}")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisStore
+
+        return RedisStore(url, ttl=ttl)
+    if "://" in url and not url.startswith("sqlite://"):
+        raise ConfigError(f"unknown store URL {url!r}; expected sqlite:///path.db or redis://host:port/db")
+    path = url[len("sqlite://") :] if url.startswith("sqlite://") else url
+    if not path:
+        raise ConfigError(f"store URL {url!r} names no file; expected sqlite:///path/states.db")
+    return SQLiteStore(path, ttl=ttl, sync=sync)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    state BLOB NOT NULL,
+    tail BLOB,
+    answer BLOB,
+    digest BLOB,
+    updated REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS streams_updated ON streams (updated);
+"""
+_COLUMNS = "id, seq, version, state, tail, answer, digest, updated"
+
+
+def _fields(r: Record) -> tuple[object, ...]:
+    return tuple(r)
+
+
+_CHUNK = 500  # ids per IN (...) query, well under SQLite's variable limit
+
+
+class SQLiteStore:
+    """A SQLite file in WAL mode; ``sync="full"`` (default) fsyncs the WAL on every commit.
+
+    With ``full`` an acknowledged write survives a crash of the process and of the machine.
+    ``normal`` skips that fsync: it still survives the process being killed (the WAL is in the
+    OS page cache) but a power cut or kernel crash may lose the last commits. Several processes
+    may share the file; writes are serialised by ``BEGIN IMMEDIATE`` and made safe by the
+    compare-and-set. Each thread gets its own connection.
+    """
+
+    def __init__(self, path: str | Path, *, ttl: float | None = None, sync: str = "full") -> None:
+        if sync not in SYNC_MODES:
+            raise ConfigError(f"unknown sqlite sync mode {sync!r}; expected one of {', '.join(SYNC_MODES)}")
+        self.path = Path(path)
+        self.url = f"sqlite://{self.path}" if self.path.is_absolute() else f"sqlite://{path}"
+        self.ttl = ttl
+        self.sync = sync
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if not self.path.parent.is_dir():
+            raise ConfigError(f"{self.url}: folder {self.path.parent} does not exist")
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.sync.upper()}")
+            conn.execute("PRAGMA busy_timeout=30000")
+            # The service checkpoints the WAL in the background (checkpoint()); this is only the safety net,
+            # so that a commit rarely has to copy the WAL into the database on the request path.
+            conn.execute("PRAGMA wal_autocheckpoint=20000")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def pragma(self, name: str) -> str:
+        """A PRAGMA's current value on this thread's connection (``journal_mode``, ``synchronous``)."""
+        return str(self._conn().execute(f"PRAGMA {name}").fetchone()[0])
+
+    def _cutoff(self) -> float | None:
+        return None if self.ttl is None else time.time() - self.ttl
+
+    def read(self, ids: Sequence[str]) -> dict[str, Record]:
+        conn = self._conn()
+        cutoff = self._cutoff()
+        out: dict[str, Record] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(f"SELECT {_COLUMNS} FROM streams WHERE id IN ({marks})", chunk):
+                if cutoff is not None and row[7] < cutoff:
+                    continue  # expired; the next sweep or write deletes it
+                out[row[0]] = Record._make(row[1:])
+        return out
+
+    def write(self, writes: Sequence[Write]) -> list[bool]:
+        if not writes:
+            return []
+        conn = self._conn()
+        cutoff = self._cutoff()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if cutoff is not None:  # an expired row counts as absent, so a fresh stream may take its place
+                ids = [w.stream_id for w in writes]
+                for start in range(0, len(ids), _CHUNK):
+                    chunk = ids[start : start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    conn.execute(f"DELETE FROM streams WHERE updated < ? AND id IN ({marks})", [cutoff, *chunk])
+            ok = self._apply(conn, writes)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return ok
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, writes: Sequence[Write]) -> list[bool]:
+        """Every write of a batch; executemany per kind, then versions tell which ones held."""
+        updates = [w for w in writes if w.record is not None and w.expected != 0]
+        inserts = [w for w in writes if w.record is not None and w.expected == 0]
+        deletes = [w for w in writes if w.record is None]
+        changed = conn.executemany(
+            "UPDATE streams SET seq = ?, version = ?, state = ?, tail = ?, answer = ?, digest = ?, updated = ? "
+            "WHERE id = ? AND version = ?",
+            [(*_fields(w.record), w.stream_id, w.expected) for w in updates],  # type: ignore[arg-type]
+        ).rowcount
+        changed += conn.executemany(
+            f"INSERT INTO streams ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            [(w.stream_id, *_fields(w.record)) for w in inserts],  # type: ignore[arg-type]
+        ).rowcount
+        deleted = [
+            conn.execute("DELETE FROM streams WHERE id = ? AND version = ?", (w.stream_id, w.expected)).rowcount == 1
+            for w in deletes
+        ]
+        if changed == len(updates) + len(inserts):
+            return [True if w.record is not None else deleted.pop(0) for w in writes]
+        # Some compare-and-set lost: a write held where the row now carries its new version.
+        ids = [w.stream_id for w in writes if w.record is not None]
+        held: dict[str, int] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            held.update(conn.execute(f"SELECT id, version FROM streams WHERE id IN ({marks})", chunk).fetchall())
+        return [held.get(w.stream_id) == w.record.version if w.record is not None else deleted.pop(0) for w in writes]
+
+    def init_meta(self, meta: Mapping[str, str]) -> dict[str, str]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", meta.items())
+            held = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return held
+
+    def count(self) -> int:
+        cutoff = self._cutoff()
+        if cutoff is None:
+            return int(self._conn().execute("SELECT COUNT(*) FROM streams").fetchone()[0])
+        return int(self._conn().execute("SELECT COUNT(*) FROM streams WHERE updated >= ?", (cutoff,)).fetchone()[0])
+
+    def checksum(self) -> str:
+        conn = self._conn()
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM streams ORDER BY id").fetchall()
+        meta = conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+        names = _COLUMNS.split(", ")
+        return record_digest([dict(meta), *(dict(zip(names, row, strict=True)) for row in rows)])
+
+    def sweep(self) -> int:
+        cutoff = self._cutoff()
+        if cutoff is None:
+            return 0
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = conn.execute("DELETE FROM streams WHERE updated < ?", (cutoff,)).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return int(n)
+
+    def ping(self) -> None:
+        self._conn().execute("SELECT 1").fetchone()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database without blocking writers (``wal_checkpoint(PASSIVE)``)."""
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r}, sync={self.sync!r}, ttl={self.ttl})"

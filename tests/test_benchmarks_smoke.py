@@ -1,0 +1,84 @@
+"""Every benchmark script runs end to end on minimal sizes (in-process, one repeat).
+
+These prove the scripts work; they assert nothing about speed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _benchmarks_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+
+
+def _main(name: str):
+    return importlib.import_module(f"benchmarks.{name}").main
+
+
+def test_train_throughput_runs_and_checks_equivalence(capsys: pytest.CaptureFixture[str]) -> None:
+    found = _main("train_throughput")(["--tiny", "--no-keras"])
+    results = found["tiny"]
+    assert {"hand-written PyTorch", "hs.Trainer", "hs.Trainer (fused)"} <= set(results)
+    assert all(r.units == 2 * 4 * 2 and r.rate > 0 for r in results.values())
+    out = capsys.readouterr().out
+    assert "| tiny   | hs.Trainer " in out and "Equivalence" in out
+    assert "hs.Trainer, backend 'torch' | " in out
+
+
+def test_inference_runs() -> None:
+    results = _main("inference")(["--tiny", "--no-keras"])["tiny"]
+    assert {"hand-written PyTorch", "hs.Stateful", "hs.Stateful (fused)"} <= set(results)
+    assert all(r.rate > 0 for r in results.values())
+
+
+def test_streaming_latency_records_every_call() -> None:
+    results = _main("streaming_latency")(["--tiny", "--no-keras"])[2]
+    assert all(len(r.per_call) == 3 and min(r.per_call) > 0 for r in results.values())
+
+
+def test_threads_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    _main("threads")(["--tiny"])
+    assert "Thread count" in capsys.readouterr().out
+
+
+def test_profile_seed_times_every_phase() -> None:
+    found = _main("profile_seed")(["--tiny"])
+    assert set(found["hs, default backend"]) == {"forward", "loss", "backward", "optimizer"}
+
+
+def test_sweep_writes_a_plot(tmp_path: Path) -> None:
+    out = tmp_path / "plot.png"
+    _main("sweep")(["--tiny", "--no-keras", "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gpu_script_runs_or_says_there_is_no_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    found = _main("gpu")(["--configs", "seed", "--precisions", "fp32", "--repeats", "1"])
+    if not torch.cuda.is_available():
+        assert found == {} and "CUDA is not available here" in capsys.readouterr().out
+    else:
+        assert found["seed", "fp32"]["hs.SequenceModel"] > 0
+
+
+def test_main_runs_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    _main("__main__")(["--tiny", "--no-keras"])
+    out = capsys.readouterr().out
+    for title in ("Training throughput", "Inference throughput", "Streaming latency", "Thread count"):
+        assert f"## {title}" in out
+
+
+@pytest.mark.slow
+def test_keras_candidates_run() -> None:
+    pytest.importorskip("keras")
+    pytest.importorskip("tensorflow")
+    results = _main("train_throughput")(["--tiny", "--no-fused"])["tiny"]
+    assert results["Keras 3 / TF, stateful"].rate > 0
