@@ -38,70 +38,76 @@ from hiddenstate.serve.app import BulkBody, ObserveBody, StreamId, parse_body
 
 COLUMNS = ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
 
-_SINGLE_LUA = """
-local streams = {streams}
-local k = 0
-local tid = 0
+# The rows are made once per stream (varied values), so that wrk spends its CPU on sending, not
+# on formatting numbers: each request then only splices in its seq.
+_ROWS_LUA = """
+local function rows_of(s, steps)
+  local rows = {{}}
+  for t = 1, steps do
+    local parts = {{}}
+    for c = 1, {columns} do
+      parts[c] = string.format("%.3f", 50 + 10 * math.sin(s * 0.37 + t * 0.11 + c))
+    end
+    rows[t] = "[" .. table.concat(parts, ",") .. "]"
+  end
+  return "[" .. table.concat(rows, ",") .. "]"
+end
 local counter = 0
-function setup(thread)
+function setup(thread)  -- runs in the main state; sets the global tid of each thread's own state
   thread:set("tid", counter)
   counter = counter + 1
 end
-local function row(s, seq)
-  local parts = {{}}
-  for c = 1, {columns} do
-    parts[c] = string.format("%.3f", 50 + 10 * math.sin(s * 0.37 + seq * 0.11 + c))
-  end
-  return "[" .. table.concat(parts, ",") .. "]"
-end
+tid = tid or 0
+"""
+
+_SINGLE_LUA = (
+    _ROWS_LUA
+    + """
+local streams = {streams}
+local k = 0
+local values = nil
 local first = true
 request = function()
   if first then  -- wrk may build one request at start-up that it never sends: make it harmless
     first = false
+    values = {{}}
+    for s = 0, streams - 1 do values[s] = rows_of(s, 1) end
     return wrk.format("GET", "/healthz")
   end
   local s = k % streams
   local seq = math.floor(k / streams) + 1
   k = k + 1
-  local body = string.format('{{"seq":%d,"values":[%s]}}', seq, row(s, seq))
   return wrk.format("POST", "/v1/streams/{prefix}" .. tid .. "-s" .. s .. "/observe",
-    {{["Content-Type"] = "application/json"}}, body)
+    {{["Content-Type"] = "application/json"}}, '{{"seq":' .. seq .. ',"values":' .. values[s] .. '}}')
 end
 """
+)
 
-_BULK_LUA = """
+_BULK_LUA = (
+    _ROWS_LUA
+    + """
 local streams = {streams}
-local steps = {steps}
 local n = 0
-local tid = 0
-local counter = 0
-function setup(thread)
-  thread:set("tid", counter)
-  counter = counter + 1
-end
+local heads, tails = nil, nil
 local first = true
 request = function()
   if first then  -- wrk may build one request at start-up that it never sends: make it harmless
     first = false
+    heads, tails = {{}}, {{}}
+    for s = 0, streams - 1 do
+      heads[s + 1] = '{{"id":"{prefix}' .. tid .. '-' .. s .. '","seq":'
+      tails[s + 1] = ',"values":' .. rows_of(s, {steps}) .. '}}'
+    end
     return wrk.format("GET", "/healthz")
   end
   n = n + 1
   local items = {{}}
-  for s = 0, streams - 1 do
-    local rows = {{}}
-    for t = 1, steps do
-      local parts = {{}}
-      for c = 1, {columns} do
-        parts[c] = string.format("%.3f", 50 + 10 * math.sin(s * 0.37 + (n * steps + t) * 0.11 + c))
-      end
-      rows[t] = "[" .. table.concat(parts, ",") .. "]"
-    end
-    items[s + 1] = string.format('{{"id":"{prefix}%d-%d","seq":%d,"values":[%s]}}', tid, s, n, table.concat(rows, ","))
-  end
+  for s = 1, streams do items[s] = heads[s] .. n .. tails[s] end
   local body = '{{"streams":[' .. table.concat(items, ",") .. ']}}'
   return wrk.format("POST", "/v1/observe", {{["Content-Type"] = "application/json"}}, body)
 end
 """
+)
 
 _DONE_LUA = """
 done = function(summary, latency, requests)
@@ -201,9 +207,14 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.noop_port:  # the child process that serves the no-op app
+        import gc
+
         import uvicorn
 
-        uvicorn.run(noop_app(), host="127.0.0.1", port=args.noop_port, log_level="warning", access_log=False)
+        app = noop_app()
+        gc.collect()
+        gc.freeze()  # as `hiddenstate serve` does, so that both servers run alike
+        uvicorn.run(app, host="127.0.0.1", port=args.noop_port, log_level="warning", access_log=False)
         return
     if shutil.which("wrk") is None:
         sys.exit("this benchmark needs wrk: apt-get install wrk")
@@ -260,7 +271,8 @@ def main() -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M')}; {platform.machine()}, {os.cpu_count()} CPUs; load average "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (other processes share the CPUs)")  # fmt: skip
         print(
-            f"model: {len(COLUMNS)} inputs/targets, layers {args.hidden}; store {args.store} (sync {args.sync}); "
+            f"model: {len(COLUMNS)} inputs/targets, layers {args.hidden}; store "
+            f"{'redis (appendfsync always)' if args.store == 'redis' else f'sqlite (sync {args.sync})'}; "
             f"{args.streams} streams"
         )
         print(f"{'scenario':9s} {'conns':>5s} {'no-op req/s':>12s} {'service req/s':>14s} {'ratio':>6s} "

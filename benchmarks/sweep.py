@@ -48,13 +48,15 @@ def _config(batch: int, hidden: int, steps: int = 96, budget: int = 100_000) -> 
     return Config(f"b{batch}-h{hidden}", batch=batch, steps=steps, layers=(hidden, hidden), chunks=chunks)
 
 
-def sweep(points: list[Config], labels: list[str], repeats: int, isolate: bool) -> list[dict[str, Any]]:
+def sweep(
+    points: list[Config], labels: list[str], repeats: int, isolate: bool, threads: int | None
+) -> list[dict[str, Any]]:
     workers = {label: Worker(isolate) for label in labels}
     rows = []
     try:
         for cfg in points:
             print(f"- {cfg.name}: {cfg.describe}", flush=True)
-            specs = [Spec(label, STYLE[label][0], {"cfg": cfg, **STYLE[label][1]}) for label in labels]
+            specs = [Spec(lb, STYLE[lb][0], {"cfg": cfg, "threads": threads, **STYLE[lb][1]}) for lb in labels]
             results = measure(specs, repeats=repeats, isolate=isolate, workers=workers)
             rows.append({"batch": cfg.batch, "hidden": cfg.layers[0], **{k: r.rate for k, r in results.items()}})
     finally:
@@ -65,6 +67,7 @@ def sweep(points: list[Config], labels: list[str], repeats: int, isolate: bool) 
 
 def plot(by_batch: list[dict[str, Any]], by_hidden: list[dict[str, Any]], labels: list[str], out: Path, note: str):
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -78,6 +81,9 @@ def plot(by_batch: list[dict[str, Any]], by_hidden: list[dict[str, Any]], labels
             ax.plot([r[key] for r in rows], [r[label] for r in rows], STYLE[label][2], label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ax.set_xticks([r[key] for r in rows], [str(r[key]) for r in rows])
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: rate(v)))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("batch size (lanes)" if key == "batch" else "hidden size")
         ax.set_ylabel("training sample-steps / s")
         ax.set_title(title, fontsize=10)
@@ -100,14 +106,15 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     if args.no_fused:
         labels.remove("hs.Trainer (fused)")
     isolate, repeats = (False, 1) if args.tiny else (True, args.repeats)
-    env = environment()
+    threads = f"{args.threads} thread(s) for every candidate" if args.threads else "threads as hs.Trainer picks"
+    env = f"{environment()} · {threads}"
     print(f"## Sweep: training throughput against batch size and hidden size\n\n{env}\n")
     if args.tiny:
-        by_batch = sweep([_config(b, 3, steps=4, budget=16) for b in (1, 2)], labels, repeats, isolate)
-        by_hidden = sweep([_config(2, h, steps=4, budget=16) for h in (2, 3)], labels, repeats, isolate)
+        by_batch = sweep([_config(b, 3, steps=4, budget=16) for b in (1, 2)], labels, repeats, isolate, args.threads)
+        by_hidden = sweep([_config(2, h, steps=4, budget=16) for h in (2, 3)], labels, repeats, isolate, args.threads)
     else:
-        by_batch = sweep([_config(b, 8) for b in BATCHES], labels, repeats, isolate)
-        by_hidden = sweep([_config(64, h) for h in HIDDENS], labels, repeats, isolate)
+        by_batch = sweep([_config(b, 8) for b in BATCHES], labels, repeats, isolate, args.threads)
+        by_hidden = sweep([_config(64, h) for h in HIDDENS], labels, repeats, isolate, args.threads)
     for name, rows, key in (("batch size", by_batch, "batch"), ("hidden size", by_hidden, "hidden")):
         print(f"\nAgainst {name} (sample-steps/s):\n")
         print(table([key, *labels], [[r[key], *(rate(r[lb]) for lb in labels)] for r in rows]))

@@ -57,7 +57,7 @@ def _record(seq: int, state: bytes = b"\x00" * 8, **kw: object) -> Record:
 
 def test_write_is_compare_and_set_on_the_version(make_store: MakeStore) -> None:
     store = make_store()
-    first = _record(1, b"abcdefgh", tail=b"tail", answer=b'{"a":1}', digest=b"d" * 16, updated=12.5)
+    first = _record(1, b"abcdefgh", tail=b"tail", forecast=b"fcst", digest=b"d" * 16, updated=12.5)
     assert store.write([Write("s", 0, first)]) == [True]
     assert store.read(["s", "missing"]) == {"s": first}  # every field back, bytes exact
     # A second creation, or an update from a stale version, does nothing.

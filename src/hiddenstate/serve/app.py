@@ -141,20 +141,20 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def _outcome_response(o: Outcome) -> Response:
     if o.status == 200:
         headers = {"X-Hiddenstate-Replayed": "true"} if o.replayed else None
-        return Response(o.answer, 200, headers=headers, media_type="application/json")
+        return _json(o.answer, 200, headers)
     body: dict[str, Any] = {"detail": o.detail, "error": o.error}
     if o.expected_seq is not None:
         body["expected_seq"] = o.expected_seq
     return _json(body, o.status)
 
 
-def _bulk_part(stream_id: str, o: Outcome) -> bytes:
+def _bulk_part(stream_id: str, o: Outcome) -> dict[str, Any]:
     if o.status == 200:
-        return b'{"status":200,' + o.answer[1:]
+        return {"status": 200, **(o.answer or {})}
     body: dict[str, Any] = {"id": stream_id, "status": o.status, "detail": o.detail, "error": o.error}
     if o.expected_seq is not None:
         body["expected_seq"] = o.expected_seq
-    return json.dumps(body, separators=(",", ":")).encode()
+    return body
 
 
 def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
@@ -201,8 +201,7 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
         body = await parse_body(request, BulkBody)
         items = service.observations([(i.id, i.seq, i.values, i.horizon) for i in body.streams])
         outcomes = await service.observe(items)
-        parts = b",".join(_bulk_part(i.stream_id, o) for i, o in zip(items, outcomes, strict=True))
-        return Response(b'{"results":[' + parts + b"]}", media_type="application/json")
+        return _json({"results": [_bulk_part(i.stream_id, o) for i, o in zip(items, outcomes, strict=True)]})
 
     @app.post(
         "/v1/streams/{stream_id}/forecast",

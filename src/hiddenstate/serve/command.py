@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -119,7 +121,16 @@ def serve(
     typer.echo(
         f"hiddenstate serve: {run_dir} on http://{host}:{port} (store {service.store.url}, docs at /docs)", err=True
     )
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, access_log=False)
+    app = create_app(service)
+    # Everything loaded so far (torch, the model, FastAPI: ~250k objects) lives as long as the process.
+    # Without this, each full garbage collection walks all of it, and a micro-batch of 1,000 streams
+    # allocates enough to trigger several: freezing them cut such a batch's Python time by 4x.
+    gc.collect()
+    gc.freeze()
+    # The worker thread's SQLite calls give up the GIL on every row; while the event loop thread
+    # runs Python, each row then waits up to the switch interval (5 ms by default) to get it back.
+    sys.setswitchinterval(float(os.environ.get("HIDDENSTATE_SWITCH_INTERVAL", "0.001")))
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -85,6 +85,13 @@ class Metrics:
             self._outcomes[kind] += count
             self._steps += steps
 
+    def outcomes(self, counts: dict[str, int], steps: int = 0) -> None:
+        """Several outcomes at once (a micro-batch's), under one lock."""
+        with self._lock:
+            for kind, n in counts.items():
+                self._outcomes[kind] += n
+            self._steps += steps
+
     def render(self, *, streams: int | None = None, info: dict[str, str] | None = None) -> str:
         """The whole exposition; ``streams`` is the store's current count (a gauge)."""
         lines: list[str] = []

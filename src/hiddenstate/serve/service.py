@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -80,10 +80,10 @@ class Observation(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The result of one observation: ``status`` 200 with the JSON ``answer`` bytes, or an error."""
+    """The result of one observation: ``status`` 200 with the ``answer`` (JSON-ready), or an error."""
 
     status: int
-    answer: bytes = b""
+    answer: dict[str, Any] | None = None
     detail: str = ""
     expected_seq: int | None = None
     replayed: bool = False
@@ -239,7 +239,8 @@ class Service:
 
     def _process(self, batch: list[Observation]) -> list[Any]:
         """One micro-batch, in the worker thread: read, judge seqs, advance, write (one transaction)."""
-        served, metrics = self.served, self.metrics
+        served = self.served
+        counts: Counter[str] = Counter()  # outcomes, counted into the metrics once per batch
         records = self.store.read([o.stream_id for o in batch])
         results: list[Any] = [None] * len(batch)
         go: list[Observation] = []  # the observations that advance
@@ -248,7 +249,7 @@ class Service:
             r = records.get(o.stream_id)
             last = r.seq if r is not None else 0
             if r is not None and o.seq == last:
-                results[k] = self._replay(o, r)
+                results[k] = self._replay(o, r, counts)
             elif o.seq != last + 1:
                 results[k] = Outcome(
                     409,
@@ -256,7 +257,7 @@ class Service:
                     expected_seq=last + 1,
                     error="sequence_gap",
                 )
-                metrics.outcome("gap")
+                counts["gap"] += 1
             elif r is None and served.cond_size and o.x.shape[0] < 2:
                 results[k] = Outcome(
                     422,
@@ -264,11 +265,12 @@ class Service:
                     "(state_encoder 'cond'), so the first observe needs at least 2 rows",
                     error="invalid",
                 )
-                metrics.outcome("rejected")
+                counts["rejected"] += 1
             else:
                 go.append(o)
                 slots.append(k)
         if not go:
+            self.metrics.outcomes(counts)
             return results
         n = len(go)
         have = [records.get(o.stream_id) for o in go]
@@ -279,14 +281,14 @@ class Service:
             starts[torch.tensor(stored)] = served.from_bytes([have[i].state for i in stored])  # type: ignore[union-attr]
         new, preds = served.advance(starts, fresh, [o.x for o in go])  # (n, state_width), (n, n_out)
         tails = torch.cat([torch.from_numpy(np.stack([o.x[-1] for o in go])), preds], dim=1)  # (n, n_in + n_out)
-        forecasts: dict[int, list[list[float]]] = {}
+        forecasts: dict[int, np.ndarray] = {}  # (horizon, n_out) float32, normalised
         finite = (torch.isfinite(new).all(1) & torch.isfinite(preds).all(1)).tolist()
         for horizon in {o.horizon for o in go} - {None}:
             rows = [i for i, o in enumerate(go) if o.horizon == horizon]
             f = served.forecast(new[torch.tensor(rows)], tails[torch.tensor(rows)], horizon).numpy()  # type: ignore[arg-type]
             for i, fi in zip(rows, f, strict=True):  # fi: (horizon, n_out)
                 if np.isfinite(fi).all():
-                    forecasts[i] = served.targets_original(fi).tolist()
+                    forecasts[i] = fi
                 else:
                     finite[i] = False
         state_bytes, tail_bytes = new.numpy().astype("<f4").tobytes(), tails.numpy().astype("<f4").tobytes()
@@ -294,7 +296,7 @@ class Service:
         predictions = served.targets_original(preds.numpy()).tolist()
         now = time.time()
         writes: list[Write] = []
-        answers: list[tuple[int, int, bytes]] = []  # (slot, steps, answer)
+        answers: list[tuple[int, int, dict[str, Any]]] = []  # (slot, steps, answer)
         for i, (o, r) in enumerate(zip(go, have, strict=True)):
             if not finite[i]:
                 results[slots[i]] = Outcome(
@@ -303,28 +305,32 @@ class Service:
                     "the state was not advanced (check the values for outliers)",
                     error="nonfinite",
                 )
-                metrics.outcome("nonfinite")
+                counts["nonfinite"] += 1
                 continue
-            answer = _answer(o.stream_id, o.seq, predictions[i], forecasts.get(i))
+            answer: dict[str, Any] = {"id": o.stream_id, "seq": o.seq, "prediction": predictions[i]}
+            fc = forecasts.get(i)
+            if fc is not None:
+                answer["forecast"] = served.targets_original(fc).tolist()
             state, tail = state_bytes[i * sw : (i + 1) * sw], tail_bytes[i * tw : (i + 1) * tw]
-            record = Record(o.seq, new_version(), state, tail, answer, o.digest, now)
+            fbytes = None if fc is None else fc.astype("<f4").tobytes()
+            record = Record(o.seq, new_version(), state, tail, fbytes, o.digest, now)
             writes.append(Write(o.stream_id, r.version if r is not None else 0, record))
             answers.append((slots[i], o.x.shape[0], answer))
-        advanced = steps_done = 0
+        steps_done = 0
         for (k, steps, answer), ok in zip(answers, self.store.write(writes), strict=True):
             if ok:
                 results[k] = Outcome(200, answer)
-                advanced += 1
+                counts["advanced"] += 1
                 steps_done += steps
             else:  # another replica advanced it first: read and judge it again in the next batch
                 results[k] = RETRY
-                metrics.outcome("cas_retry")
-        metrics.outcome("advanced", steps=steps_done, count=advanced)
+                counts["cas_retry"] += 1
+        self.metrics.outcomes(counts, steps=steps_done)
         return results
 
-    def _replay(self, o: Observation, r: Record) -> Outcome:
-        if r.answer is None or r.digest is None:
-            self.metrics.outcome("conflict")
+    def _replay(self, o: Observation, r: Record, counts: Counter[str]) -> Outcome:
+        if r.digest is None or r.tail is None:
+            counts["conflict"] += 1
             return Outcome(
                 409,
                 detail=f"stream {o.stream_id!r}: seq {o.seq} was set by a PUT of the state, not by an observe; "
@@ -333,7 +339,7 @@ class Service:
                 error="replay_conflict",
             )
         if r.digest != o.digest:
-            self.metrics.outcome("conflict")
+            counts["conflict"] += 1
             return Outcome(
                 409,
                 detail=f"stream {o.stream_id!r}: seq {o.seq} was already applied with other values or horizon; "
@@ -341,8 +347,23 @@ class Service:
                 expected_seq=o.seq + 1,
                 error="replay_conflict",
             )
-        self.metrics.outcome("replayed")
-        return Outcome(200, r.answer, replayed=True)
+        counts["replayed"] += 1
+        return Outcome(200, self._stored_answer(o.stream_id, r), replayed=True)
+
+    def _stored_answer(self, stream_id: str, r: Record) -> dict[str, Any]:
+        """The answer of the observe that wrote ``r``, rebuilt from the stored float32 prediction and
+        forecast by the same arithmetic as then, so it is the same, bit for bit."""
+        served = self.served
+        prediction = np.frombuffer(r.tail, dtype="<f4")[served.n_inputs :]  # type: ignore[arg-type]
+        answer: dict[str, Any] = {
+            "id": stream_id,
+            "seq": r.seq,
+            "prediction": served.targets_original(prediction).tolist(),
+        }
+        if r.forecast is not None:
+            f = np.frombuffer(r.forecast, dtype="<f4").reshape(-1, served.n_targets)  # (horizon, n_out)
+            answer["forecast"] = served.targets_original(f).tolist()
+        return answer
 
     # -- reads, forecasts and direct writes -------------------------------------------------------
 
@@ -427,15 +448,3 @@ class Service:
 
     async def ping(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.store.ping)
-
-
-def _floats(values: Sequence[float]) -> str:
-    return ",".join(map(repr, values))  # repr is the shortest round-trip form, as json.dumps writes it
-
-
-def _answer(stream_id: str, seq: int, prediction: Sequence[float], forecast: Sequence[Sequence[float]] | None) -> bytes:
-    """The observe answer's JSON, written directly (the values are finite, checked before)."""
-    text = f'{{"id":{json.dumps(stream_id)},"seq":{seq},"prediction":[{_floats(prediction)}]'
-    if forecast is not None:
-        text += ',"forecast":[' + ",".join(f"[{_floats(row)}]" for row in forecast) + "]"
-    return (text + "}").encode()

@@ -58,16 +58,16 @@ class Record(NamedTuple):
 
     ``state`` is the float32 state (``spec.names`` order); ``tail`` the float32 last observed
     row and last prediction, both normalised (what a rollout continues from; None after a PUT);
-    ``answer`` the JSON of the last observe's reply and ``digest`` a hash of that observe's
-    body, so a repeated seq replays the answer; ``updated`` is the unix time of the write
-    (a TTL counts from it).
+    ``forecast`` the float32 forecast ``(horizon, n_targets)`` the last observe asked for (None
+    without a horizon) and ``digest`` a hash of that observe's body: a repeated seq replays the
+    answer from these, bit for bit. ``updated`` is the unix time of the write (a TTL counts from it).
     """
 
     seq: int
     version: int
     state: bytes
     tail: bytes | None = None
-    answer: bytes | None = None
+    forecast: bytes | None = None
     digest: bytes | None = None
     updated: float = 0.0
 
@@ -160,13 +160,13 @@ CREATE TABLE IF NOT EXISTS streams (
     version INTEGER NOT NULL,
     state BLOB NOT NULL,
     tail BLOB,
-    answer BLOB,
+    forecast BLOB,
     digest BLOB,
     updated REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS streams_updated ON streams (updated);
 """
-_COLUMNS = "id, seq, version, state, tail, answer, digest, updated"
+_COLUMNS = "id, seq, version, state, tail, forecast, digest, updated"
 
 
 def _fields(r: Record) -> tuple[object, ...]:
@@ -272,7 +272,7 @@ class SQLiteStore:
         inserts = [w for w in writes if w.record is not None and w.expected == 0]
         deletes = [w for w in writes if w.record is None]
         changed = conn.executemany(
-            "UPDATE streams SET seq = ?, version = ?, state = ?, tail = ?, answer = ?, digest = ?, updated = ? "
+            "UPDATE streams SET seq = ?, version = ?, state = ?, tail = ?, forecast = ?, digest = ?, updated = ? "
             "WHERE id = ? AND version = ?",
             [(*_fields(w.record), w.stream_id, w.expected) for w in updates],  # type: ignore[arg-type]
         ).rowcount
