@@ -15,8 +15,12 @@ from .errors import (
     ContinuityError,
     DataError,
     HiddenStateError,
+    SequenceGapError,
+    ServeError,
     ShapeError,
     StateError,
+    StreamNotFoundError,
+    VersionConflictError,
 )
 from .model import (
     GRU,
@@ -77,6 +81,10 @@ __all__ = [
     "ContinuityError",
     "DataError",
     "HiddenStateError",
+    "SequenceGapError",
+    "ServeError",
+    "StreamNotFoundError",
+    "VersionConflictError",
     "LayerSpec",
     "LayerState",
     "LearnedInitialState",
