@@ -65,6 +65,11 @@ def sweep(
     return rows
 
 
+def _short(v: float) -> str:
+    """Axis labels: 20k, 500k, 1M."""
+    return f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k" if v >= 1e3 else f"{v:g}"
+
+
 def plot(by_batch: list[dict[str, Any]], by_hidden: list[dict[str, Any]], labels: list[str], out: Path, note: str):
     import matplotlib
     import matplotlib.ticker
@@ -82,7 +87,8 @@ def plot(by_batch: list[dict[str, Any]], by_hidden: list[dict[str, Any]], labels
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks([r[key] for r in rows], [str(r[key]) for r in rows])
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: rate(v)))
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _short(v)))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("batch size (lanes)" if key == "batch" else "hidden size")
         ax.set_ylabel("training sample-steps / s")

@@ -15,7 +15,8 @@
      acts    (T, B, 4H)  out: gate activations i, f, g, o (a_tstride 0: one (B, 4H) scratch)
    x, dx and d_out are read through strides, so batch-first and time-major tensors both work.
 
-   Plain C99 with no library calls in the float loops, so `cc -O3` vectorises them. exp is a
+   C99 plus GCC/Clang vector extensions (for the register-blocked matrix products), with no
+   library calls in the float loops, so `cc -O3 -fno-trapping-math` vectorises them. exp is a
    Cephes-style polynomial (relative error about 2e-7), so results match torch's kernels to
    ~1e-6. The double versions use libm and exist for gradient checks. The body below is
    compiled twice, once per type: this file includes itself. */

@@ -3,21 +3,21 @@
 **The fused backend.** A small recurrent model on a CPU is bound by op dispatch, not arithmetic:
 the seed model (two LSTM(8) layers, batch 10) does ~5k multiply-adds per step, under a
 microsecond of work, while oneDNN's RNN kernel costs several microseconds per step and the
-backward twice that. ``model.rnn.set_backend("fused")`` runs each LSTM layer's time loop in one
-call into a small C kernel (``_fused_lstm.c``, built with the system C compiler on first use and
-cached), forward and backward; everything that is not sequential stays in torch as a few large
-matrix products per layer::
+backward twice that. ``model.rnn.set_backend("fused")`` runs each LSTM layer over a whole
+chunk in one call into a small C kernel (``_fused_lstm.c``, built with the system C compiler on
+first use, about a second, and cached under ``~/.cache/hiddenstate``)::
 
-    forward, per layer     xproj = x @ W_ih^T + b        one GEMM for all steps   (torch)
-                           for t: gates, c_t, h_t         the time loop            (C, one call)
-    backward, per layer    for t (reversed): d gates      the time loop            (C, one call)
-                           dW_ih, dW_hh, db, dx           one GEMM each            (torch)
+    forward, one call per layer    for t: gates = x_t W_ih^T + h_{t-1} W_hh^T + b; c_t, h_t
+    backward, one call per layer   for t (reversed): d gates, d h_{t-1}, d c_{t-1}, d x_t
+                                   then d W_ih, d W_hh, d b summed over every step
 
-It computes the same function as ``nn.LSTM`` (to ~1e-6 in float32), returns outputs with the
-same memory layout (so dropout between layers draws the same masks), and is CPU-only, for LSTM
-layers in float32 or float64. It pays off for hidden sizes up to about 64; for larger ones the
-per-step matrix product dominates and oneDNN's blocked GEMM is as fast or faster. The default
-backend, ``"torch"``, is one ``nn.LSTM``/``nn.GRU`` (cuDNN/oneDNN) call per layer.
+The per-step products run in register-blocked loops and the activations through a vectorised
+exp, so torch sees one autograd node per layer and nothing per step. It computes the same
+function as ``nn.LSTM`` (to ~1e-6 in float32), returns outputs with the same memory layout (so
+dropout between layers draws the same masks), and is CPU-only, for LSTM layers in float32 or
+float64. It pays off for hidden sizes up to about 32; above that oneDNN's blocked GEMMs win
+(see docs/performance.md). The default backend, ``"torch"``, is one ``nn.LSTM``/``nn.GRU``
+(cuDNN/oneDNN) call per layer.
 
 >>> import torch, hiddenstate as hs
 >>> model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(8)])
