@@ -86,29 +86,27 @@ class HandTrain:
         return self.cfg.sample_steps
 
 
-def direct_vf_lstm(cell: nn.LSTM, x: torch.Tensor, hx: Any) -> tuple[torch.Tensor, Any]:
-    """``cell(x, hx)`` without ``nn.LSTM.forward``'s Python checks: the same oneDNN/cuDNN kernel
-    call it ends in. Measures a proposed change to ``StackedRNN`` (see docs/performance.md)."""
-    if hx is None:
-        zeros = x.new_zeros(1, x.shape[0], cell.hidden_size)
-        hx = (zeros, zeros)
-    out, h, c = torch._VF.lstm(x, hx, cell._flat_weights, True, 1, 0.0, cell.training, False, True)
-    return out, (h, c)
+def _module_call(cell: nn.RNNBase, x: torch.Tensor, hx: Any) -> tuple[torch.Tensor, Any]:
+    return cell(x, hx)  # type: ignore[no-any-return]
 
 
 def set_backend(model: Any, backend: str) -> None:
-    """``model.rnn.set_backend(backend)``, plus ``"direct"``: the default kernels called directly."""
-    if backend == "direct":
-        model.rnn._fused = direct_vf_lstm
+    """``model.rnn.set_backend(backend)``, plus ``"layered"``: how ``StackedRNN`` ran before it
+    called the kernels directly, one ``nn.LSTM`` module call per layer (kept to measure the gain)."""
+    if backend == "layered":
+        model.rnn._fused = _module_call
     else:
         model.rnn.set_backend(backend)
 
 
 class HsTrain:
-    """``hs.Trainer`` (clip off, to do the hand loop's work) over ``hs.StatefulBatches``."""
+    """``hs.Trainer`` (clip off, to do the hand loop's work) over ``hs.StatefulBatches``.
+
+    ``plain_adam=True`` swaps the Trainer's fused Adam for the hand loop's ``torch.optim.Adam()``
+    (the default implementation)."""
 
     def __init__(
-        self, cfg: Config, backend: str = "torch", threads: int | None = None, fused_adam: bool = False
+        self, cfg: Config, backend: str = "torch", threads: int | None = None, plain_adam: bool = False
     ) -> None:
         import hiddenstate as hs
 
@@ -123,8 +121,8 @@ class HsTrain:
         set_backend(self.model, backend)
         config = hs.TrainConfig(epochs=1, lr=cfg.lr, clip=None, progress=False, threads=threads)
         self.trainer = hs.Trainer(self.model, config)
-        if fused_adam:  # what TrainConfig would do with a fused optimizer; measured, not shipped here
-            self.trainer.optimizer = torch.optim.Adam(self.trainer._params, lr=cfg.lr, fused=True)
+        if plain_adam:
+            self.trainer.optimizer = torch.optim.Adam(self.trainer._params, lr=cfg.lr)
 
     def run(self) -> int:
         history = self.trainer.fit(self.batches)

@@ -56,9 +56,9 @@ class Config:
         return self.batch * self.steps * self.chunks
 
 
-SEED = Config("seed", batch=10, steps=96, layers=(8, 8))
+SEED = Config("seed", batch=10, steps=96, layers=(8, 8), chunks=60)
 WIDE = Config("wide", batch=64, steps=96, layers=(128, 64), chunks=6)
-LONG = Config("long", batch=10, steps=960, layers=(8, 8), chunks=4)
+LONG = Config("long", batch=10, steps=960, layers=(8, 8), chunks=12)
 CONFIGS = {c.name: c for c in (SEED, WIDE, LONG)}
 TINY = Config("tiny", batch=2, steps=4, layers=(3, 3), chunks=2)  # smoke tests
 

@@ -5,8 +5,8 @@
 
 Each call advances every stream by one step (``x`` of shape ``(streams, 1, n_in)``) and carries
 the state, as a server does between observations: a hand-written ``nn.LSTM`` stack,
-``hs.Stateful`` on the default and the fused backend (and with ``StackedRNN`` calling
-``torch._VF.lstm`` directly, a proposed change), and a stateful Keras model's
+``hs.Stateful`` on the default and the fused backend (and as it ran before, one
+``nn.LSTM`` module call per layer), and a stateful Keras model's
 ``predict_on_batch``. Candidates run interleaved, each in its own process; the table gives the
 median and 99th percentile of the per-call latency over every repeat, the stream-steps per
 second that the median implies, and peak RSS.
@@ -41,7 +41,7 @@ from benchmarks.common import (
 HAND = "hand-written PyTorch"
 HS = "hs.Stateful"
 FUSED = "hs.Stateful (fused)"
-DIRECT = "hs.Stateful (direct kernel call)"
+LAYERED = "hs.Stateful, per-layer nn.LSTM calls (before)"
 KERAS = "Keras 3 / TF, stateful"
 HEADERS = [
     "config",
@@ -58,7 +58,7 @@ HEADERS = [
 def specs(cfg: Config, streams: int, calls: int, *, keras: bool, fused: bool, threads: int | None = None) -> list[Spec]:
     kw = {"cfg": cfg, "streams": streams, "calls": calls, "threads": threads}
     out = [Spec(HAND, c.HandStream, kw), Spec(HS, c.HsStream, kw)]
-    out.append(Spec(DIRECT, c.HsStream, {**kw, "backend": "direct"}))
+    out.append(Spec(LAYERED, c.HsStream, {**kw, "backend": "layered"}))
     if fused:
         out.append(Spec(FUSED, c.HsStream, {**kw, "backend": "fused"}))
     if keras:

@@ -38,7 +38,7 @@ HIDDENS = (8, 16, 32, 64, 128)
 STYLE = {  # label: (factory, extra kwargs, matplotlib format)
     "hand-written PyTorch": (c.HandTrain, {}, "s-"),
     "hs.Trainer": (c.HsTrain, {}, "o-"),
-    "hs.Trainer (fused)": (c.HsTrain, {"backend": "fused"}, "o--"),
+    "hs.Trainer, fused backend": (c.HsTrain, {"backend": "fused"}, "o--"),
     "Keras 3 / TF, stateful": (c.KerasTrain, {}, "^:"),
 }
 
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     args = parser.parse_args(argv)
     labels = [lb for lb in STYLE if not (lb.startswith("Keras") and (args.no_keras or not keras_available()))]
     if args.no_fused:
-        labels.remove("hs.Trainer (fused)")
+        labels.remove("hs.Trainer, fused backend")
     isolate, repeats = (False, 1) if args.tiny else (True, args.repeats)
     threads = f"{args.threads} thread(s) for every candidate" if args.threads else "threads as hs.Trainer picks"
     env = f"{environment()} · {threads}"

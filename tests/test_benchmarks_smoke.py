@@ -25,11 +25,11 @@ def _main(name: str):
 def test_train_throughput_runs_and_checks_equivalence(capsys: pytest.CaptureFixture[str]) -> None:
     found = _main("train_throughput")(["--tiny", "--no-keras"])
     results = found["tiny"]
-    assert {"hand-written PyTorch", "hs.Trainer", "hs.Trainer (fused)"} <= set(results)
+    assert {"hand-written PyTorch", "hs.Trainer", "hs.Trainer, fused backend"} <= set(results)
     assert all(r.units == 2 * 4 * 2 and r.rate > 0 for r in results.values())
     out = capsys.readouterr().out
     assert "| tiny   | hs.Trainer " in out and "Equivalence" in out
-    assert "hs.Trainer, backend 'torch' | " in out
+    assert "| hs.Trainer, backend 'torch' " in out
 
 
 def test_inference_runs() -> None:

@@ -373,27 +373,33 @@ def test_config_errors() -> None:
 # -- no Python loop over time ---------------------------------------------------------------------
 
 
+def _spy_kernels(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, bool]]:
+    """Record every call of the recurrent kernels: (name, steps, layers, state contiguous)."""
+    calls: list[tuple[str, int, int, bool]] = []
+
+    def spy(name: str) -> Any:
+        original = getattr(torch._VF, name)
+
+        def kernel(x: torch.Tensor, hx: Any, weights: list[torch.Tensor], *args: Any) -> Any:
+            tensors = [hx] if isinstance(hx, torch.Tensor) else list(hx)
+            layers = int(args[1])  # (has_biases, num_layers, dropout, train, bidirectional, batch_first)
+            calls.append((name, int(x.shape[1]), layers, all(t.is_contiguous() for t in tensors)))
+            return original(x, hx, weights, *args)
+
+        return kernel
+
+    for name in ("lstm", "gru", "rnn_tanh"):
+        monkeypatch.setattr(torch._VF, name, spy(name))
+    return calls
+
+
 def test_one_kernel_call_per_layer_whatever_the_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, int, bool]] = []
-
-    def spy(cls: type[nn.RNNBase]) -> Any:
-        original = cls.forward
-
-        def forward(self: nn.RNNBase, input: torch.Tensor, hx: Any = None) -> Any:
-            tensors = [] if hx is None else ([hx] if isinstance(hx, torch.Tensor) else list(hx))
-            calls.append((cls.__name__, int(input.shape[1]), all(t.is_contiguous() for t in tensors)))
-            return original(self, input, hx)
-
-        return forward
-
-    for cls in (nn.LSTM, nn.GRU, nn.RNN):
-        monkeypatch.setattr(cls, "forward", spy(cls))
-
+    calls = _spy_kernels(monkeypatch)
     model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.GRU(16), hs.RNN(4)], state_encoder="learned")
     for steps in (1, 96, 500):
         calls.clear()
         model(torch.zeros(3, steps, 2))
-        assert calls == [("LSTM", steps, True), ("GRU", steps, True), ("RNN", steps, True)]
+        assert calls == [("lstm", steps, 1, True), ("gru", steps, 1, True), ("rnn_tanh", steps, 1, True)]
 
     # Expanded (broadcast) states reach the kernels contiguous, as cuDNN requires.
     state = hs.State.from_tensors(
@@ -402,4 +408,26 @@ def test_one_kernel_call_per_layer_whatever_the_steps(monkeypatch: pytest.Monkey
     assert not state.layers[0].h.is_contiguous()
     calls.clear()
     model(torch.zeros(3, 10, 2), state)
-    assert calls == [("LSTM", 10, True), ("GRU", 10, True), ("RNN", 10, True)]
+    assert calls == [("lstm", 10, 1, True), ("gru", 10, 1, True), ("rnn_tanh", 10, 1, True)]
+
+
+@pytest.mark.parametrize("cell", [hs.LSTM, hs.GRU, hs.RNN])
+def test_runs_of_same_sized_layers_take_one_multi_layer_call(monkeypatch: pytest.MonkeyPatch, cell: Any) -> None:
+    """Layers 0-1 share a kind and size, so they go through one 2-layer kernel call, exactly as
+    one ``nn.LSTM(num_layers=2, dropout=p)`` would; layer 2 differs and gets its own call. The
+    result equals the layer-by-layer run (layer_outputs) bit for bit, dropout masks included."""
+    torch.manual_seed(0)
+    model = hs.SequenceModel(2, 2, [cell(8), cell(8), cell(4)], dropout=0.3)
+    x = torch.randn(5, 12, 2)
+    start = model.initial_state(5)
+    calls = _spy_kernels(monkeypatch)
+    torch.manual_seed(1)
+    y, state = model.rnn(x, start)
+    name = calls[0][0]
+    assert calls == [(name, 12, 2, True), (name, 12, 1, True)]
+    torch.manual_seed(1)
+    outputs, ref_state = model.rnn.layer_outputs(x, start)
+    assert torch.equal(y, outputs[-1])
+    for got, want in zip(state.layers, ref_state.layers, strict=True):
+        assert torch.equal(got.h, want.h)
+        assert got.c is None or torch.equal(got.c, want.c)

@@ -89,6 +89,8 @@ def _recording(**kw: Any) -> Recording:
         ({"weight_decay": -0.1}, "TrainConfig.weight_decay: expected a number >= 0, got -0.1"),
         ({"device": "tpu"}, "TrainConfig.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
         ({"progress": 1}, "TrainConfig.progress: expected True or False, got 1"),
+        ({"backend": "cuda"}, "TrainConfig.backend: expected one of torch, fused, got 'cuda'"),
+        ({"precision": "fp8"}, "TrainConfig.precision: expected one of fp32, bf16, fp16, got 'fp8'"),
     ],
 )
 def test_config_errors(kw: dict[str, Any], message: str) -> None:
@@ -278,6 +280,51 @@ def test_same_seed_gives_bitwise_equal_weights() -> None:
     assert not torch.equal(runs[0].head.weight, runs[2].head.weight)  # the seed drives dropout
 
 
+def test_optimizer_is_fused_on_the_cpu_and_matches_the_plain_one() -> None:
+    """The Trainer's Adam runs as one fused kernel; it makes the same updates as the default
+    (for-each) implementation to float32 rounding."""
+    data = _batches((98,), batch_size=2, steps=8)
+    fused = hs.Trainer(_dropout_model(), _config(epochs=2))
+    assert fused.optimizer.defaults["fused"] is True
+    fused.fit(data)
+    plain = hs.Trainer(_dropout_model(), _config(epochs=2))
+    plain.optimizer = torch.optim.Adam(plain._params, lr=plain.config.lr)
+    plain.fit(data)
+    for k, v in fused.model.state_dict().items():
+        torch.testing.assert_close(v, plain.model.state_dict()[k], rtol=0, atol=1e-5)
+
+
+def test_fused_backend_option_trains_like_the_default_backend() -> None:
+    from hiddenstate import fast
+
+    if not fast.fused_available():
+        pytest.skip("no C compiler to build the fused kernel")
+    data = _batches((98,), batch_size=2, steps=8)
+    runs = {}
+    for backend in ("torch", "fused"):
+        model = _model(layers=[hs.LSTM(8), hs.LSTM(6)], dropout=0.3)
+        trainer = hs.Trainer(model, _config(backend=backend))
+        trainer.fit(data)
+        assert trainer.model.rnn.backend == backend
+        runs[backend] = trainer
+    for k, v in runs["fused"].model.state_dict().items():
+        torch.testing.assert_close(v, runs["torch"].model.state_dict()[k], rtol=0, atol=1e-5)
+    assert runs["fused"].history.train_loss == pytest.approx(runs["torch"].history.train_loss, abs=1e-6)
+
+
+def test_backend_and_precision_options_refuse_what_they_cannot_run() -> None:
+    gru = _model(layers=[hs.GRU(4)])
+    with pytest.raises(hs.ConfigError, match=r"^layer 0 \(gru, hidden 4\): the fused backend runs lstm layers only"):
+        hs.Trainer(gru, _config(backend="fused"))
+    with pytest.raises(
+        hs.ConfigError,
+        match=r"^TrainConfig.precision 'bf16' is mixed precision for CUDA; the device is cpu: use 'fp32'$",
+    ):
+        hs.Trainer(_model(), _config(precision="bf16", device="cpu"))
+    with pytest.raises(hs.ConfigError, match=r"^TrainConfig.backend 'fused': the model has no StackedRNN `rnn`$"):
+        hs.Trainer(torch.nn.Linear(2, 2), _config(backend="fused"))
+
+
 class _InterruptError(Exception):
     pass
 
@@ -423,6 +470,21 @@ def test_cuda_training_and_cpu_checkpoint(tmp_path) -> None:
     resumed = hs.Trainer(_model(seed=3), _config(epochs=3, device="cuda"))
     resumed.fit(data, data, run_dir=tmp_path, resume=True)
     assert len(resumed.history.rows) == 3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_mixed_precision_training(tmp_path, precision: str) -> None:
+    data = _batches((98,), batch_size=2, steps=8)
+    trainer = hs.Trainer(_model(), _config(epochs=3, device="cuda", precision=precision))
+    history = trainer.fit(data, data, run_dir=tmp_path)
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert trainer.lane_state.layers[0].h.dtype == torch.float32  # saved in the weights' dtype
+    from hiddenstate import checkpoint
+
+    saved = checkpoint.load_checkpoint(checkpoint.list_checkpoints(tmp_path)[-1])
+    assert saved.lane_state is not None and saved.lane_state.layers[0].h.dtype == torch.float32
 
 
 class _Terminal(io.StringIO):

@@ -1,10 +1,10 @@
 """hiddenstate: stateful LSTM/GRU stacks whose hidden state belongs to the user.
 
-    >>> import torch, hiddenstate as hs
-    >>> model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(16)])
-    >>> y, state = model(torch.zeros(10, 96, 2))
-    >>> state.spec.state_size
-    ((8, 8), (16, 16))
+>>> import torch, hiddenstate as hs
+>>> model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(16)])
+>>> y, state = model(torch.zeros(10, 96, 2))
+>>> state.spec.state_size
+((8, 8), (16, 16))
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "GRU",

@@ -127,6 +127,9 @@ class StackedRNN(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.backend = "torch"
         self._fused: Any = None
+        # Runs of consecutive layers of one kind and size: the default backend runs each run in
+        # one multi-layer kernel call, as one nn.LSTM(num_layers=k) would (same result).
+        self._groups = _layer_groups(spec)
 
     def set_backend(self, backend: str) -> None:
         """``"torch"`` (default): one cuDNN/oneDNN ``nn.LSTM``/``GRU``/``RNN`` call per layer.
@@ -170,8 +173,8 @@ class StackedRNN(nn.Module):
             raise StateError(f"state has batch {state.batch_size} but x has batch {x.shape[0]}")
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
-        outputs, new_state = self.layer_outputs(x, state)
-        return outputs[-1], new_state
+        self.check_input(x, state)
+        return self.run_unchecked(x, state)
 
     def layer_outputs(self, x: torch.Tensor, state: State | None = None) -> tuple[list[torch.Tensor], State]:
         """Every layer's per-step ``h`` (``(batch, steps, hidden_i)`` each) and the final State."""
@@ -180,23 +183,98 @@ class StackedRNN(nn.Module):
         new_layers: list[LayerState] = []
         out = x
         last = len(self.cells) - 1
-        for i, (ls, cell) in enumerate(zip(self._spec.layers, self.cells, strict=True)):
-            hx: Any = None
-            if state is not None:
-                prev = state.layers[i]
-                # nn.LSTM wants (num_layers=1, batch, hidden), contiguous: cuDNN refuses the
-                # expanded views that broadcast and learned initial states are.
-                h0 = prev.h.unsqueeze(0).contiguous()
-                hx = (h0, prev.c.unsqueeze(0).contiguous()) if ls.has_c else h0  # type: ignore[union-attr]
-            out, hn = cell(out, hx) if self._fused is None else self._fused(cell, out, hx)  # (batch, steps, hidden_i)
-            if ls.has_c:
-                new_layers.append(LayerState(hn[0][0], hn[1][0]))
-            else:
-                new_layers.append(LayerState(hn[0]))
+        for i in range(len(self.cells)):
+            out, layers = self._run_layers(i, i + 1, out, state)
+            new_layers.extend(layers)
             outputs.append(out)
             if self.dropout is not None and i < last:
                 out = self.dropout(out)
         return outputs, State._trusted(self._spec, new_layers)
+
+    def run_unchecked(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """``forward`` for inputs already checked with :meth:`check_input` (the hot path)."""
+        new_layers: list[LayerState] = []
+        out = x
+        groups = self._groups if self._groupable(x) else [(i, i + 1) for i in range(len(self.cells))]
+        for g, (start, end) in enumerate(groups):
+            if g and self.dropout is not None:
+                out = self.dropout(out)
+            out, layers = self._run_layers(start, end, out, state)
+            new_layers.extend(layers)
+        return out, State._trusted(self._spec, new_layers)
+
+    def _groupable(self, x: torch.Tensor) -> bool:
+        """Whether runs of same-sized layers may go through one multi-layer kernel call: on the
+        default backend, with no hooks on the cells, and on CUDA only without active dropout
+        (cuDNN draws its own dropout masks; oneDNN on the CPU draws them as nn.Dropout does)."""
+        if len(self._groups) == len(self.cells) or self._fused is not None:
+            return False
+        if x.is_cuda and self.dropout is not None and self.training:
+            return False
+        return not any(c._forward_hooks or c._forward_pre_hooks for c in self.cells)
+
+    def _run_layers(
+        self, start: int, end: int, x: torch.Tensor, state: State | None
+    ) -> tuple[torch.Tensor, list[LayerState]]:
+        """Layers ``start .. end-1`` (one kind and size when more than one) over ``x``."""
+        ls = self._spec.layers[start]
+        cell = self.cells[start]
+        if self._fused is not None:  # one layer at a time
+            out, hn = self._fused(cell, x, _hx(state, start, end, ls.has_c))
+        elif cell._forward_hooks or cell._forward_pre_hooks or torch.jit.is_scripting():
+            out, hn = cell(x, _hx(state, start, end, ls.has_c))
+        else:  # the kernel call nn.LSTM.forward ends in, without its per-call Python checks
+            out, hn = _rnn_kernel(ls.cell, self.cells[start:end], x, _hx(state, start, end, ls.has_c), self._p())
+        if ls.has_c:
+            return out, [LayerState(h, c) for h, c in zip(hn[0].unbind(0), hn[1].unbind(0), strict=True)]
+        return out, [LayerState(h) for h in hn.unbind(0)]
+
+    def _p(self) -> float:
+        return self.dropout.p if self.dropout is not None else 0.0
+
+
+def _layer_groups(spec: StateSpec) -> list[tuple[int, int]]:
+    groups: list[tuple[int, int]] = []
+    for i, ls in enumerate(spec.layers):
+        if groups and spec.layers[groups[-1][0]] == ls:
+            groups[-1] = (groups[-1][0], i + 1)
+        else:
+            groups.append((i, i + 1))
+    return groups
+
+
+def _hx(state: State | None, start: int, end: int, has_c: bool) -> Any:
+    """The kernels' ``(layers, batch, hidden)`` initial state for layers ``start .. end-1``:
+    contiguous, as cuDNN refuses the expanded views that broadcast and learned states are."""
+    if state is None:
+        return None
+    layers = state.layers[start:end]
+    if end - start == 1:
+        h = layers[0].h.unsqueeze(0).contiguous()
+        return (h, layers[0].c.unsqueeze(0).contiguous()) if has_c else h  # type: ignore[union-attr]
+    h = torch.stack([ls.h for ls in layers])
+    return (h, torch.stack([ls.c for ls in layers])) if has_c else h  # type: ignore[misc]
+
+
+_KERNELS = {"gru": "gru", "rnn": "rnn_tanh"}
+
+
+def _rnn_kernel(kind: str, cells: Sequence[nn.RNNBase], x: torch.Tensor, hx: Any, p: float) -> tuple[torch.Tensor, Any]:
+    """``nn.LSTM``/``GRU``/``RNN`` over ``x`` for a run of single-layer cells of one kind and
+    size, as one ``num_layers=len(cells)`` call with dropout ``p`` between them."""
+    weights: list[torch.Tensor] = []
+    for cell in cells:
+        cell._update_flat_weights()  # keeps functional_call / swapped parameters working
+        weights.extend(cell._flat_weights)  # type: ignore[arg-type]
+    training = cells[0].training
+    if hx is None:
+        zeros = x.new_zeros(len(cells), x.shape[0], cells[0].hidden_size)
+        hx = (zeros, zeros) if kind == "lstm" else zeros
+    if kind == "lstm":
+        out, h, c = torch._VF.lstm(x, hx, weights, True, len(cells), p, training, False, True)
+        return out, (h, c)
+    out, h = getattr(torch._VF, _KERNELS[kind])(x, hx, weights, True, len(cells), p, training, False, True)
+    return out, h
 
 
 class StateEncoder(nn.Module):
@@ -400,7 +478,7 @@ class SequenceModel(nn.Module):
             has_initial = self.encoder is not None or self.learned is not None
             fresh = self.initial_state(batch, cond) if has_initial else None
             state = state.reset(reset, to=fresh)
-        out, new_state = self.rnn(x, state)  # out: (batch, steps, hidden_last)
+        out, new_state = self.rnn.run_unchecked(x, state)  # out: (batch, steps, hidden_last); x checked above
         return self.apply_head(out), new_state
 
     def apply_head(self, out: torch.Tensor) -> torch.Tensor:

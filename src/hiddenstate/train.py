@@ -25,6 +25,7 @@ synchronises once per epoch (or every few chunks when the progress bar shows).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -44,7 +45,9 @@ from torch import nn
 
 from . import checkpoint
 from ._progress import Progress
+from .data.lanes import Batch
 from .errors import CheckpointError, ConfigError
+from .fast import PRECISIONS, autocast, grad_scaler
 from .state import State, StateSpec
 
 __all__ = ["History", "TrainConfig", "Trainer"]
@@ -53,6 +56,7 @@ POLICIES = ("carry", "encode", "carry+encode", "zeros")
 LOSSES = ("mse", "mae", "huber")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
+BACKENDS = ("torch", "fused")
 METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "sample_steps_per_s")
 
 
@@ -87,12 +91,16 @@ class TrainConfig:
     threads: int | None = None  # CPU threads; None: 1 for hidden sizes <= 32, else every core
     progress: bool = True  # a rich progress bar when stderr is a terminal
     keep_checkpoints: int | None = 3  # newest per-epoch checkpoints kept in run_dir; None: all
+    backend: str = "torch"  # "torch" (cuDNN/oneDNN) or "fused" (CPU LSTM kernel, small models)
+    precision: str = "fp32"  # "bf16" or "fp16": mixed precision on CUDA (weights stay float32)
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("loss", self.loss, LOSSES)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("state_policy", self.state_policy, POLICIES)
+        _choice("backend", self.backend, BACKENDS)
+        _choice("precision", self.precision, PRECISIONS)
         for name in ("epochs", "step_size", "detach_every"):
             _int(name, getattr(self, name), low=1)
         for name in ("patience", "threads", "keep_checkpoints"):
@@ -198,9 +206,25 @@ class Trainer:
                 f"state_policy {policy!r} sets states from batch.cond through the model's StateEncoder; "
                 "build the model with state_encoder='cond:N' (N = number of input columns)"
             )
+        if self.config.backend != "torch":
+            rnn = getattr(model, "rnn", None)
+            if not hasattr(rnn, "set_backend"):
+                raise ConfigError(f"TrainConfig.backend {self.config.backend!r}: the model has no StackedRNN `rnn`")
+            if self.device.type != "cpu":
+                raise ConfigError(f"TrainConfig.backend 'fused' runs on the CPU; the device is {self.device}")
+            rnn.set_backend(self.config.backend)
+        if self.config.precision != "fp32" and self.device.type != "cuda":
+            raise ConfigError(
+                f"TrainConfig.precision {self.config.precision!r} is mixed precision for CUDA; "
+                f"the device is {self.device}: use 'fp32'"
+            )
+        self._scaler = grad_scaler(self.config.precision)  # active for fp16 only
         self._params = [p for p in model.parameters() if p.requires_grad]
         opt_class = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_class(self._params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        # fused: one kernel for every parameter instead of ~10 small ops each; for small models
+        # the optimizer step is otherwise ~20% of a chunk (docs/performance.md). Same update to ~1e-7.
+        fused = self.device.type in ("cpu", "cuda") or None
+        self.optimizer = opt_class(self._params, lr=self.config.lr, weight_decay=self.config.weight_decay, fused=fused)
         self.lane_state: State | None = None
         self.history = History()
         self.epoch = 0  # finished epochs
@@ -279,9 +303,10 @@ class Trainer:
         bar.start_epoch(self.epoch + 1, cfg.epochs, _length(batches))
         for batch in batches:
             x, y, cond, reset, mask, valid = self._to_device(batch)
-            y_hat, state = self._forward(x, state, cond, reset)  # y_hat: (batch, steps, out)
             n = valid * y.shape[-1]
-            loss = self._loss(y_hat, y, mask, n)  # mean over the chunk's valid elements
+            with self._autocast():
+                y_hat, state = self._forward(x, state, cond, reset)  # y_hat: (batch, steps, out)
+                loss = self._loss(y_hat, y, mask, n)  # mean over the chunk's valid elements
             window.append((loss, n))
             losses.append(loss.detach())
             counts.append(n)
@@ -295,6 +320,8 @@ class Trainer:
         if window:
             self._step(window)
             state = state.detach() if state is not None else None
+        if state is not None and cfg.precision != "fp32":  # kept, saved and resumed in the weights' dtype
+            state = state.to(dtype=self._dtype())
         self.lane_state = state
         train_loss = _weighted_mean(losses, counts)  # the epoch's one sync when the bar is off
         bar.end_epoch(train_loss, sample_steps)
@@ -310,10 +337,18 @@ class Trainer:
         else:  # the mean over every valid element of the window
             loss = torch.stack([chunk * (n / total) for chunk, n in window]).sum()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if not self._scaler.is_enabled():
+            loss.backward()
+            if self.config.clip is not None:
+                nn.utils.clip_grad_norm_(self._params, self.config.clip)
+            self.optimizer.step()
+            return
+        self._scaler.scale(loss).backward()  # fp16: scaled against underflow
         if self.config.clip is not None:
+            self._scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self._params, self.config.clip)
-        self.optimizer.step()
+        self._scaler.step(self.optimizer)  # skipped when the gradients overflowed
+        self._scaler.update()
 
     def evaluate(self, batches: Iterable[Any]) -> dict[str, float]:
         """Mean loss, MSE and MAE over the valid elements of ``batches``, carrying state by the
@@ -327,7 +362,9 @@ class Trainer:
         with torch.no_grad(), self._threads():
             for batch in batches:
                 x, y, cond, reset, mask, valid = self._to_device(batch)
-                y_hat, state = self._forward(x, state, cond, reset)
+                with self._autocast():
+                    y_hat, state = self._forward(x, state, cond, reset)
+                y_hat = y_hat.to(y.dtype)
                 if mask is not None:
                     y = torch.where(mask, y, y_hat)  # padding contributes exactly zero
                 diff = y_hat - y  # (batch, steps, out)
@@ -348,12 +385,12 @@ class Trainer:
         x = batch.x.to(dev, dtype, non_blocking=True)  # (batch, steps, in)
         y = batch.y.to(dev, dtype, non_blocking=True)  # (batch, steps, out)
         mask, mask_dev = batch.mask, None
-        if bool(mask.all()):
-            valid = mask.numel()
-        else:
-            valid = int(mask.sum())
+        known = isinstance(batch, Batch)  # counts cached on the batch: no work after the first epoch
+        valid = batch.valid_count if known else int(mask.sum())
+        if valid != mask.numel():
             mask_dev = mask.to(dev, non_blocking=True).unsqueeze(-1)  # (batch, steps, 1)
-        reset = batch.reset.to(dev, non_blocking=True) if bool(batch.reset.any()) else None
+        any_reset = batch.any_reset if known else bool(batch.reset.any())
+        reset = batch.reset.to(dev, non_blocking=True) if any_reset else None
         cond = batch.cond.to(dev, dtype, non_blocking=True) if self._encodes else None
         return x, y, cond, reset, mask_dev, valid
 
@@ -391,6 +428,11 @@ class Trainer:
             spec: StateSpec = self.model.state_spec  # type: ignore[assignment]
             self._zeros = State.zeros(spec, x.shape[0], dtype=x.dtype, device=x.device)
         return self._zeros
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()  # the hot path: nothing to enter
+        return autocast(self.device, self.config.precision)
 
     def _dtype(self) -> torch.dtype:
         return self._params[0].dtype if self._params else torch.get_default_dtype()

@@ -13,6 +13,7 @@ import heapq
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,16 @@ class Batch:
                 raise ShapeError(f"Batch {name}: expected {dims} = {shape}, got {tuple(t.shape)}")
         if len(self.lanes) != b:
             raise ShapeError(f"Batch lanes: expected one entry per row ({b}), got {len(self.lanes)}")
+
+    @cached_property
+    def valid_count(self) -> int:
+        """How many (row, step) places hold data, not padding."""
+        return int(self.mask.sum())
+
+    @cached_property
+    def any_reset(self) -> bool:
+        """Whether some row starts a new series in this batch."""
+        return bool(self.reset.any())
 
     @property
     def batch_size(self) -> int:
@@ -244,6 +255,7 @@ class StatefulBatches:
         self._cond = torch.from_numpy(cond).to(dtype)  # (batches, lanes, n_in)
         self._lanes = tuple(tuple(row) for row in lanes)
         self.valid_steps = int(mask.sum())
+        self._built: list[Batch | None] = [None] * nb
 
     def __len__(self) -> int:
         return self._num_batches
@@ -252,7 +264,11 @@ class StatefulBatches:
         if not -len(self) <= k < len(self):
             raise IndexError(f"batch {k} out of range; there are {len(self)} batches")
         k %= len(self)
-        return Batch(self._x[k], self._y[k], self._reset[k], self._mask[k], self._cond[k], self._lanes[k])
+        batch = self._built[k]
+        if batch is None:  # built once: training walks the same batches every epoch
+            batch = Batch(self._x[k], self._y[k], self._reset[k], self._mask[k], self._cond[k], self._lanes[k])
+            self._built[k] = batch
+        return batch
 
     def __iter__(self) -> Iterator[Batch]:
         for k in range(len(self)):
