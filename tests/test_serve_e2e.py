@@ -194,11 +194,23 @@ def _check_against_replay(run: Run, ledger: Ledger, store_url: str, *, final_seq
     assert mismatches == 0, f"{mismatches} mismatches (largest difference {worst:.3g})"
 
 
-def _concurrency(url: str, run_dir: Path, run: Run, *, replicas: int, observes: int, clients: int) -> Ledger:
-    servers = [ServerProcess(run_dir, ["--store", url]).spawn() for _ in range(replicas)]
+def _spawned_children(pid: int) -> list[str]:
+    """The child processes that multiprocessing spawned (not its resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _concurrency(
+    url: str, run_dir: Path, run: Run, *, replicas: int, observes: int, clients: int, workers: int = 1
+) -> Ledger:
+    flags = ["--store", url, "--workers", str(workers)]
+    servers = [ServerProcess(run_dir, flags).spawn() for _ in range(replicas)]
     try:
         for server in servers:
             server.wait_ready()
+            if workers > 1:  # uvicorn's supervisor and its worker processes
+                assert server.proc is not None
+                assert len(_spawned_children(server.proc.pid)) == workers
         ledger = Ledger()
         asyncio.run(_load([s.url for s in servers], ledger, streams=1000, observes=observes, clients=clients, seed=1))
         metrics = "".join(httpx.get(f"{s.url}/metrics").text for s in servers)
@@ -217,6 +229,18 @@ def test_concurrent_clients_on_two_replicas_match_the_library_replay(
 ) -> None:
     ledger = _concurrency(store_url(kind, request, tmp_path), run_dir, run, replicas=2, observes=3, clients=16)
     assert ledger.counts["requests"] >= 2000
+    assert ledger.counts["duplicates"] > 100 and ledger.counts["out_of_order"] > 100 and ledger.counts["races"] > 20
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker processes from /proc (Linux)")
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_worker_processes_share_the_store_and_match_the_library_replay(
+    kind: str, request: pytest.FixtureRequest, run_dir: Path, run: Run, tmp_path: Path
+) -> None:
+    """`--workers 2`: two processes behind one port, each with its own batcher, one store."""
+    ledger = _concurrency(
+        store_url(kind, request, tmp_path), run_dir, run, replicas=1, observes=3, clients=16, workers=2
+    )
     assert ledger.counts["duplicates"] > 100 and ledger.counts["out_of_order"] > 100 and ledger.counts["races"] > 20
 
 

@@ -218,13 +218,14 @@ class StackedRNN(nn.Module):
     ) -> tuple[torch.Tensor, list[LayerState]]:
         """Layers ``start .. end-1`` (one kind and size when more than one) over ``x``."""
         ls = self._spec.layers[start]
-        cell = self.cells[start]
+        cells = list(self.cells._modules.values())[start:end]  # (slicing the ModuleList builds a new one: slow)
+        cell = cells[0]
         if self._fused is not None:  # one layer at a time
             out, hn = self._fused(cell, x, _hx(state, start, end, ls.has_c))
         elif cell._forward_hooks or cell._forward_pre_hooks or torch.jit.is_scripting():
             out, hn = cell(x, _hx(state, start, end, ls.has_c))
         else:  # the kernel call nn.LSTM.forward ends in, without its per-call Python checks
-            out, hn = _rnn_kernel(ls.cell, self.cells[start:end], x, _hx(state, start, end, ls.has_c), self._p())
+            out, hn = _rnn_kernel(ls.cell, cells, x, _hx(state, start, end, ls.has_c), self._p())
         if ls.has_c:
             return out, [LayerState(h, c) for h, c in zip(hn[0].unbind(0), hn[1].unbind(0), strict=True)]
         return out, [LayerState(h) for h in hn.unbind(0)]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-__all__ = ["build_service", "register", "serve"]
+__all__ = ["build_service", "register", "serve", "worker_app"]
 
 Sync = Literal["full", "normal"]
 DEFAULT_STORE_FILE = "states.db"
@@ -86,6 +87,15 @@ def serve(
     ] = None,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MiB (413 beyond).")] = 16.0,
     threads: Annotated[int, typer.Option(min=1, help="Torch threads for the model.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes sharing the port and the store (each with its own batcher); "
+            "more use more cores. Each answers /metrics with its own counters.",
+        ),
+    ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve a trained run over HTTP: each stream's hidden state kept durably, advanced one step at a time.
@@ -106,9 +116,8 @@ def serve(
     from .redis_store import RedisStore
 
     torch.set_num_threads(threads)
-    service = build_service(
-        run_dir, store, sync=sync, ttl=ttl, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_mb=max_body_mb
-    )
+    options = {"sync": sync, "ttl": ttl, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_mb": max_body_mb}
+    service = build_service(run_dir, store, **options)  # type: ignore[arg-type]
     if isinstance(service.store, RedisStore):
         found = service.store.durability()
         if found and (found.get("appendonly") != "yes" or found.get("appendfsync") != "always"):
@@ -119,9 +128,47 @@ def serve(
                 err=True,
             )
     typer.echo(
-        f"hiddenstate serve: {run_dir} on http://{host}:{port} (store {service.store.url}, docs at /docs)", err=True
+        f"hiddenstate serve: {run_dir} on http://{host}:{port} (store {service.store.url}, docs at /docs"
+        + (f", {workers} worker processes)" if workers > 1 else ")"),
+        err=True,
     )
+    if workers > 1:
+        # Checked above, once, with a clear message; each worker process opens its own service.
+        url = store if store is not None else service.store.url  # (store.url masks a Redis password)
+        service.store.close()
+        worker = {"run_dir": str(Path(run_dir).resolve()), "store": url, "threads": threads, **options}
+        os.environ[_WORKER_ENV] = json.dumps(worker)
+        uvicorn.run(
+            f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
+            access_log=False,
+        )  # fmt: skip
+        return
     app = create_app(service)
+    _tune_process()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+_WORKER_ENV = "HIDDENSTATE_SERVE_WORKER"
+
+
+def worker_app() -> Any:
+    """The app of one worker process of ``hiddenstate serve --workers N`` (uvicorn calls it in each
+    process it starts; the options come from the parent through an environment variable). The
+    workers share the store; compare-and-set on each record's version keeps them consistent, as
+    it does replicas."""
+    import torch
+
+    from .app import create_app
+
+    options = json.loads(os.environ[_WORKER_ENV])
+    torch.set_num_threads(options.pop("threads"))
+    service = build_service(options.pop("run_dir"), options.pop("store"), **options)
+    app = create_app(service)
+    _tune_process()
+    return app
+
+
+def _tune_process() -> None:
     # Everything loaded so far (torch, the model, FastAPI: ~250k objects) lives as long as the process.
     # Without this, each full garbage collection walks all of it, and a micro-batch of 1,000 streams
     # allocates enough to trigger several: freezing them cut such a batch's Python time by 4x.
@@ -130,7 +177,6 @@ def serve(
     # The worker thread's SQLite calls give up the GIL on every row; while the event loop thread
     # runs Python, each row then waits up to the switch interval (5 ms by default) to get it back.
     sys.setswitchinterval(float(os.environ.get("HIDDENSTATE_SWITCH_INTERVAL", "0.001")))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ loopback port (append-only file, ``appendfsync always``), and :class:`ServerProc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -124,7 +125,8 @@ class RedisServer:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
     def stop(self) -> None:
@@ -177,7 +179,8 @@ class ServerProcess:
         ]  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
+            # its own process group, so that kill() also reaches the worker processes of --workers N
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
@@ -201,7 +204,8 @@ class ServerProcess:
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
     def stop(self) -> None:
