@@ -4,7 +4,8 @@
     python benchmarks/serve.py --duration 5 --store redis
 
 Scenarios, each against the real service and against a no-op app that parses the same body
-with the same pydantic models and does no work (both: uvicorn, 1 worker, one process each):
+with the same pydantic models and does no work (both under uvicorn; 1 worker process each
+unless --workers / --noop-workers say otherwise):
 
   single   POST /v1/streams/{id}/observe, one row, over 1,000 streams, 32 connections
   bulk xS  POST /v1/observe, every request 1,000 streams x S rows (S from --bulk-steps), one
@@ -29,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` importable (the no-op's worker processes)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 from fastapi import FastAPI, Request
@@ -140,6 +144,16 @@ def noop_app() -> FastAPI:
     return app
 
 
+def noop_worker_app() -> FastAPI:
+    """The no-op app with the process tuning that `hiddenstate serve` applies, so both run alike."""
+    import gc
+
+    app = noop_app()
+    gc.collect()
+    gc.freeze()
+    return app
+
+
 def wrk(url: str, lua: str, *, threads: int, connections: int, duration: float, folder: Path) -> dict[str, Any]:
     script = folder / f"load-{time.monotonic_ns()}.lua"
     script.write_text(lua + _DONE_LUA)
@@ -174,9 +188,10 @@ def batch_totals(url: str) -> tuple[float, float]:
     return total, count
 
 
-def start_noop(port: int, folder: Path) -> subprocess.Popen[bytes]:
+def start_noop(port: int, folder: Path, workers: int = 1) -> subprocess.Popen[bytes]:
     log = open(folder / "noop.log", "wb")
-    proc = subprocess.Popen([sys.executable, __file__, "--noop-port", str(port)], stdout=log, stderr=log)
+    cmd = [sys.executable, __file__, "--noop-port", str(port), "--noop-workers", str(workers)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
     for _ in range(300):
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
@@ -203,18 +218,23 @@ def main() -> None:
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--sync", choices=("full", "normal"), default="full")
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="service worker processes (--workers of hiddenstate serve; default 1)"
+    )
+    parser.add_argument("--noop-workers", type=int, default=1, help="no-op worker processes (default 1)")
     parser.add_argument("--noop-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.noop_port:  # the child process that serves the no-op app
-        import gc
-
         import uvicorn
 
-        app = noop_app()
-        gc.collect()
-        gc.freeze()  # as `hiddenstate serve` does, so that both servers run alike
-        uvicorn.run(app, host="127.0.0.1", port=args.noop_port, log_level="warning", access_log=False)
+        if args.noop_workers > 1:
+            uvicorn.run(
+                "benchmarks.serve:noop_worker_app", factory=True, host="127.0.0.1", port=args.noop_port,
+                workers=args.noop_workers, log_level="warning", access_log=False,
+            )  # fmt: skip
+        else:
+            uvicorn.run(noop_worker_app(), host="127.0.0.1", port=args.noop_port, log_level="warning", access_log=False)
         return
     if shutil.which("wrk") is None:
         sys.exit("this benchmark needs wrk: apt-get install wrk")
@@ -232,8 +252,9 @@ def main() -> None:
         else:
             store = f"sqlite://{folder / 'states.db'}"
         flags = ["--store", store, "--sync", args.sync, "--max-wait-ms", str(args.max_wait_ms)]
+        flags += ["--workers", str(args.workers)]
         noop_port = free_port()
-        noop = start_noop(noop_port, folder)
+        noop = start_noop(noop_port, folder, args.noop_workers)
         server = ServerProcess(run_dir, flags).start()
         noop_url = f"http://127.0.0.1:{noop_port}"
         scenarios = [("single", _SINGLE_LUA, {}, 1, args.connections, 1)]
@@ -266,14 +287,18 @@ def main() -> None:
         finally:
             server.stop()
             noop.terminate()
-            noop.wait(10)
+            try:
+                noop.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(noop.pid, 9)
         print()
         print(f"{time.strftime('%Y-%m-%d %H:%M')}; {platform.machine()}, {os.cpu_count()} CPUs; load average "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (other processes share the CPUs)")  # fmt: skip
         print(
             f"model: {len(COLUMNS)} inputs/targets, layers {args.hidden}; store "
             f"{'redis (appendfsync always)' if args.store == 'redis' else f'sqlite (sync {args.sync})'}; "
-            f"{args.streams} streams"
+            f"{args.streams} streams; service {args.workers} worker process(es), no-op {args.noop_workers}"
+            + ("; mean batch from one worker's /metrics" if args.workers > 1 else "")
         )
         print(f"{'scenario':9s} {'conns':>5s} {'no-op req/s':>12s} {'service req/s':>14s} {'ratio':>6s} "
               f"{'stream-steps/s':>15s} {'p50 ms':>7s} {'p99 ms':>7s} {'batch':>6s}")  # fmt: skip

@@ -431,3 +431,27 @@ def test_runs_of_same_sized_layers_take_one_multi_layer_call(monkeypatch: pytest
     for got, want in zip(state.layers, ref_state.layers, strict=True):
         assert torch.equal(got.h, want.h)
         assert got.c is None or torch.equal(got.c, want.c)
+
+
+def test_direct_kernel_call_sees_swapped_and_parametrized_weights() -> None:
+    """The default backend calls the kernels with the cells' current parameters: weights swapped
+    in by torch.func.functional_call, and parametrized ones, are the weights used."""
+    torch.manual_seed(0)
+    model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(8)])
+    other = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(8)])
+    x = torch.randn(3, 5, 2)
+    swapped = torch.func.functional_call(model, dict(other.named_parameters()), (x,))
+    assert torch.equal(swapped[0], other(x)[0])
+    assert not torch.equal(model(x)[0], other(x)[0])
+
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    plain = model(x)[0]
+    parametrize.register_parametrization(model.rnn.cells[1], "weight_hh_l0", Double())
+    with torch.no_grad():
+        model.rnn.cells[1].parametrizations.weight_hh_l0.original.mul_(0.5)  # 2 * (w / 2) = w
+    torch.testing.assert_close(model(x)[0], plain, rtol=0, atol=1e-6)

@@ -130,6 +130,7 @@ class StackedRNN(nn.Module):
         # Runs of consecutive layers of one kind and size: the default backend runs each run in
         # one multi-layer kernel call, as one nn.LSTM(num_layers=k) would (same result).
         self._groups = _layer_groups(spec)
+        self._cell_list: list[nn.RNNBase] = list(self.cells)  # the same modules, as a plain list
 
     def set_backend(self, backend: str) -> None:
         """``"torch"`` (default): one cuDNN/oneDNN ``nn.LSTM``/``GRU``/``RNN`` call per layer.
@@ -211,14 +212,17 @@ class StackedRNN(nn.Module):
             return False
         if x.is_cuda and self.dropout is not None and self.training:
             return False
-        return not any(c._forward_hooks or c._forward_pre_hooks for c in self.cells)
+        for c in self._cell_list:
+            if c._forward_hooks or c._forward_pre_hooks:
+                return False
+        return True
 
     def _run_layers(
         self, start: int, end: int, x: torch.Tensor, state: State | None
     ) -> tuple[torch.Tensor, list[LayerState]]:
         """Layers ``start .. end-1`` (one kind and size when more than one) over ``x``."""
         ls = self._spec.layers[start]
-        cells = list(self.cells._modules.values())[start:end]  # (slicing the ModuleList builds a new one: slow)
+        cells = self._cell_list[start:end]  # (slicing the ModuleList would build a new one: slow)
         cell = cells[0]
         if self._fused is not None:  # one layer at a time
             out, hn = self._fused(cell, x, _hx(state, start, end, ls.has_c))
@@ -265,8 +269,12 @@ def _rnn_kernel(kind: str, cells: Sequence[nn.RNNBase], x: torch.Tensor, hx: Any
     size, as one ``num_layers=len(cells)`` call with dropout ``p`` between them."""
     weights: list[torch.Tensor] = []
     for cell in cells:
-        cell._update_flat_weights()  # keeps functional_call / swapped parameters working
-        weights.extend(cell._flat_weights)  # type: ignore[arg-type]
+        params = cell._parameters  # what functional_call swaps too; cheaper than _update_flat_weights()
+        try:
+            weights += [params[name] for name in cell._flat_weights_names]  # type: ignore[misc]
+        except KeyError:  # a parametrized weight: let the module find it
+            cell._update_flat_weights()
+            weights += cell._flat_weights  # type: ignore[arg-type]
     training = cells[0].training
     if hx is None:
         zeros = x.new_zeros(len(cells), x.shape[0], cells[0].hidden_size)
