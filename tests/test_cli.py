@@ -257,6 +257,23 @@ def test_bad_data_exits_1_naming_file_column_and_row(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+def test_train_backend_and_precision_options(tmp_path: Path) -> None:
+    out = ok("train", "--out", tmp_path / "fused", "--backend", "fused", "--synthetic-steps", "600", *TINY).stdout
+    assert "test" in out
+    result = invoke("train", "--out", tmp_path / "gru", "--backend", "fused", "--cell", "gru", *TINY)
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "Error: layer 0 (gru, hidden 8): the fused backend runs lstm layers only; use backend 'torch' for this stack\n",
+    )
+    result = invoke("train", "--out", tmp_path / "bf16", "--precision", "bf16", "--device", "cpu", *TINY)
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "Error: TrainConfig.precision 'bf16' is mixed precision for CUDA; the device is cpu: use 'fp32'\n",
+    )
+    result = invoke("train", "--out", tmp_path / "x", "--precision", "fp8", *TINY)
+    assert result.exit_code == 2 and "fp8" in result.output
+
+
 def test_missing_columns_and_runs_exit_1(tmp_path: Path) -> None:
     data = tmp_path / "wide.csv"
     _wide_frame(50).to_csv(data, index=False)

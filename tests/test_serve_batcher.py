@@ -148,3 +148,24 @@ def test_bad_settings_are_refused() -> None:
         MicroBatcher(Recorder(), lambda i: i, max_batch=0)
     with pytest.raises(hs.ConfigError, match=r"^max_wait must be between 0 and 10 seconds, got -1$"):
         MicroBatcher(Recorder(), lambda i: i, max_wait=-1)
+
+
+def test_small_batches_run_on_the_loop_and_large_ones_in_the_worker() -> None:
+    """inline_max: a batch of at most that many items runs on the event loop's own thread; a
+    larger one in the worker thread. The results are the same either way."""
+
+    async def main() -> tuple[str, list[Any], list[Any], set[str]]:
+        rec = Recorder()
+        b = MicroBatcher(rec, lambda item: item[0], max_batch=100, max_wait=0.001, inline_max=3)
+        b.start()
+        small = await b.submit([("a", 1), ("b", 1)])
+        loop_thread = threading.current_thread().name
+        assert rec.threads == {loop_thread}
+        large = await b.submit([(f"s{i}", 1) for i in range(10)])
+        await b.stop()
+        return loop_thread, small, large, rec.threads
+
+    loop_thread, small, large, threads = _run(main())
+    assert small == ["a:1", "b:1"] and large == [f"s{i}:1" for i in range(10)]
+    assert len(threads) == 2 and loop_thread in threads
+    assert any(name.startswith("hiddenstate-batch") for name in threads)

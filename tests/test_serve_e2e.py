@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -196,8 +197,14 @@ def _check_against_replay(run: Run, ledger: Ledger, store_url: str, *, final_seq
 
 def _spawned_children(pid: int) -> list[str]:
     """The child processes that multiprocessing spawned (not its resource tracker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:  # it exited meanwhile
+            pass
+    return found
 
 
 def _concurrency(
@@ -210,10 +217,14 @@ def _concurrency(
             server.wait_ready()
             if workers > 1:  # uvicorn's supervisor and its worker processes
                 assert server.proc is not None
+                deadline = time.monotonic() + 20  # the first worker may answer before the others exist
+                while len(_spawned_children(server.proc.pid)) != workers and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 assert len(_spawned_children(server.proc.pid)) == workers
         ledger = Ledger()
         asyncio.run(_load([s.url for s in servers], ledger, streams=1000, observes=observes, clients=clients, seed=1))
-        metrics = "".join(httpx.get(f"{s.url}/metrics").text for s in servers)
+        # With worker processes each answers /metrics with its own counters: ask a few times.
+        metrics = "".join(httpx.get(f"{s.url}/metrics").text for s in servers for _ in range(4 * workers))
     finally:
         for server in servers:
             server.stop()

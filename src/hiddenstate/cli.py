@@ -42,9 +42,11 @@ Policy = Literal["carry", "encode", "carry+encode", "zeros"]
 Method = Literal["auto", "rollout", "direct"]
 Layout = Literal["auto", "wide", "long"]
 Loss = Literal["mse", "mae", "huber"]
+Backend = Literal["torch", "fused"]
+Precision = Literal["fp32", "bf16", "fp16"]
 CELLS = ("lstm", "gru", "rnn")
 # flags that may change when a run is resumed; every other explicit flag must match the run
-RESUMABLE = {"epochs", "threads", "device", "plots", "method", "out", "resume", "patience"}
+RESUMABLE = {"epochs", "threads", "device", "backend", "precision", "plots", "method", "out", "resume", "patience"}
 
 
 app = typer.Typer(
@@ -233,6 +235,10 @@ def train(
         int | None, typer.Option(min=1, help="CPU threads (default: 1 for hidden sizes up to 32, else all cores).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    backend: Annotated[
+        Backend, typer.Option(help="torch (cuDNN/oneDNN) or fused (a C kernel per LSTM layer; CPU, small models).")
+    ] = "torch",
+    precision: Annotated[Precision, typer.Option(help="fp32, or bf16/fp16 mixed precision on CUDA.")] = "fp32",
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write forecast.png and states.png.")] = True,
     synthetic_steps: Annotated[int, typer.Option("--synthetic-steps", min=500, help="Rows of built-in data.")] = 5376,
 ) -> None:
@@ -275,7 +281,14 @@ def train(
         )
 
     job = pipeline.prepare_training(
-        settings, epochs=epochs, patience=patience, device=device, threads=threads, progress=sys.stderr.isatty()
+        settings,
+        epochs=epochs,
+        patience=patience,
+        device=device,
+        threads=threads,
+        progress=sys.stderr.isatty(),
+        backend=backend,
+        precision=precision,
     )
     dataset, settings, model, config = job.dataset, job.settings, job.model, job.config
     n_params = sum(p.numel() for p in model.parameters())

@@ -157,6 +157,8 @@ def prepare_training(
     device: str,
     threads: int | None,
     progress: bool,
+    backend: str = "torch",
+    precision: str = "fp32",
 ) -> TrainJob:
     """Read the data, fit the scalers on the train split, lay out the batches and build the model.
 
@@ -204,6 +206,8 @@ def prepare_training(
         device=device,
         threads=threads,
         progress=progress,
+        backend=backend,
+        precision=precision,
     )
     return TrainJob(
         settings=settings,

@@ -76,6 +76,7 @@ class MicroBatcher(Generic[T]):
         max_wait: float = 0.002,
         executor: ThreadPoolExecutor | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        inline_max: int = 0,
     ) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
@@ -88,6 +89,10 @@ class MicroBatcher(Generic[T]):
         self._owns_executor = executor is None
         self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="hiddenstate-batch")
         self.on_batch = on_batch
+        # Batches of at most inline_max items run on the event loop itself: for a few streams the
+        # hand-offs to the worker thread (and the GIL going back and forth between the two threads)
+        # cost more than the batch. Larger batches go to the worker, so the loop keeps reading.
+        self.inline_max = inline_max
         self._queue: deque[_Pending[T]] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -164,7 +169,11 @@ class MicroBatcher(Generic[T]):
                 continue
             began = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self.executor, self.process, [p.item for p in batch])
+                items = [p.item for p in batch]
+                if len(items) <= self.inline_max:
+                    results = self.process(items)
+                else:
+                    results = await loop.run_in_executor(self.executor, self.process, items)
             except Exception as e:  # a failure of the store or a bug: every caller in the batch hears of it
                 for p in batch:
                     if not p.group.future.done():

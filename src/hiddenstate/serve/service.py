@@ -42,7 +42,7 @@ from ..state import State
 from .batcher import RETRY, MicroBatcher
 from .metrics import Metrics
 from .served import ServedModel
-from .store import Record, StateStore, Write, new_version
+from .store import Record, SQLiteStore, StateStore, Write, new_version
 
 __all__ = ["Limits", "Observation", "Outcome", "Service", "check_store"]
 
@@ -114,6 +114,7 @@ class Service:
         max_wait: float = 0.002,
         limits: Limits | None = None,
         metrics: Metrics | None = None,
+        inline_max: int | None = None,
     ) -> None:
         check_store(store, served)
         self.served = served
@@ -133,13 +134,18 @@ class Service:
             max_wait=max_wait,
             executor=self.worker,
             on_batch=self.metrics.batch,
+            # Small batches on the event loop (no thread hand-off) only for a local SQLite file: a
+            # network store that is down would stall the loop on reconnects instead of one batch.
+            inline_max=(64 if isinstance(store, SQLiteStore) else 0) if inline_max is None else inline_max,
         )
+        self._threads = threads
         self._sweeper: asyncio.Task[None] | None = None
         self._count: tuple[float, int] | None = None  # (loop time, streams) of the last count
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        torch.set_num_threads(self._threads)  # small batches run on the event loop's thread (inline_max)
         self.batcher.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._maintenance())
 
