@@ -273,7 +273,9 @@ def main() -> None:
                         before = batch_totals(server.url)
                         r = wrk(url, lua, threads=threads, connections=conns, duration=duration, folder=folder)
                     after = batch_totals(server.url)
-                    r["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+                    # each worker process answers /metrics with its own counters: no mean over all of them
+                    batches = max(after[1] - before[1], 1)
+                    r["mean_batch"] = (after[0] - before[0]) / batches if args.workers == 1 else None
                     r.update(scenario=name, target=target, connections=conns)
                     r["stream_steps"] = r["rate"] * (args.streams * steps if name.startswith("bulk") else 1)
                     rows.append(r)
@@ -281,7 +283,7 @@ def main() -> None:
                         f"{name:9s} {target:7s} c={conns:<3d} {r['rate']:9.1f} req/s  {r['stream_steps']:11.0f} "
                         f"stream-steps/s  p50 {r['p50_us'] / 1000:7.2f} ms  p99 {r['p99_us'] / 1000:7.2f} ms  "
                         f"non-2xx {r['non2xx']}  errors {r['socket_errors']}"
-                        + (f"  mean batch {r['mean_batch']:.1f}" if target == "service" else ""),
+                        + (f"  mean batch {r['mean_batch']:.1f}" if target == "service" and r["mean_batch"] else ""),
                         flush=True,
                     )
         finally:
@@ -298,7 +300,7 @@ def main() -> None:
             f"model: {len(COLUMNS)} inputs/targets, layers {args.hidden}; store "
             f"{'redis (appendfsync always)' if args.store == 'redis' else f'sqlite (sync {args.sync})'}; "
             f"{args.streams} streams; service {args.workers} worker process(es), no-op {args.noop_workers}"
-            + ("; mean batch from one worker's /metrics" if args.workers > 1 else "")
+            + ("; mean batch n/a (each worker counts its own)" if args.workers > 1 else "")
         )
         print(f"{'scenario':9s} {'conns':>5s} {'no-op req/s':>12s} {'service req/s':>14s} {'ratio':>6s} "
               f"{'stream-steps/s':>15s} {'p50 ms':>7s} {'p99 ms':>7s} {'batch':>6s}")  # fmt: skip
@@ -308,7 +310,7 @@ def main() -> None:
             print(
                 f"{name:9s} {svc['connections']:5d} {noop_r['rate']:12.1f} {svc['rate']:14.1f} "
                 f"{svc['rate'] / noop_r['rate']:6.2f} {svc['stream_steps']:15.0f} {svc['p50_us'] / 1000:7.2f} "
-                f"{svc['p99_us'] / 1000:7.2f} {svc['mean_batch']:6.1f}"
+                f"{svc['p99_us'] / 1000:7.2f} {svc['mean_batch'] or float('nan'):6.1f}"
             )
     finally:
         if redis_server is not None:

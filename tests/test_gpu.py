@@ -87,3 +87,12 @@ def test_fused_backend_refuses_cuda_tensors() -> None:
     model = _model()
     with pytest.raises(hs.ConfigError, match=r"^the fused backend runs on the CPU, got x on cuda"):
         fast.fused_lstm(model.rnn.cells[0], torch.zeros(2, 3, 2, device="cuda"))
+
+
+def test_same_sized_layers_run_layer_by_layer_on_cuda_without_weight_copies() -> None:
+    """On CUDA each layer keeps its own cuDNN call (a grouped call would want one flat weight
+    buffer and warn about copying); filterwarnings=error turns any such warning into a failure."""
+    torch.manual_seed(0)
+    model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(8)]).cuda().eval()
+    names = _ops(model, 32)
+    assert sum(n == "aten::_cudnn_rnn" for n in names) == 2

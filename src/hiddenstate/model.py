@@ -206,11 +206,10 @@ class StackedRNN(nn.Module):
 
     def _groupable(self, x: torch.Tensor) -> bool:
         """Whether runs of same-sized layers may go through one multi-layer kernel call: on the
-        default backend, with no hooks on the cells, and on CUDA only without active dropout
-        (cuDNN draws its own dropout masks; oneDNN on the CPU draws them as nn.Dropout does)."""
-        if len(self._groups) == len(self.cells) or self._fused is not None:
-            return False
-        if x.is_cuda and self.dropout is not None and self.training:
+        default backend, on the CPU (oneDNN draws dropout masks as nn.Dropout does; cuDNN wants a
+        multi-layer call's weights in one flat buffer, which separate modules do not share, and
+        draws its own masks), with no hooks on the cells."""
+        if len(self._groups) == len(self.cells) or self._fused is not None or x.device.type != "cpu":
             return False
         for c in self._cell_list:
             if c._forward_hooks or c._forward_pre_hooks:

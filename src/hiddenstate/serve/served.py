@@ -66,7 +66,8 @@ class ServedModel:
     def build(
         cls, model: Any, scaler: Any, inputs: Sequence[str], targets: Sequence[str], *, source: str = ""
     ) -> ServedModel:
-        """Check that ``model`` advances step by step and wrap it (in eval mode, float32, CPU)."""
+        """Check that ``model`` advances step by step and wrap it (in eval mode, float32, CPU; an
+        all-LSTM stack is switched to the fused backend, see :func:`_fastest_backend`)."""
         if callable(getattr(model, "forecast", None)):
             kind = getattr(model, "kind", type(model).__name__)
             raise ConfigError(
