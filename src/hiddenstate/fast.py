@@ -16,8 +16,8 @@ exp, so torch sees one autograd node per layer and nothing per step. It computes
 function as ``nn.LSTM`` (to ~1e-6 in float32), returns outputs with the same memory layout (so
 dropout between layers draws the same masks), and is CPU-only, for LSTM layers in float32 or
 float64. It pays off for hidden sizes up to about 32; above that oneDNN's blocked GEMMs win
-(see docs/performance.md). The default backend, ``"torch"``, is one ``nn.LSTM``/``nn.GRU``
-(cuDNN/oneDNN) call per layer.
+(see docs/performance.md). The default backend, ``"torch"``, is one cuDNN/oneDNN kernel call
+per layer (on the CPU, one per run of same-sized layers).
 
 >>> import torch, hiddenstate as hs
 >>> model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(8)])

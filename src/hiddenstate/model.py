@@ -133,7 +133,8 @@ class StackedRNN(nn.Module):
         self._cell_list: list[nn.RNNBase] = list(self.cells)  # the same modules, as a plain list
 
     def set_backend(self, backend: str) -> None:
-        """``"torch"`` (default): one cuDNN/oneDNN ``nn.LSTM``/``GRU``/``RNN`` call per layer.
+        """``"torch"`` (default): one cuDNN/oneDNN kernel call per layer (on the CPU, one per run
+        of consecutive layers of one kind and size, as ``nn.LSTM(num_layers=k)`` would make).
         ``"fused"``: each LSTM layer's time loop runs in one call into a small C kernel on the
         CPU (see :mod:`hiddenstate.fast`); same weights and results (to ~1e-6), faster for small
         models. Raises ConfigError for a stack it cannot run."""
