@@ -330,6 +330,27 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x"
 
 
+THROUGHPUT_HEADERS = ["config", "candidate", "sample-steps/s", "vs hand loop", "(CPU time)", "vs Keras", "peak RSS"]
+
+
+def throughput_rows(cfg: Config, results: dict[str, Result], hand: str, keras: str) -> list[list[Any]]:
+    """One THROUGHPUT_HEADERS row per candidate: rates and ratios to the ``hand`` and ``keras`` labels."""
+    base, base_cpu = results[hand].rate, results[hand].cpu_rate
+    keras_rate = results[keras].rate if keras in results else None
+    return [
+        [
+            cfg.name,
+            label,
+            rate(r.rate),
+            ratio(r.rate, base),
+            ratio(r.cpu_rate, base_cpu),
+            ratio(r.rate, keras_rate) if keras_rate else "",
+            rss(r.rss_mb),
+        ]
+        for label, r in results.items()
+    ]
+
+
 def base_parser(description: str, configs: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--configs", default=configs, help=f"comma-separated, of {', '.join(CONFIGS)} (default: {configs})")

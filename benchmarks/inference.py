@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import candidates as c
 from benchmarks.common import (
+    THROUGHPUT_HEADERS,
     Config,
     Result,
     Spec,
@@ -28,10 +28,8 @@ from benchmarks.common import (
     keras_available,
     measure,
     pick_configs,
-    rate,
-    ratio,
-    rss,
     table,
+    throughput_rows,
     trainer_threads,
 )
 
@@ -40,7 +38,6 @@ HS = "hs.Stateful"
 FUSED = "hs.Stateful (fused)"
 LAYERED = "hs.Stateful, per-layer nn.LSTM calls (before)"
 KERAS = "Keras 3 / TF, stateful"
-HEADERS = ["config", "candidate", "sample-steps/s", "vs hand loop", "(CPU time)", "vs Keras", "peak RSS"]
 
 
 def specs(cfg: Config, *, keras: bool, fused: bool, threads: int | None = None) -> list[Spec]:
@@ -52,23 +49,6 @@ def specs(cfg: Config, *, keras: bool, fused: bool, threads: int | None = None) 
     if keras:
         out.append(Spec(KERAS, c.KerasInfer, kw))
     return out
-
-
-def rows(cfg: Config, results: dict[str, Result]) -> list[list[Any]]:
-    hand, hand_cpu = results[HAND].rate, results[HAND].cpu_rate
-    keras = results[KERAS].rate if KERAS in results else None
-    return [
-        [
-            cfg.name,
-            label,
-            rate(r.rate),
-            ratio(r.rate, hand),
-            ratio(r.cpu_rate, hand_cpu),
-            ratio(r.rate, keras) if keras else "",
-            rss(r.rss_mb),
-        ]
-        for label, r in results.items()
-    ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Result]]:
@@ -83,9 +63,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Result]]:
         found[cfg.name] = results = measure(
             specs(cfg, keras=use_keras, fused=not args.no_fused, threads=args.threads), repeats=repeats, isolate=isolate
         )
-        all_rows += rows(cfg, results)
+        all_rows += throughput_rows(cfg, results, HAND, KERAS)
     print()
-    print(table(HEADERS, all_rows))
+    print(table(THROUGHPUT_HEADERS, all_rows))
     print(f"\nmedian of {repeats} interleaved repeats; peak RSS of each candidate's own process")
     return found
 

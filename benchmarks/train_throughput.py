@@ -35,6 +35,7 @@ import torch
 from benchmarks import candidates as c
 from benchmarks.common import (
     SEED,
+    THROUGHPUT_HEADERS,
     Config,
     Result,
     Spec,
@@ -44,10 +45,8 @@ from benchmarks.common import (
     lane_chunks,
     measure,
     pick_configs,
-    rate,
-    ratio,
-    rss,
     table,
+    throughput_rows,
     trainer_threads,
     with_chunks,
 )
@@ -72,26 +71,6 @@ def specs(cfg: Config, *, keras: bool, fused: bool, threads: int | None = None) 
     if keras:
         out.append(Spec(KERAS, c.KerasTrain, kw))
     return out
-
-
-def rows(cfg: Config, results: dict[str, Result]) -> list[list[Any]]:
-    hand, hand_cpu = results[HAND].rate, results[HAND].cpu_rate
-    keras = results[KERAS].rate if KERAS in results else None
-    return [
-        [
-            cfg.name,
-            label,
-            rate(r.rate),
-            ratio(r.rate, hand),
-            ratio(r.cpu_rate, hand_cpu),
-            ratio(r.rate, keras) if keras else "",
-            rss(r.rss_mb),
-        ]
-        for label, r in results.items()
-    ]
-
-
-HEADERS = ["config", "candidate", "sample-steps/s", "vs hand loop", "(CPU time)", "vs Keras", "peak RSS"]
 
 
 def equivalence(cfg: Config = SEED) -> list[list[Any]]:
@@ -160,9 +139,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Result]]:
         found[cfg.name] = results = measure(
             specs(cfg, keras=use_keras, fused=not args.no_fused, threads=args.threads), repeats=repeats, isolate=isolate
         )
-        all_rows += rows(cfg, results)
+        all_rows += throughput_rows(cfg, results, HAND, KERAS)
     print()
-    print(table(HEADERS, all_rows))
+    print(table(THROUGHPUT_HEADERS, all_rows))
     print(f"\nmedian of {repeats} interleaved repeats; peak RSS of each candidate's own process\n")
     check = equivalence(pick_configs("seed", args.tiny)[0])
     print("Equivalence, one epoch from the same weights and seed:\n")

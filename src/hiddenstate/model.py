@@ -130,6 +130,7 @@ class StackedRNN(nn.Module):
         # Runs of consecutive layers of one kind and size: the default backend runs each run in
         # one multi-layer kernel call, as one nn.LSTM(num_layers=k) would (same result).
         self._groups = _layer_groups(spec)
+        self._singles = [(i, i + 1) for i in range(spec.num_layers)]  # one call per layer
         self._cell_list: list[nn.RNNBase] = list(self.cells)  # the same modules, as a plain list
 
     def set_backend(self, backend: str) -> None:
@@ -197,7 +198,7 @@ class StackedRNN(nn.Module):
         """``forward`` for inputs already checked with :meth:`check_input` (the hot path)."""
         new_layers: list[LayerState] = []
         out = x
-        groups = self._groups if self._groupable(x) else [(i, i + 1) for i in range(len(self.cells))]
+        groups = self._groups if self._groupable(x) else self._singles
         for g, (start, end) in enumerate(groups):
             if g and self.dropout is not None:
                 out = self.dropout(out)
@@ -210,7 +211,7 @@ class StackedRNN(nn.Module):
         default backend, on the CPU (oneDNN draws dropout masks as nn.Dropout does; cuDNN wants a
         multi-layer call's weights in one flat buffer, which separate modules do not share, and
         draws its own masks), with no hooks on the cells."""
-        if len(self._groups) == len(self.cells) or self._fused is not None or x.device.type != "cpu":
+        if self._groups == self._singles or self._fused is not None or x.device.type != "cpu":
             return False
         for c in self._cell_list:
             if c._forward_hooks or c._forward_pre_hooks:
