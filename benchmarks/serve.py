@@ -213,6 +213,7 @@ def main() -> None:
         default=[1, 4, 16],
         help="rows per stream in each bulk request; one scenario per value (default 1,4,16)",
     )
+    parser.add_argument("--no-single", action="store_true", help="only the bulk scenarios")
     parser.add_argument("--bulk-threads", type=int, default=2, help="concurrent bulk requests (one per wrk thread)")
     parser.add_argument("--hidden", default="lstm:32,lstm:32", help="the demo model's layers")
     parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
@@ -257,7 +258,7 @@ def main() -> None:
         noop = start_noop(noop_port, folder, args.noop_workers)
         server = ServerProcess(run_dir, flags).start()
         noop_url = f"http://127.0.0.1:{noop_port}"
-        scenarios = [("single", _SINGLE_LUA, {}, 1, args.connections, 1)]
+        scenarios = [] if args.no_single else [("single", _SINGLE_LUA, {}, 1, args.connections, 1)]
         for steps in args.bulk_steps:
             scenarios.append(
                 (f"bulk x{steps}", _BULK_LUA, {"steps": steps}, args.bulk_threads, args.bulk_threads, steps)

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_json
 
 from .. import __version__
 from ..errors import HiddenStateError, SequenceGapError, ServeError, StreamNotFoundError, VersionConflictError
@@ -138,10 +139,16 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(body, status, headers=headers, media_type="application/json")
 
 
+def _answer_json(data: Any, headers: dict[str, str] | None = None) -> Response:
+    """An observe's answer, encoded by pydantic's serializer (about twice as fast as ``json.dumps``
+    on thousands of floats). The service never answers a NaN or inf (it checks every prediction and
+    forecast before it stores or answers them), which is why this one needs no ``allow_nan=False``."""
+    return Response(to_json(data), 200, headers=headers, media_type="application/json")
+
+
 def _outcome_response(o: Outcome) -> Response:
     if o.status == 200:
-        headers = {"X-Hiddenstate-Replayed": "true"} if o.replayed else None
-        return _json(o.answer, 200, headers)
+        return _answer_json(o.answer, {"X-Hiddenstate-Replayed": "true"} if o.replayed else None)
     body: dict[str, Any] = {"detail": o.detail, "error": o.error}
     if o.expected_seq is not None:
         body["expected_seq"] = o.expected_seq
@@ -201,7 +208,7 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
         body = await parse_body(request, BulkBody)
         items = service.observations([(i.id, i.seq, i.values, i.horizon) for i in body.streams])
         outcomes = await service.observe(items)
-        return _json({"results": [_bulk_part(i.stream_id, o) for i, o in zip(items, outcomes, strict=True)]})
+        return _answer_json({"results": [_bulk_part(i.stream_id, o) for i, o in zip(items, outcomes, strict=True)]})
 
     @app.post(
         "/v1/streams/{stream_id}/forecast",

@@ -156,12 +156,11 @@ class ServedModel:
     def from_bytes(self, blobs: Sequence[bytes]) -> torch.Tensor:
         """Stored rows to ``(len(blobs), state_width)``; refuses a row of the wrong length."""
         width = self.state_width * 4
-        for blob in blobs:
-            if len(blob) != width:
-                raise ConfigError(
-                    f"a stored state has {len(blob)} bytes but spec {self.spec.describe()} needs {width}; "
-                    "the store holds states of another model"
-                )
+        for size in set(map(len, blobs)) - {width}:
+            raise ConfigError(
+                f"a stored state has {size} bytes but spec {self.spec.describe()} needs {width}; "
+                "the store holds states of another model"
+            )
         flat = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), self.state_width)
         return torch.from_numpy(flat.copy())  # (len(blobs), state_width)
 
@@ -219,11 +218,15 @@ class ServedModel:
                     start[torch.from_numpy(fresh_rows)] = _flatten(self.model.initial_state(len(fresh_rows), cond))
                     for i in fresh_rows.tolist():
                         rows[i] = rows[i][1:]
-            groups: dict[int, list[int]] = defaultdict(list)
-            for i, r in enumerate(rows):
-                groups[r.shape[0]].append(i)
-            if 0 in groups:
+            steps = np.fromiter(map(len, rows), dtype=np.int64, count=batch)
+            if batch and (steps == 0).any():
                 raise ShapeError("advance: a stream has no step to run after its cond row")
+            if batch and (steps == steps[0]).all():  # the usual case: one call, no gathering
+                y, state = self.model(torch.from_numpy(np.stack(rows)), self.to_state(start))
+                return _flatten(state), y[:, -1]
+            groups: dict[int, list[int]] = defaultdict(list)
+            for i, count in enumerate(steps.tolist()):
+                groups[count].append(i)
             new = torch.empty(batch, self.state_width)
             preds = torch.empty(batch, self.n_targets)
             for members in groups.values():

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -78,8 +79,7 @@ class Observation(NamedTuple):
     digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The result of one observation: ``status`` 200 with the ``answer`` (JSON-ready), or an error."""
 
     status: int
@@ -115,8 +115,14 @@ class Service:
         limits: Limits | None = None,
         metrics: Metrics | None = None,
         inline_max: int | None = None,
+        cache_size: int = 100_000,
     ) -> None:
         check_store(store, served)
+        if cache_size < 0:
+            raise ConfigError(f"cache_size must be 0 (off) or more, got {cache_size}")
+        # The records this process last wrote or read, by stream (see _records); at most cache_size.
+        self.cache_size = cache_size
+        self._cache: dict[str, Record] = {}
         self.served = served
         self.store = store
         self.limits = limits or Limits()
@@ -230,12 +236,23 @@ class Service:
             if horizon > lim.max_horizon:  # type: ignore[operator]
                 raise ConfigError(f"horizon {horizon} is above the limit of {lim.max_horizon}")
             served.forecast_method(horizon)  # type: ignore[arg-type]  # ConfigError when it cannot be done
-        out = []
-        for k, (sid, seq, _, horizon) in enumerate(items):
-            a, b = offsets[k], offsets[k + 1]
-            digest = hashlib.blake2b(raw[a:b].tobytes() + str(horizon).encode(), digest_size=16).digest()
-            out.append(Observation(sid, seq, x[a:b], horizon, digest))
-        return out
+        # Each stream's digest hashes its rows (float64, as sent) and its horizon: a repeated seq
+        # replays only for the same body. One bytes object for all rows, sliced per stream.
+        # (tuple.__new__ builds each NamedTuple at a third of the cost of calling the class.)
+        blob, width, blake2b, new = raw.tobytes(), raw.shape[1] * 8, hashlib.blake2b, tuple.__new__
+        return [
+            new(
+                Observation,
+                (
+                    sid,
+                    seq,
+                    x[a:b],
+                    horizon,
+                    blake2b(blob[a * width : b * width] + b"%r" % horizon, digest_size=16).digest(),
+                ),
+            )
+            for (sid, seq, _, horizon), a, b in zip(items, offsets, offsets[1:], strict=False)
+        ]
 
     # -- observe ----------------------------------------------------------------------------------
 
@@ -247,14 +264,19 @@ class Service:
         """One micro-batch, in the worker thread: read, judge seqs, advance, write (one transaction)."""
         served = self.served
         counts: Counter[str] = Counter()  # outcomes, counted into the metrics once per batch
-        records = self.store.read([o.stream_id for o in batch])
+        records = self._records(batch)
         results: list[Any] = [None] * len(batch)
         go: list[Observation] = []  # the observations that advance
+        have: list[Record | None] = []  # their records (None: a new stream)
         slots: list[int] = []  # their places in the batch
         for k, o in enumerate(batch):
             r = records.get(o.stream_id)
             last = r.seq if r is not None else 0
-            if r is not None and o.seq == last:
+            if o.seq == last + 1 and (r is not None or not served.cond_size or o.x.shape[0] >= 2):
+                go.append(o)
+                have.append(r)
+                slots.append(k)
+            elif r is not None and o.seq == last:
                 results[k] = self._replay(o, r, counts)
             elif o.seq != last + 1:
                 results[k] = Outcome(
@@ -264,7 +286,7 @@ class Service:
                     error="sequence_gap",
                 )
                 counts["gap"] += 1
-            elif r is None and served.cond_size and o.x.shape[0] < 2:
+            else:
                 results[k] = Outcome(
                     422,
                     detail=f"stream {o.stream_id!r}: this model starts a stream from its first row "
@@ -272,39 +294,42 @@ class Service:
                     error="invalid",
                 )
                 counts["rejected"] += 1
-            else:
-                go.append(o)
-                slots.append(k)
         if not go:
             self.metrics.outcomes(counts)
             return results
         n = len(go)
-        have = [records.get(o.stream_id) for o in go]
-        fresh = np.array([r is None for r in have])
-        starts = torch.zeros(n, served.state_width)
         stored = [i for i, r in enumerate(have) if r is not None]
-        if stored:
-            starts[torch.tensor(stored)] = served.from_bytes([have[i].state for i in stored])  # type: ignore[union-attr]
+        if len(stored) == n:
+            starts = served.from_bytes([r.state for r in have])  # type: ignore[union-attr]
+        else:
+            starts = torch.zeros(n, served.state_width)
+            if stored:
+                starts[torch.tensor(stored)] = served.from_bytes([have[i].state for i in stored])  # type: ignore[union-attr]
+        fresh = np.fromiter((r is None for r in have), dtype=bool, count=n)
         new, preds = served.advance(starts, fresh, [o.x for o in go])  # (n, state_width), (n, n_out)
         tails = torch.cat([torch.from_numpy(np.stack([o.x[-1] for o in go])), preds], dim=1)  # (n, n_in + n_out)
-        forecasts: dict[int, np.ndarray] = {}  # (horizon, n_out) float32, normalised
-        finite = (torch.isfinite(new).all(1) & torch.isfinite(preds).all(1)).tolist()
+        predictions = served.targets_original(preds.numpy())  # (n, n_out) float64, original units
+        ok = torch.isfinite(new).all(1).numpy() & np.isfinite(predictions).all(1)
+        forecasts: dict[int, tuple[np.ndarray, list[list[float]]]] = {}  # normalised float32, original units
         for horizon in {o.horizon for o in go} - {None}:
             rows = [i for i, o in enumerate(go) if o.horizon == horizon]
             f = served.forecast(new[torch.tensor(rows)], tails[torch.tensor(rows)], horizon).numpy()  # type: ignore[arg-type]
-            for i, fi in zip(rows, f, strict=True):  # fi: (horizon, n_out)
-                if np.isfinite(fi).all():
-                    forecasts[i] = fi
+            original = served.targets_original(f)  # (len(rows), horizon, n_out)
+            good = np.isfinite(f).all((1, 2)) & np.isfinite(original).all((1, 2))
+            for i, fi, oi, g in zip(rows, f, original, good.tolist(), strict=True):
+                if g:
+                    forecasts[i] = (fi, oi.tolist())
                 else:
-                    finite[i] = False
-        state_bytes, tail_bytes = new.numpy().astype("<f4").tobytes(), tails.numpy().astype("<f4").tobytes()
+                    ok[i] = False
+        state_bytes = new.numpy().astype("<f4", copy=False).tobytes()
+        tail_bytes = tails.numpy().astype("<f4", copy=False).tobytes()
         sw, tw = served.state_width * 4, tails.shape[1] * 4
-        predictions = served.targets_original(preds.numpy()).tolist()
         now = time.time()
         writes: list[Write] = []
         answers: list[tuple[int, int, dict[str, Any]]] = []  # (slot, steps, answer)
-        for i, (o, r) in enumerate(zip(go, have, strict=True)):
-            if not finite[i]:
+        new, version = tuple.__new__, new_version  # locals, and NamedTuples built without their __new__: per stream
+        for i, o, r, good, prediction in zip(range(n), go, have, ok.tolist(), predictions.tolist(), strict=True):
+            if not good:
                 results[slots[i]] = Outcome(
                     422,
                     detail=f"stream {o.stream_id!r}: the model produced NaN or inf at seq {o.seq}; "
@@ -313,26 +338,69 @@ class Service:
                 )
                 counts["nonfinite"] += 1
                 continue
-            answer: dict[str, Any] = {"id": o.stream_id, "seq": o.seq, "prediction": predictions[i]}
-            fc = forecasts.get(i)
-            if fc is not None:
-                answer["forecast"] = served.targets_original(fc).tolist()
+            answer: dict[str, Any] = {"id": o.stream_id, "seq": o.seq, "prediction": prediction}
+            fbytes = None
+            if o.horizon is not None:
+                fc, answer["forecast"] = forecasts[i]
+                fbytes = fc.astype("<f4").tobytes()
             state, tail = state_bytes[i * sw : (i + 1) * sw], tail_bytes[i * tw : (i + 1) * tw]
-            fbytes = None if fc is None else fc.astype("<f4").tobytes()
-            record = Record(o.seq, new_version(), state, tail, fbytes, o.digest, now)
-            writes.append(Write(o.stream_id, r.version if r is not None else 0, record))
-            answers.append((slots[i], o.x.shape[0], answer))
+            record = new(Record, (o.seq, version(), state, tail, fbytes, o.digest, now))
+            writes.append(new(Write, (o.stream_id, 0 if r is None else r.version, record)))
+            answers.append((slots[i], len(o.x), answer))
         steps_done = 0
-        for (k, steps, answer), ok in zip(answers, self.store.write(writes), strict=True):
-            if ok:
+        written: dict[str, Record] = {}
+        for w, (k, steps, answer), held in zip(writes, answers, self.store.write(writes), strict=True):
+            if held:
                 results[k] = Outcome(200, answer)
-                counts["advanced"] += 1
                 steps_done += steps
+                written[w.stream_id] = w.record  # type: ignore[assignment]
             else:  # another replica advanced it first: read and judge it again in the next batch
                 results[k] = RETRY
+                self._cache.pop(w.stream_id, None)
                 counts["cas_retry"] += 1
+        counts["advanced"] += len(written)
+        self._remember(written)
         self.metrics.outcomes(counts, steps=steps_done)
         return results
+
+    def _records(self, batch: list[Observation]) -> dict[str, Record]:
+        """Each stream's record, from this process's cache where the observation would advance it,
+        else from the store.
+
+        The cache holds the record this process last wrote or read for a stream. It may be stale
+        (another replica, a PUT or a DELETE elsewhere), which is safe only for an advance: its write
+        is a compare-and-set on the cached version and fails against anything newer, and the stream
+        is then read from the store and judged again. Every other verdict (replay, gap) is made
+        from the store.
+        """
+        cache = self._cache
+        found: dict[str, Record] = {}
+        missing: list[str] = []
+        cutoff = None if self.store.ttl is None else time.time() - self.store.ttl
+        for o in batch:
+            r = cache.get(o.stream_id)
+            if r is not None and o.seq == r.seq + 1 and (cutoff is None or r.updated >= cutoff):
+                found[o.stream_id] = r
+            else:
+                missing.append(o.stream_id)
+        if missing:
+            read = self.store.read(missing)
+            found.update(read)
+            self._remember(read)
+        return found
+
+    def _remember(self, records: Mapping[str, Record]) -> None:
+        """Put records into the cache (most recent last); drop the least recently written beyond its size."""
+        if not self.cache_size:
+            return
+        cache = self._cache
+        for stream_id, r in records.items():
+            cache.pop(stream_id, None)
+            cache[stream_id] = r
+        over = len(cache) - self.cache_size
+        if over > 0:
+            for stream_id in list(islice(cache, over)):
+                del cache[stream_id]
 
     def _replay(self, o: Observation, r: Record, counts: Counter[str]) -> Outcome:
         if r.digest is None or r.tail is None:
@@ -432,6 +500,7 @@ class Service:
             new_seq = seq if seq is not None else (r.seq if r is not None else 0)
             record = Record(new_seq, new_version(), blob, None, None, None, time.time())
             if self.store.write([Write(stream_id, current, record)])[0]:
+                self._cache.pop(stream_id, None)
                 return {"id": stream_id, "seq": new_seq, "version": record.version}
             self.metrics.outcome("cas_retry")
 
@@ -442,6 +511,7 @@ class Service:
         while True:
             r = self._record(stream_id)
             if self.store.write([Write(stream_id, r.version, None)])[0]:
+                self._cache.pop(stream_id, None)
                 return
             self.metrics.outcome("cas_retry")
 
