@@ -1,0 +1,143 @@
+"""The service's per-process record cache: a stale cache never changes a verdict or an answer.
+
+Two services (two replicas) share one store. Each caches the records it last wrote or read; the
+other one changes the streams behind its back (observes, PUTs, DELETEs). Every answer must still
+be what the library gives from the store's true state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import hiddenstate as hs
+from hiddenstate.checkpoint import load_run
+from hiddenstate.serve import ServedModel, Service, open_store
+from hiddenstate.serve.testing import RedisServer, demo_run
+
+REDIS_BIN = shutil.which("redis-server") or (
+    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+)
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    if REDIS_BIN is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    with RedisServer(REDIS_BIN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return demo_run(tmp_path_factory.mktemp("serve-cache") / "run")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'states.db'}"
+    return str(request.getfixturevalue("redis_server").url(0, prefix=f"{uuid.uuid4().hex[:8]}:"))
+
+
+def library(run: Any, observes: list[list[list[float]]], state: hs.State | None = None) -> tuple[list[float], Any]:
+    """The library's last prediction (original units) and state after these observes of one stream."""
+    y = None
+    for values in observes:
+        x = torch.from_numpy(run.scaler.transform(np.asarray(values, np.float64)).astype(np.float32))[None]
+        with torch.no_grad():
+            y, state = run.model(x, state)
+    assert y is not None
+    return run.scaler.inverse_transform(y[0, -1].double().numpy()).tolist(), state
+
+
+def test_a_stale_cache_never_changes_a_verdict_or_an_answer(run_dir: Path, store_url: str) -> None:
+    run = load_run(run_dir)
+    served = ServedModel.from_run(run)
+    rng = np.random.default_rng(0)
+
+    def values(steps: int = 1) -> list[list[float]]:
+        return (50 + 10 * rng.standard_normal((steps, 2))).round(4).tolist()
+
+    async def scenario() -> None:
+        a = Service(served, open_store(store_url), max_wait=0.0)
+        b = Service(served, open_store(store_url), max_wait=0.0)
+        await a.start()
+        await b.start()
+
+        async def obs(svc: Service, seq: int, rows: list[list[float]]) -> Any:
+            (outcome,) = await svc.observe(svc.observations([("s", seq, rows, None)]))
+            return outcome
+
+        try:
+            sent = [values(2), values()]
+            assert (await obs(a, 1, sent[0])).status == 200
+            assert (await obs(a, 2, sent[1])).status == 200  # a caches seq 2
+            sent.append(values())
+            by_b = await obs(b, 3, sent[2])  # b advances behind a's back
+            assert by_b.status == 200 and by_b.answer["prediction"] == library(run, sent)[0]
+
+            # a's cache says seq 2, so seq 3 looks like an advance; the compare-and-set refuses it,
+            # a reads the store and replays b's answer instead of advancing twice.
+            retries = a.metrics._outcomes["cas_retry"]
+            again = await obs(a, 3, sent[2])
+            assert (again.status, again.replayed, again.answer) == (200, True, by_b.answer)
+            assert a.metrics._outcomes["cas_retry"] == retries + 1
+            other = await obs(a, 3, values())
+            assert (other.status, other.error, other.expected_seq) == (409, "replay_conflict", 4)
+            gap = await obs(a, 5, values())
+            assert (gap.status, gap.expected_seq) == (409, 4)
+            sent.append(values())
+            assert (await obs(a, 4, sent[3])).answer["prediction"] == library(run, sent)[0]  # a caches seq 4
+
+            # b replaces the state, keeping the seq: a's cached state is stale but its seq fits.
+            put = {name: (0.3 * rng.standard_normal((1, width))).tolist() for name, width in served.layout}
+            await b.put_state("s", put, None, None)
+            expected = hs.State.from_dict(run.spec, {k: torch.tensor(v, dtype=torch.float32) for k, v in put.items()})
+            after = values(3)
+            got = await obs(a, 5, after)
+            assert got.status == 200 and got.answer["prediction"] == library(run, [after], expected)[0]
+            stored = await b.get_state("s")
+            want = library(run, [after], expected)[1].to_dict()
+            for name, tensor in want.items():
+                assert np.array_equal(np.asarray(stored["state"][name], np.float32), tensor.numpy()), name
+
+            # b deletes the stream: a's next advance finds nothing and says where to start again.
+            await b.delete("s")
+            gone = await obs(a, 6, values())
+            assert (gone.status, gone.error, gone.expected_seq) == (409, "sequence_gap", 1)
+            assert (await obs(a, 1, values())).status == 200
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_cache_is_bounded_and_can_be_turned_off(run_dir: Path, tmp_path: Path) -> None:
+    served = ServedModel.from_run(load_run(run_dir))
+
+    async def scenario(cache_size: int) -> list[Any]:
+        svc = Service(served, open_store(f"sqlite://{tmp_path / f'c{cache_size}.db'}"), cache_size=cache_size)
+        await svc.start()
+        try:
+            answers = []
+            for seq in (1, 2, 3):
+                items = svc.observations([(f"s{k}", seq, [[float(k), float(seq)]], None) for k in range(5)])
+                answers.append([o.answer for o in await svc.observe(items)])
+                assert len(svc._cache) == min(cache_size, 5)
+            return answers
+        finally:
+            await svc.stop()
+
+    assert asyncio.run(scenario(2)) == asyncio.run(scenario(0)) == asyncio.run(scenario(100))
+    with pytest.raises(hs.ConfigError, match="cache_size"):
+        Service(served, open_store(f"sqlite://{tmp_path / 'bad.db'}"), cache_size=-1)
