@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py                    # about four minutes
     python benchmarks/serve.py --duration 5 --store redis
+    python benchmarks/serve.py --workers 2 --bulk-threads 4 --no-single
 
 Scenarios, each against the real service and against a no-op app that parses the same body
 with the same pydantic models and does no work (both under uvicorn; 1 worker process each

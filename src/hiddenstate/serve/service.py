@@ -8,8 +8,9 @@ Sequence contract, per stream (like Triton's correlation ids, but durable)::
                      anything else    -> 409 SequenceGapError: expected seq n+1
     no stream        request seq 1    -> start from the model's initial state
 
-A micro-batch is read from the store in one call, advanced in one model call per step count
-and written back in one transaction, each stream by compare-and-set on the version it read.
+A micro-batch is read in one call (from this process's record cache where a stream would
+simply advance, else from the store), advanced in one model call per step count and written
+back in one transaction, each stream by compare-and-set on the version it read.
 A stream whose write lost the race (another replica advanced it) is read and judged again in
 the next batch, so concurrent requests never lose an update, whichever replica they reach.
 A stream the model turns non-finite is answered with an error and never stored.
