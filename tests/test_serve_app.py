@@ -4,7 +4,6 @@ contract, forecasts, state GET/PUT/DELETE, bad input (4xx, store unchanged), met
 from __future__ import annotations
 
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,12 +25,9 @@ from hiddenstate.forecast import forecast_original
 from hiddenstate.model import register_model_kind
 from hiddenstate.serve import Limits, ServedModel, Service, create_app, open_store
 from hiddenstate.serve.store import StateStore
-from hiddenstate.serve.testing import RedisServer, ThreadServer, demo_run
+from hiddenstate.serve.testing import ThreadServer, demo_run
 from hiddenstate.state import LayerState
 
-REDIS_BIN = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-)
 LIMITS = Limits(max_steps=64, max_streams=50, max_total_steps=500, max_horizon=24, max_body_bytes=64 * 1024)
 _ids = count()
 
@@ -48,14 +44,6 @@ class Api:
     store: StateStore
     run: Run
     url: str
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if REDIS_BIN is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    with RedisServer(REDIS_BIN) as server:
-        yield server
 
 
 def _store_url(kind: str, request: pytest.FixtureRequest, folder: Path) -> str:

@@ -8,9 +8,7 @@ be what the library gives from the store's true state.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +19,7 @@ import torch
 import hiddenstate as hs
 from hiddenstate.checkpoint import load_run
 from hiddenstate.serve import ServedModel, Service, open_store
-from hiddenstate.serve.testing import RedisServer, demo_run
-
-REDIS_BIN = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if REDIS_BIN is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    with RedisServer(REDIS_BIN) as server:
-        yield server
+from hiddenstate.serve.testing import demo_run
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import shutil
 import subprocess
 import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,6 @@ from hiddenstate.checkpoint import Run, load_run
 from hiddenstate.serve import ServedModel, open_store, register
 from hiddenstate.serve.testing import RedisServer, ServerProcess, demo_run
 
-REDIS_BIN = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-)
 ATOL = 1e-6
 
 
@@ -48,14 +43,6 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(run_dir: Path) -> Run:
     return load_run(run_dir)
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if REDIS_BIN is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    with RedisServer(REDIS_BIN) as server:
-        yield server
 
 
 def store_url(kind: str, request: pytest.FixtureRequest, folder: Path) -> str:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,11 +21,8 @@ from schemathesis import GenerationMode
 from hiddenstate.checkpoint import load_run
 from hiddenstate.serve import Limits, ServedModel, Service, create_app, open_store
 from hiddenstate.serve.store import StateStore
-from hiddenstate.serve.testing import RedisServer, ThreadServer, demo_run
+from hiddenstate.serve.testing import ThreadServer, demo_run
 
-REDIS_BIN = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-)
 LIMITS = Limits(max_steps=32, max_streams=20, max_total_steps=200, max_horizon=16, max_body_bytes=32 * 1024)
 KNOWN = [f"known-{i}" for i in range(5)]  # streams that exist, so refusals could damage something
 REFUSED = {400, 404, 405, 409, 413, 422}
@@ -38,14 +33,6 @@ class Target:
     url: str
     store: StateStore
     http: httpx.Client
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if REDIS_BIN is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    with RedisServer(REDIS_BIN) as server:
-        yield server
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])

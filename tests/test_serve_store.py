@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import uuid
@@ -16,18 +15,7 @@ from hiddenstate.serve.redis_store import RedisStore
 from hiddenstate.serve.store import Record, SQLiteStore, StateStore, Write, new_version, open_store
 from hiddenstate.serve.testing import RedisServer
 
-REDIS_BIN = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-)
 MakeStore = Callable[..., StateStore]
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    if REDIS_BIN is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    with RedisServer(REDIS_BIN) as server:
-        yield server
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -337,17 +337,13 @@ class Trainer:
         else:  # the mean over every valid element of the window
             loss = torch.stack([chunk * (n / total) for chunk, n in window]).sum()
         self.optimizer.zero_grad(set_to_none=True)
-        if not self._scaler.is_enabled():
-            loss.backward()
-            if self.config.clip is not None:
-                nn.utils.clip_grad_norm_(self._params, self.config.clip)
-            self.optimizer.step()
-            return
-        self._scaler.scale(loss).backward()  # fp16: scaled against underflow
+        # The scaler is a pass-through except for fp16, where it scales the loss against underflow,
+        # unscales before clipping and skips the step when the gradients overflowed.
+        self._scaler.scale(loss).backward()
         if self.config.clip is not None:
             self._scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self._params, self.config.clip)
-        self._scaler.step(self.optimizer)  # skipped when the gradients overflowed
+        self._scaler.step(self.optimizer)
         self._scaler.update()
 
     def evaluate(self, batches: Iterable[Any]) -> dict[str, float]:

@@ -156,9 +156,10 @@ class ServedModel:
     def from_bytes(self, blobs: Sequence[bytes]) -> torch.Tensor:
         """Stored rows to ``(len(blobs), state_width)``; refuses a row of the wrong length."""
         width = self.state_width * 4
-        for size in set(map(len, blobs)) - {width}:
+        wrong = set(map(len, blobs)) - {width}
+        if wrong:
             raise ConfigError(
-                f"a stored state has {size} bytes but spec {self.spec.describe()} needs {width}; "
+                f"a stored state has {min(wrong)} bytes but spec {self.spec.describe()} needs {width}; "
                 "the store holds states of another model"
             )
         flat = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), self.state_width)

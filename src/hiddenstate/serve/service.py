@@ -240,9 +240,9 @@ class Service:
         # Each stream's digest hashes its rows (float64, as sent) and its horizon: a repeated seq
         # replays only for the same body. One bytes object for all rows, sliced per stream.
         # (tuple.__new__ builds each NamedTuple at a third of the cost of calling the class.)
-        blob, width, blake2b, new = raw.tobytes(), raw.shape[1] * 8, hashlib.blake2b, tuple.__new__
+        blob, width, blake2b, make = raw.tobytes(), raw.shape[1] * 8, hashlib.blake2b, tuple.__new__
         return [
-            new(
+            make(
                 Observation,
                 (
                     sid,
@@ -328,7 +328,7 @@ class Service:
         now = time.time()
         writes: list[Write] = []
         answers: list[tuple[int, int, dict[str, Any]]] = []  # (slot, steps, answer)
-        new, version = tuple.__new__, new_version  # locals, and NamedTuples built without their __new__: per stream
+        make, version = tuple.__new__, new_version  # locals, and NamedTuples built without their __new__: per stream
         for i, o, r, good, prediction in zip(range(n), go, have, ok.tolist(), predictions.tolist(), strict=True):
             if not good:
                 results[slots[i]] = Outcome(
@@ -345,8 +345,8 @@ class Service:
                 fc, answer["forecast"] = forecasts[i]
                 fbytes = fc.astype("<f4").tobytes()
             state, tail = state_bytes[i * sw : (i + 1) * sw], tail_bytes[i * tw : (i + 1) * tw]
-            record = new(Record, (o.seq, version(), state, tail, fbytes, o.digest, now))
-            writes.append(new(Write, (o.stream_id, 0 if r is None else r.version, record)))
+            record = make(Record, (o.seq, version(), state, tail, fbytes, o.digest, now))
+            writes.append(make(Write, (o.stream_id, 0 if r is None else r.version, record)))
             answers.append((slots[i], len(o.x), answer))
         steps_done = 0
         written: dict[str, Record] = {}
