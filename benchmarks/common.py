@@ -93,7 +93,7 @@ def lane_chunks(cfg: Config) -> tuple[Any, list[Any], list[Any]]:
 def trainer_threads(layers: Sequence[int]) -> int:
     """The thread count ``hs.Trainer`` picks for these LSTM layers (``TrainConfig.threads=None``)."""
     import hiddenstate as hs
-    from hiddenstate.train import default_threads
+    from hiddenstate.train.trainer import default_threads
 
     return default_threads(hs.StateSpec([("lstm", h) for h in layers]))
 

@@ -5,7 +5,7 @@
 For each configuration and precision it trains (forward, MSE, backward, fused Adam) a raw
 ``nn.LSTM`` stack and the same stack as ``hs.SequenceModel``, interleaved in one process
 (``torch.cuda.synchronize`` around every repeat), and reports sample-steps/s and the ratio; the
-target is hs >= 0.95x raw. bf16/fp16 run under ``hiddenstate.fast.autocast`` (fp16 with a
+target is hs >= 0.95x raw. bf16/fp16 run under ``hiddenstate.train.precision.autocast`` (fp16 with a
 ``GradScaler``). It then lists the cuDNN RNN kernels of one step of each, to show that cuDNN runs
 the whole sequence per layer and whether it picked a persistent kernel.
 """
@@ -35,7 +35,7 @@ CONFIGS = {
 
 
 def _trainer(model: torch.nn.Module, forward: Any, precision: str) -> Any:
-    from hiddenstate import fast
+    from hiddenstate.train import precision as fast
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     scaler = fast.grad_scaler(precision)

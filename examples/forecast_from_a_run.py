@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import hiddenstate as hs
-from hiddenstate.cli import load_data
+from hiddenstate.cli.commands import load_data
 from hiddenstate.forecast import rollout, warm
 
 run = hs.load_run(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")

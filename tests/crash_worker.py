@@ -43,7 +43,7 @@ def job() -> tuple[Any, Any, Any, Any]:
 
 def _train(run_dir: str) -> None:
     import hiddenstate as hs
-    from hiddenstate.checkpoint import list_checkpoints
+    from hiddenstate.runs.run import list_checkpoints
 
     model, config, train, val = job()
 
@@ -60,8 +60,8 @@ def serve() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import hiddenstate.checkpoint
-    import hiddenstate.train  # noqa: F401
+    import hiddenstate.runs.run
+    import hiddenstate.train.trainer  # noqa: F401
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo
     print("ready", flush=True)

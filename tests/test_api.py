@@ -13,7 +13,7 @@ import pytest
 
 import hiddenstate as hs
 
-CORE_MODULES = ("hiddenstate", "hiddenstate.errors", "hiddenstate.state", "hiddenstate.model")
+CORE_MODULES = ("hiddenstate", "hiddenstate.errors", "hiddenstate.state", "hiddenstate.model", "hiddenstate.stateful")
 
 
 def _module_exists(name: str) -> bool:
@@ -64,10 +64,12 @@ def test_core_names_resolve() -> None:
     for name in core:
         assert getattr(hs, name) is not None, name
     # Top-level names are the very objects of their modules.
-    from hiddenstate import errors, model, state
+    from hiddenstate import errors, model, state, stateful
 
     assert hs.State is state.State and hs.StateSpec is state.StateSpec and hs.LayerState is state.LayerState
-    assert hs.StackedRNN is model.StackedRNN and hs.Stateful is model.Stateful and hs.build_model is model.build_model
+    assert (
+        hs.StackedRNN is model.StackedRNN and hs.Stateful is stateful.Stateful and hs.build_model is model.build_model
+    )
     assert hs.StateError is errors.StateError
     assert issubclass(hs.StateError, ValueError) and issubclass(hs.StateError, hs.HiddenStateError)
     assert re.fullmatch(r"\d+\.\d+\.\d+([.-]?\w+)?", hs.__version__)
@@ -131,5 +133,5 @@ def test_doctests(module_name: str) -> None:
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} doctest examples failed in {module_name}"
-    if module_name in ("hiddenstate", "hiddenstate.state", "hiddenstate.model"):
+    if module_name in ("hiddenstate", "hiddenstate.state", "hiddenstate.model", "hiddenstate.stateful"):
         assert result.attempted > 0, f"{module_name} has no doctest examples"

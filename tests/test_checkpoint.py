@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import hiddenstate as hs
-from hiddenstate.checkpoint import (
+from hiddenstate.runs.run import (
     atomic_write,
     capture_rng,
     list_checkpoints,

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 import hiddenstate as hs
-from hiddenstate.cli import app
+from hiddenstate.cli.commands import app
 
 runner = CliRunner()
 TINY = ["--epochs", "2", "--hidden", "8", "--steps", "24", "--batch-size", "4", "--horizon", "8", "--no-plots"]
@@ -296,7 +296,7 @@ def test_missing_columns_and_runs_exit_1(tmp_path: Path) -> None:
 def test_commands_of_other_modules_load_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
-    import hiddenstate.cli as cli
+    import hiddenstate.cli.commands as cli
 
     fake = types.ModuleType("fake_commands")
 

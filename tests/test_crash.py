@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import hiddenstate as hs
-from hiddenstate.checkpoint import list_checkpoints, load_checkpoint
+from hiddenstate.runs.run import list_checkpoints, load_checkpoint
 
 WORKER = Path(__file__).with_name("crash_worker.py")
 PAUSE = 0.02  # seconds the library pauses at each checkpoint stage (test-only hook)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import hiddenstate as hs
-from hiddenstate import ett
+from hiddenstate.ett import benchmark as ett
+from hiddenstate.ett.segtrain import FitConfig, context_cache, evaluate, fit, window_starts
 from hiddenstate.model import build_model
-from hiddenstate.segment import SegRNN
-from hiddenstate.segtrain import FitConfig, context_cache, evaluate, fit, window_starts
+from hiddenstate.models.segrnn import SegRNN
 
 ETT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ett"
 needs_ett = pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""The fused CPU backend (hiddenstate.fast): the same function as nn.LSTM, forward and backward."""
+"""The fused CPU backend (hiddenstate._kernels.fused): the same function as nn.LSTM, forward and backward."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import hiddenstate as hs
-from hiddenstate import fast
+from hiddenstate._kernels import fused as fast
 
 pytestmark = pytest.mark.skipif(not fast.fused_available(), reason="no C compiler to build the fused kernel")
 

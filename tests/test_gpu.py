@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import hiddenstate as hs
-from hiddenstate import fast
+from hiddenstate._kernels import fused as fast
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -48,7 +48,7 @@ def test_mixed_precision_runs_and_matches_fp32_loosely(precision: str) -> None:
     x = torch.randn(10, 96, 2, device="cuda")
     with torch.no_grad():
         want, want_state = model(x)
-        with fast.autocast("cuda", precision):
+        with precision.autocast("cuda", precision):
             got, state = model(x)
     assert got.dtype == (torch.bfloat16 if precision == "bf16" else torch.float16)
     torch.testing.assert_close(got.float(), want, rtol=0, atol=3e-2)
@@ -59,11 +59,11 @@ def test_mixed_precision_runs_and_matches_fp32_loosely(precision: str) -> None:
 def test_mixed_precision_training_step_keeps_float32_weights(precision: str) -> None:
     model = _model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
-    scaler = fast.grad_scaler(precision)
+    scaler = precision.grad_scaler(precision)
     x, target = torch.randn(10, 96, 2, device="cuda"), torch.randn(10, 96, 2, device="cuda")
     losses = []
     for _ in range(20):
-        with fast.autocast("cuda", precision):
+        with precision.autocast("cuda", precision):
             y, _ = model(x)
             loss = torch.nn.functional.mse_loss(y.float(), target)
         opt.zero_grad()

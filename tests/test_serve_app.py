@@ -18,13 +18,13 @@ import pytest
 import torch
 
 import hiddenstate as hs
-from hiddenstate.checkpoint import Run, load_run, save_run
 from hiddenstate.data.scaling import StandardScaler
 from hiddenstate.errors import ServeError
 from hiddenstate.forecast import forecast_original
 from hiddenstate.model import register_model_kind
+from hiddenstate.runs.run import Run, load_run, save_run
 from hiddenstate.serve import Limits, ServedModel, Service, create_app, open_store
-from hiddenstate.serve.store import StateStore
+from hiddenstate.serve.stores import StateStore
 from hiddenstate.serve.testing import ThreadServer, demo_run
 from hiddenstate.state import LayerState
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import hiddenstate as hs
-from hiddenstate.checkpoint import load_run
+from hiddenstate.runs.run import load_run
 from hiddenstate.serve import ServedModel, Service, open_store
 from hiddenstate.serve.testing import demo_run
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import hiddenstate as hs
-from hiddenstate.checkpoint import load_run
-from hiddenstate.client import Answer, Client, RequestError
 from hiddenstate.errors import SequenceGapError, StreamNotFoundError, VersionConflictError
+from hiddenstate.runs.run import load_run
 from hiddenstate.serve import Limits, ServedModel, Service, create_app, open_store
+from hiddenstate.serve.client import Answer, Client, RequestError
 from hiddenstate.serve.testing import ThreadServer, demo_run
 
 

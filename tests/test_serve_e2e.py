@@ -28,7 +28,7 @@ import typer
 from typer.testing import CliRunner
 
 import hiddenstate as hs
-from hiddenstate.checkpoint import Run, load_run
+from hiddenstate.runs.run import Run, load_run
 from hiddenstate.serve import ServedModel, open_store, register
 from hiddenstate.serve.testing import RedisServer, ServerProcess, demo_run
 

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from hiddenstate.checkpoint import load_run
+from hiddenstate.runs.run import load_run
 from hiddenstate.serve import Limits, ServedModel, Service, create_app, open_store
-from hiddenstate.serve.store import StateStore
+from hiddenstate.serve.stores import StateStore
 from hiddenstate.serve.testing import ThreadServer, demo_run
 
 LIMITS = Limits(max_steps=32, max_streams=20, max_total_steps=200, max_horizon=16, max_body_bytes=32 * 1024)

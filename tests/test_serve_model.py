@@ -139,7 +139,7 @@ def test_scaling_is_the_scalers_own_arithmetic() -> None:
 
 
 def test_models_that_cannot_be_served_step_by_step_are_refused() -> None:
-    from hiddenstate.segment import SegRNN
+    from hiddenstate.models.segrnn import SegRNN
 
     seg = SegRNN(n_vars=2, input_len=8, horizon=4, seg_len=4, d_model=8)
     with pytest.raises(hs.ConfigError, match=r"^model kind 'segrnn' forecasts from whole windows"):

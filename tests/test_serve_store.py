@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 import hiddenstate as hs
-from hiddenstate.serve.redis_store import RedisStore
-from hiddenstate.serve.store import Record, SQLiteStore, StateStore, Write, new_version, open_store
+from hiddenstate.serve.stores import Record, StateStore, Write, new_version, open_store
+from hiddenstate.serve.stores.redis import RedisStore
+from hiddenstate.serve.stores.sqlite import SQLiteStore
 from hiddenstate.serve.testing import RedisServer
 
 MakeStore = Callable[..., StateStore]

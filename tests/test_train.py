@@ -15,7 +15,7 @@ import torch.nn.functional as F  # noqa: N812
 
 import hiddenstate as hs
 from hiddenstate.data.lanes import Batch
-from hiddenstate.train import History
+from hiddenstate.train.trainer import History
 
 
 def _series(n: int, phase: float = 0.0) -> np.ndarray:
@@ -295,7 +295,7 @@ def test_optimizer_is_fused_on_the_cpu_and_matches_the_plain_one() -> None:
 
 
 def test_fused_backend_option_trains_like_the_default_backend() -> None:
-    from hiddenstate import fast
+    from hiddenstate._kernels import fused as fast
 
     if not fast.fused_available():
         pytest.skip("no C compiler to build the fused kernel")
@@ -440,7 +440,7 @@ def test_threads_follow_model_size_and_are_restored() -> None:
     hs.Trainer(_model(layers=[hs.LSTM(32)]), _config(epochs=1)).fit(data, callbacks=[record])
     hs.Trainer(_model(layers=[hs.LSTM(33)]), _config(epochs=1)).fit(data, callbacks=[record])
     hs.Trainer(_model(), _config(epochs=1, threads=2)).fit(data, callbacks=[record])
-    from hiddenstate.train import _cores
+    from hiddenstate.train.trainer import _cores
 
     assert seen == [1, _cores(), 2]
     assert torch.get_num_threads() == before
@@ -481,7 +481,7 @@ def test_cuda_mixed_precision_training(tmp_path, precision: str) -> None:
     assert history.train_loss[-1] < history.train_loss[0]
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert trainer.lane_state.layers[0].h.dtype == torch.float32  # saved in the weights' dtype
-    from hiddenstate import checkpoint
+    from hiddenstate.runs import run as checkpoint
 
     saved = checkpoint.load_checkpoint(checkpoint.list_checkpoints(tmp_path)[-1])
     assert saved.lane_state is not None and saved.lane_state.layers[0].h.dtype == torch.float32

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from .errors import (
+from hiddenstate.errors import (
     CheckpointError,
     ConfigError,
     ContinuityError,
@@ -22,7 +22,7 @@ from .errors import (
     StreamNotFoundError,
     VersionConflictError,
 )
-from .model import (
+from hiddenstate.model import (
     GRU,
     LSTM,
     RNN,
@@ -30,10 +30,10 @@ from .model import (
     SequenceModel,
     StackedRNN,
     StateEncoder,
-    Stateful,
     build_model,
 )
-from .state import LayerSpec, LayerState, State, StateSpec
+from hiddenstate.state import LayerSpec, LayerState, State, StateSpec
+from hiddenstate.stateful import Stateful
 
 __version__ = "0.1.0"
 
@@ -51,9 +51,9 @@ _LAZY = {
     "synthetic_dataset": "hiddenstate.data.synthetic",
     "TrainConfig": "hiddenstate.train",
     "Trainer": "hiddenstate.train",
-    "Run": "hiddenstate.checkpoint",
-    "load_run": "hiddenstate.checkpoint",
-    "save_run": "hiddenstate.checkpoint",
+    "Run": "hiddenstate.runs",
+    "load_run": "hiddenstate.runs",
+    "save_run": "hiddenstate.runs",
     "metrics": "hiddenstate.forecast",
 }
 

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .errors import ConfigError, ShapeError
-from .state import State
+from hiddenstate.errors import ConfigError, ShapeError
+from hiddenstate.state import State
 
 __all__ = [
     "METHODS",

@@ -1,7 +1,7 @@
 """Recurrent stacks whose state is an explicit :class:`~hiddenstate.state.State`.
 
 ``y, state = model(x, state)``: nothing changes a state behind the caller's back. The one place
-that carries state between calls is :class:`Stateful`, and it says so.
+that carries state between calls is :class:`~hiddenstate.stateful.Stateful`, and it says so.
 
 Each layer is a single-layer ``torch.nn.LSTM``/``GRU``/``RNN`` with ``batch_first=True``, so the
 whole sequence runs in one cuDNN/oneDNN kernel call per layer; there is no Python loop over
@@ -16,8 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, ShapeError, StateError
-from .state import LayerSpec, LayerState, State, StateSpec
+from hiddenstate._kernels.torch import hx_for_layers as _hx
+from hiddenstate._kernels.torch import layer_groups as _layer_groups
+from hiddenstate._kernels.torch import rnn_kernel as _rnn_kernel
+from hiddenstate.errors import ConfigError, ShapeError, StateError
+from hiddenstate.state import LayerSpec, LayerState, State, StateSpec
 
 __all__ = [
     "GRU",
@@ -28,7 +31,6 @@ __all__ = [
     "SequenceModel",
     "StackedRNN",
     "StateEncoder",
-    "Stateful",
     "build_model",
     "register_model_kind",
 ]
@@ -53,7 +55,7 @@ def register_model_kind(kind: str) -> Any:
 
 
 # Model kinds defined outside this module, imported on first use so the core stays light.
-_KIND_MODULES = {"segrnn": "hiddenstate.segment"}
+_KIND_MODULES = {"segrnn": "hiddenstate.models.segrnn"}
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
@@ -137,10 +139,10 @@ class StackedRNN(nn.Module):
         """``"torch"`` (default): one cuDNN/oneDNN kernel call per layer (on the CPU, one per run
         of consecutive layers of one kind and size, as ``nn.LSTM(num_layers=k)`` would make).
         ``"fused"``: each LSTM layer's time loop runs in one call into a small C kernel on the
-        CPU (see :mod:`hiddenstate.fast`); same weights and results (to ~1e-6), faster for small
+        CPU (see :mod:`hiddenstate._kernels.fused`); same weights and results (to ~1e-6), faster for small
         models. Raises ConfigError for a stack it cannot run."""
         if backend == "fused":
-            from .fast import check_fusable, fused_lstm
+            from hiddenstate._kernels.fused import check_fusable, fused_lstm
 
             check_fusable(self.cells)
             self._fused = fused_lstm
@@ -237,54 +239,6 @@ class StackedRNN(nn.Module):
 
     def _p(self) -> float:
         return self.dropout.p if self.dropout is not None else 0.0
-
-
-def _layer_groups(spec: StateSpec) -> list[tuple[int, int]]:
-    groups: list[tuple[int, int]] = []
-    for i, ls in enumerate(spec.layers):
-        if groups and spec.layers[groups[-1][0]] == ls:
-            groups[-1] = (groups[-1][0], i + 1)
-        else:
-            groups.append((i, i + 1))
-    return groups
-
-
-def _hx(state: State | None, start: int, end: int, has_c: bool) -> Any:
-    """The kernels' ``(layers, batch, hidden)`` initial state for layers ``start .. end-1``:
-    contiguous, as cuDNN refuses the expanded views that broadcast and learned states are."""
-    if state is None:
-        return None
-    layers = state.layers[start:end]
-    if end - start == 1:
-        h = layers[0].h.unsqueeze(0).contiguous()
-        return (h, layers[0].c.unsqueeze(0).contiguous()) if has_c else h  # type: ignore[union-attr]
-    h = torch.stack([ls.h for ls in layers])
-    return (h, torch.stack([ls.c for ls in layers])) if has_c else h  # type: ignore[misc]
-
-
-_KERNELS = {"gru": "gru", "rnn": "rnn_tanh"}
-
-
-def _rnn_kernel(kind: str, cells: Sequence[nn.RNNBase], x: torch.Tensor, hx: Any, p: float) -> tuple[torch.Tensor, Any]:
-    """``nn.LSTM``/``GRU``/``RNN`` over ``x`` for a run of single-layer cells of one kind and
-    size, as one ``num_layers=len(cells)`` call with dropout ``p`` between them."""
-    weights: list[torch.Tensor] = []
-    for cell in cells:
-        params = cell._parameters  # what functional_call swaps too; cheaper than _update_flat_weights()
-        try:
-            weights += [params[name] for name in cell._flat_weights_names]  # type: ignore[misc]
-        except KeyError:  # a parametrized weight: let the module find it
-            cell._update_flat_weights()
-            weights += cell._flat_weights  # type: ignore[arg-type]
-    training = cells[0].training
-    if hx is None:
-        zeros = x.new_zeros(len(cells), x.shape[0], cells[0].hidden_size)
-        hx = (zeros, zeros) if kind == "lstm" else zeros
-    if kind == "lstm":
-        out, h, c = torch._VF.lstm(x, hx, weights, True, len(cells), p, training, False, True)
-        return out, (h, c)
-    out, h = getattr(torch._VF, _KERNELS[kind])(x, hx, weights, True, len(cells), p, training, False, True)
-    return out, h
 
 
 class StateEncoder(nn.Module):
@@ -503,119 +457,3 @@ class SequenceModel(nn.Module):
             raise ConfigError("this model has no direct head; build it with horizon=H > 0")
         h = state.layers[-1].h  # (batch, hidden_last)
         return self.direct_head(h).view(h.shape[0], self.horizon, self.output_size)
-
-
-class Stateful(nn.Module):
-    """Keras ``stateful=True`` done right: carries the state of ``model`` across calls.
-
-    ``y = wrapper(x)`` runs ``model(x, wrapper.state)`` and keeps the new state, detached from
-    the graph (gradients stop at the call boundary, as in truncated BPTT). For a model built with
-    ``state_encoder="cond:N"``, ``wrapper(x, cond=cond)`` instead sets the state from ``cond``
-    (the previous true values) for this call, with gradients into the encoder. Row i of every call
-    must continue row i of the previous one, so the batch size is fixed at ``batch_size``.
-
-    ``.state`` is read-only; replace it with :meth:`set_state`, which validates, and clear rows
-    with :meth:`reset_state`. This wrapper is the one object in hiddenstate that changes a
-    state between calls.
-
-    >>> w = Stateful(SequenceModel(2, 2, [LSTM(8), LSTM(8)]), batch_size=10)
-    >>> y = w(torch.zeros(10, 96, 2))
-    >>> w.state.batch_size
-    10
-    """
-
-    def __init__(self, model: SequenceModel | StackedRNN, batch_size: int) -> None:
-        super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.model = model
-        self.batch_size = batch_size
-        self._carried: State | None = None
-
-    @property
-    def state_spec(self) -> StateSpec:
-        return self.model.state_spec
-
-    @property
-    def state(self) -> State:
-        """The carried state (zeros or the model's initial state before the first call)."""
-        if self._carried is None:
-            self._carried = self._initial(None)
-        return self._carried
-
-    @state.setter
-    def state(self, value: object) -> None:
-        raise AttributeError("Stateful.state is read-only; use set_state(state) or set_state(layer=i, h=..., c=...)")
-
-    def _initial(self, cond: torch.Tensor | None) -> State:
-        if isinstance(self.model, SequenceModel):
-            if self.model.encoder is not None and cond is None:
-                p = self.model.head.weight
-                return State.zeros(self.state_spec, self.batch_size, dtype=p.dtype, device=p.device)
-            return self.model.initial_state(self.batch_size, cond).detach()
-        p = next(self.model.parameters())
-        return State.zeros(self.state_spec, self.batch_size, dtype=p.dtype, device=p.device)
-
-    def forward(self, x: torch.Tensor, *, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3:
-            got = _shape(x) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ShapeError(f"x: expected shape (batch={self.batch_size}, steps, input), got {got}")
-        if x.shape[0] != self.batch_size:
-            raise StateError(
-                f"Stateful(batch_size={self.batch_size}) got a batch of {x.shape[0]} rows; row i of each "
-                "call continues row i of the previous one, so the batch size is fixed"
-            )
-        if cond is not None:
-            if not (isinstance(self.model, SequenceModel) and self.model.encoder is not None):
-                raise ConfigError(
-                    "cond= sets the state through a state encoder, and this model has none; "
-                    "build it with SequenceModel(..., state_encoder='cond:N')"
-                )
-            # Set the state from the conditioning vector for this call; gradients reach the encoder.
-            start = self.model.initial_state(self.batch_size, cond)
-        else:
-            start = self.state
-        y, new = self.model(x, start)
-        self._carried = new.detach()
-        return y
-
-    def set_state(
-        self,
-        state: State | None = None,
-        *,
-        layer: int | None = None,
-        h: torch.Tensor | None = None,
-        c: torch.Tensor | None = None,
-        broadcast: bool = False,
-    ) -> None:
-        """Replace the carried state, validated: a whole State, or one layer's ``h``/``c``."""
-        if state is not None:
-            if layer is not None or h is not None or c is not None:
-                raise StateError("set_state takes either a whole state or layer=, h=, c=, not both")
-            if not isinstance(state, State):
-                raise StateError(f"set_state: expected a State, got {type(state).__name__}")
-            if state.spec != self.state_spec:
-                raise StateError(
-                    f"set_state: spec {state.spec.describe()} differs from the model's {self.state_spec.describe()}"
-                )
-            if state.batch_size != self.batch_size:
-                raise StateError(f"set_state: state has batch {state.batch_size}, expected batch={self.batch_size}")
-            p = next(self.model.parameters())
-            if (state.dtype, state.device) != (p.dtype, p.device):
-                raise StateError(
-                    f"set_state: state is {state.dtype} on {state.device} but the model is {p.dtype} on "
-                    f"{p.device}; convert it with state.to(device=..., dtype=...)"
-                )
-            self._carried = state
-            return
-        if layer is None or (h is None and c is None):
-            raise StateError("set_state needs a State or layer=i with h= and/or c=")
-        self._carried = self.state.replace(layer, h=h, c=c, broadcast=broadcast)
-
-    def reset_state(self, mask: torch.Tensor | None = None) -> None:
-        """Send every row (or the rows where ``mask`` is true) back to the initial state."""
-        fresh = self._initial(None)
-        if mask is None:
-            self._carried = fresh
-        else:
-            self._carried = self.state.reset(mask, to=fresh)

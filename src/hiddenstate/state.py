@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError, ShapeError, StateError
+from hiddenstate.errors import ConfigError, ShapeError, StateError
 
 __all__ = ["CELLS", "LayerSpec", "LayerState", "State", "StateSpec"]
 

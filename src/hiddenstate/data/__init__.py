@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
-from .frames import Dataset, Series, Split, read_dataset
-from .lanes import Batch, StatefulBatches, WindowSampler, check_continuity
-from .scaling import StandardScaler
-from .synthetic import synthetic_dataset
+from hiddenstate.data.frames import Dataset, Series, Split, read_dataset
+from hiddenstate.data.lanes import Batch, StatefulBatches, WindowSampler, check_continuity
+from hiddenstate.data.scaling import StandardScaler
+from hiddenstate.data.synthetic import synthetic_dataset
 
 __all__ = [
     "Batch",

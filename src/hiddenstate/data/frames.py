@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, DataError, ShapeError
+from hiddenstate.errors import ConfigError, DataError, ShapeError
 
 __all__ = ["Dataset", "Series", "Split", "read_dataset"]
 

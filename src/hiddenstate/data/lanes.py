@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ContinuityError, DataError, ShapeError
+from hiddenstate.errors import ConfigError, ContinuityError, DataError, ShapeError
 
 __all__ = ["Batch", "StatefulBatches", "WindowSampler", "check_continuity"]
 

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError, ShapeError
-from .frames import Dataset
+from hiddenstate.data.frames import Dataset
+from hiddenstate.errors import ConfigError, DataError, ShapeError
 
 __all__ = ["StandardScaler"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError
-from .frames import Dataset, Series
+from hiddenstate.data.frames import Dataset, Series
+from hiddenstate.errors import ConfigError
 
 __all__ = ["STEPS_PER_DAY", "STEPS_PER_WEEK", "synthetic_dataset"]
 

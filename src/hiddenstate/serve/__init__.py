@@ -8,14 +8,15 @@ See docs/serving.md.
 
 from __future__ import annotations
 
-from .app import create_app
-from .batcher import MicroBatcher
-from .command import build_service, register
-from .metrics import Metrics
-from .redis_store import RedisStore
-from .served import ServedModel
-from .service import Limits, Service
-from .store import Record, SQLiteStore, StateStore, Write, open_store
+from hiddenstate.serve.app import create_app
+from hiddenstate.serve.batcher import MicroBatcher
+from hiddenstate.serve.command import build_service, register
+from hiddenstate.serve.metrics import Metrics
+from hiddenstate.serve.served import ServedModel
+from hiddenstate.serve.service import Limits, Service
+from hiddenstate.serve.stores import Record, StateStore, Write, open_store
+from hiddenstate.serve.stores.redis import RedisStore
+from hiddenstate.serve.stores.sqlite import SQLiteStore
 
 __all__ = [
     "Limits",

@@ -31,10 +31,10 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import to_json
 
-from .. import __version__
-from ..errors import HiddenStateError, SequenceGapError, ServeError, StreamNotFoundError, VersionConflictError
-from .middleware import BodyLimit
-from .service import Outcome, Service
+from hiddenstate import __version__
+from hiddenstate.errors import HiddenStateError, SequenceGapError, ServeError, StreamNotFoundError, VersionConflictError
+from hiddenstate.serve.middleware import BodyLimit
+from hiddenstate.serve.service import Outcome, Service
 
 __all__ = ["create_app"]
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from ..errors import ConfigError
+from hiddenstate.errors import ConfigError
 
 __all__ = ["RETRY", "MicroBatcher"]
 

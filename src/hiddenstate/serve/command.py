@@ -36,11 +36,11 @@ def build_service(
 
     import redis
 
-    from ..checkpoint import load_run
-    from ..errors import ServeError
-    from .served import ServedModel
-    from .service import Limits, Service
-    from .store import open_store
+    from hiddenstate.errors import ServeError
+    from hiddenstate.runs.run import load_run
+    from hiddenstate.serve.served import ServedModel
+    from hiddenstate.serve.service import Limits, Service
+    from hiddenstate.serve.stores import open_store
 
     run = load_run(run_dir)
     served = ServedModel.from_run(run)
@@ -112,8 +112,8 @@ def serve(
     import torch
     import uvicorn
 
-    from .app import create_app
-    from .redis_store import RedisStore
+    from hiddenstate.serve.app import create_app
+    from hiddenstate.serve.stores.redis import RedisStore
 
     torch.set_num_threads(threads)
     options = {"sync": sync, "ttl": ttl, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_mb": max_body_mb}
@@ -158,7 +158,7 @@ def worker_app() -> Any:
     it does replicas."""
     import torch
 
-    from .app import create_app
+    from hiddenstate.serve.app import create_app
 
     options = json.loads(os.environ[_WORKER_ENV])
     torch.set_num_threads(options.pop("threads"))
@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m hiddenstate.serve RUN_DIR ...``: the serve command on its own."""
-    from ..errors import HiddenStateError
+    from hiddenstate.errors import HiddenStateError
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(serve)

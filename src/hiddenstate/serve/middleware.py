@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .service import Service
+from hiddenstate.serve.service import Service
 
 __all__ = ["BodyLimit"]
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ShapeError
-from ..forecast import resolve_method, rollout, target_indices
-from ..state import LayerState, State, StateSpec
+from hiddenstate.errors import ConfigError, ShapeError
+from hiddenstate.forecast import resolve_method, rollout, target_indices
+from hiddenstate.state import LayerState, State, StateSpec
 
 __all__ = ["ServedModel"]
 
@@ -110,7 +110,7 @@ class ServedModel:
 
     @classmethod
     def from_run(cls, run: Any) -> ServedModel:
-        """From a :class:`~hiddenstate.checkpoint.Run` (``load_run(path)``)."""
+        """From a :class:`~hiddenstate.runs.Run` (``load_run(path)``)."""
         return cls.build(run.model, run.scaler, run.inputs, run.targets, source=str(getattr(run, "path", "")))
 
     # -- sizes and layout -------------------------------------------------------------------------

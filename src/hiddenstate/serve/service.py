@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..errors import (
+from hiddenstate.errors import (
     ConfigError,
     SequenceGapError,
     ServeError,
@@ -40,11 +40,12 @@ from ..errors import (
     StreamNotFoundError,
     VersionConflictError,
 )
-from ..state import State
-from .batcher import RETRY, MicroBatcher
-from .metrics import Metrics
-from .served import ServedModel
-from .store import Record, SQLiteStore, StateStore, Write, new_version
+from hiddenstate.serve.batcher import RETRY, MicroBatcher
+from hiddenstate.serve.metrics import Metrics
+from hiddenstate.serve.served import ServedModel
+from hiddenstate.serve.stores import Record, StateStore, Write, new_version
+from hiddenstate.serve.stores.sqlite import SQLiteStore
+from hiddenstate.state import State
 
 __all__ = ["Limits", "Observation", "Outcome", "Service", "check_store"]
 

@@ -54,10 +54,10 @@ def demo_run(
     The scaler is fitted on random data with means near 50 and stds near 10, so the service's
     scaling is exercised. Returns ``path``.
     """
-    from ..checkpoint import save_run
-    from ..data.scaling import StandardScaler
-    from ..model import SequenceModel
-    from ..state import LayerSpec
+    from hiddenstate.data.scaling import StandardScaler
+    from hiddenstate.model import SequenceModel
+    from hiddenstate.runs.run import save_run
+    from hiddenstate.state import LayerSpec
 
     targets = tuple(inputs) if targets is None else tuple(targets)
     gen = torch.Generator().manual_seed(seed)

@@ -25,8 +25,8 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from .errors import CheckpointError, HiddenStateError
-from .state import State, StateSpec
+from hiddenstate.errors import CheckpointError, HiddenStateError
+from hiddenstate.state import State, StateSpec
 
 __all__ = [
     "atomic_write",

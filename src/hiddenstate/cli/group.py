@@ -4,7 +4,7 @@
 usage error (a bad flag or value), 1 for any error hiddenstate raises (bad data, a damaged run
 directory, ...) or a failed file operation, 130 when interrupted; never a traceback. It also
 lists and loads the commands of :data:`LAZY_COMMANDS`, which live with their subsystems.
-:mod:`hiddenstate.cli` builds its ``app`` on it.
+:mod:`hiddenstate.cli.commands` builds its ``app`` on it.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ try:  # typer >= 0.2x vendors its own click; its exceptions are the ones raised
 except ImportError:  # pragma: no cover - older typer runs on click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from .errors import HiddenStateError
+from hiddenstate.errors import HiddenStateError
 
 __all__ = ["LAZY_COMMANDS", "OneLineErrors"]
 
 #: Commands that live with their subsystems, each module offering ``register(app)``. They load
 #: on first use, so ``hiddenstate train`` does not import the web service.
-LAZY_COMMANDS = {"serve": "hiddenstate.serve.command", "benchmark": "hiddenstate.ett"}
+LAZY_COMMANDS = {"serve": "hiddenstate.serve.command", "benchmark": "hiddenstate.ett.benchmark"}
 
 
 def _lazy_command(name: str) -> Any:

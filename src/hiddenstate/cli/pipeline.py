@@ -10,7 +10,7 @@ training (so ``--resume`` can check it) and keeps in the manifest's ``extra["set
              ──prepare_training──> TrainJob ──train_run──> RUN_DIR (checkpoints, manifest)
     RUN_DIR  ──load──> (Run, settings, Dataset) ──evaluate / forecast_csv / write_plots
 
-Nothing here parses flags or prints: :mod:`hiddenstate.cli` does both. The heavy modules
+Nothing here parses flags or prints: :mod:`hiddenstate.cli.commands` does both. The heavy modules
 (torch, the data readers, plots) are imported on first use, so ``hiddenstate --help`` stays fast.
 """
 
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError, HiddenStateError
-from .state import StateSpec
+from hiddenstate.errors import CheckpointError, ConfigError, HiddenStateError
+from hiddenstate.state import StateSpec
 
 if TYPE_CHECKING:
-    from .model import SequenceModel
-    from .train import Callback, History, TrainConfig, Trainer
+    from hiddenstate.model import SequenceModel
+    from hiddenstate.train.trainer import Callback, History, TrainConfig, Trainer
 
 __all__ = [
     "ARGS_FILE",
@@ -63,7 +63,7 @@ def set_threads(spec: StateSpec, threads: int | None) -> None:
     (:func:`hiddenstate.train.default_threads`: 1 for small models, else every core)."""
     import torch
 
-    from .train import default_threads
+    from hiddenstate.train.trainer import default_threads
 
     torch.set_num_threads(threads or default_threads(spec))
 
@@ -73,7 +73,7 @@ def set_threads(spec: StateSpec, threads: int | None) -> None:
 
 def load_data(settings: dict[str, Any]) -> Any:
     """The Dataset a run's ``settings`` name: a file, or the built-in synthetic data."""
-    from .data import read_dataset, synthetic_dataset
+    from hiddenstate.data import read_dataset, synthetic_dataset
 
     if settings.get("data") is None:
         return synthetic_dataset(n_steps=settings["synthetic_steps"], seed=settings["synthetic_seed"])
@@ -97,7 +97,7 @@ def columns(dataset: Any, settings: dict[str, Any]) -> tuple[list[str], list[str
 
 def split(settings: dict[str, Any]) -> Any:
     """The Split the settings name: train/val/test fractions, or ETT's standard borders."""
-    from .data import Split
+    from hiddenstate.data import Split
 
     if settings["split"] == "ett":  # ETT's standard 12/4/4-month borders, by the file's name
         return Split.ett(Path(settings.get("data") or "synthetic").name, seq_len=0)
@@ -167,9 +167,9 @@ def prepare_training(
     """
     import torch
 
-    from .data import StandardScaler, StatefulBatches
-    from .model import SequenceModel
-    from .train import TrainConfig
+    from hiddenstate.data import StandardScaler, StatefulBatches
+    from hiddenstate.model import SequenceModel
+    from hiddenstate.train.trainer import TrainConfig
 
     dataset = load_data(settings)
     in_cols, out_cols = columns(dataset, settings)
@@ -227,7 +227,7 @@ def prepare_training(
 
 def holds_run(out: Path) -> bool:
     """True when ``out`` already holds a run (a checkpoint or a manifest)."""
-    from .checkpoint import list_checkpoints
+    from hiddenstate.runs.run import list_checkpoints
 
     return bool(list_checkpoints(out)) or (out / "manifest.json").exists()
 
@@ -237,9 +237,9 @@ def train_run(
 ) -> tuple[Trainer, History]:
     """Train ``job`` into the run directory ``out`` (continuing it with ``resume``), fit the direct
     head, and save the run with the settings in ``extra``; returns the Trainer and its History."""
-    from .checkpoint import atomic_write, save_run
-    from .forecast import fit_direct_head
-    from .train import Trainer
+    from hiddenstate.forecast import fit_direct_head
+    from hiddenstate.runs.run import atomic_write, save_run
+    from hiddenstate.train.trainer import Trainer
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / ARGS_FILE, (json.dumps(job.settings, indent=1) + "\n").encode())
@@ -292,7 +292,7 @@ def run_settings(run: Any) -> dict[str, Any]:
 def load(run_dir: Path, data: Path | None, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
     """``(run, settings, dataset)``: the run, its settings (with ``data`` as the data file when
     given, and the non-None ``overrides``) and the Dataset they name."""
-    from .checkpoint import load_run
+    from hiddenstate.runs.run import load_run
 
     run = load_run(run_dir)
     set_threads(run.spec, None)
@@ -308,7 +308,7 @@ def load(run_dir: Path, data: Path | None, overrides: dict[str, Any]) -> tuple[A
 
 def evaluate(run: Any, dataset: Any, settings: dict[str, Any], horizon: int, method: str) -> Any:
     """The :class:`~hiddenstate.forecast.Evaluation` of ``method`` on the test split of every series."""
-    from .forecast import evaluate_forecasts
+    from hiddenstate.forecast import evaluate_forecasts
 
     inputs, targets = columns(dataset, settings)
     regions = [split(settings).ranges(n)[2] for n in dataset.lengths]
@@ -327,7 +327,7 @@ def evaluate(run: Any, dataset: Any, settings: dict[str, Any], horizon: int, met
 def evaluate_methods(run: Any, dataset: Any, settings: dict[str, Any], horizon: int, method: str) -> dict[str, Any]:
     """Evaluations by method, ``method``'s first; ``"auto"`` that resolves to the direct head also
     scores the rollout, when both can forecast the targets."""
-    from .forecast import resolve_method, target_indices
+    from hiddenstate.forecast import resolve_method, target_indices
 
     tidx = target_indices(run.inputs, run.targets)
     methods = [method]
@@ -340,7 +340,7 @@ def evaluate_methods(run: Any, dataset: Any, settings: dict[str, Any], horizon: 
 
 def write_evaluation(out: Path, evaluation: Any) -> Path:
     """Write ``out/evaluation.json`` atomically; returns its path."""
-    from .checkpoint import atomic_write
+    from hiddenstate.runs.run import atomic_write
 
     path = out / "evaluation.json"
     atomic_write(path, (json.dumps(evaluation.to_json(), indent=1) + "\n").encode())
@@ -372,7 +372,7 @@ def forecast_csv(run: Any, dataset: Any, settings: dict[str, Any], horizon: int,
 
 def write_plots(run: Any, dataset: Any, settings: dict[str, Any], evaluation: Any, out_dir: Path) -> list[Path]:
     """``forecast.png`` from the evaluation's sample and ``states.png`` over the start of the first series."""
-    from .plots import plot_forecast, plot_states
+    from hiddenstate.cli.plots import plot_forecast, plot_states
 
     inputs, _ = columns(dataset, settings)
     s = evaluation.sample

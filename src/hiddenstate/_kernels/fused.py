@@ -1,6 +1,6 @@
-"""Speed options: the fused CPU LSTM backend and mixed precision on the GPU.
+"""The fused backend: each LSTM layer's time loop in one call into a small C kernel.
 
-**The fused backend.** A small recurrent model on a CPU is bound by op dispatch, not arithmetic:
+A small recurrent model on a CPU is bound by op dispatch, not arithmetic:
 the seed model (two LSTM(8) layers, batch 10) does ~5k multiply-adds per step, under a
 microsecond of work, while oneDNN's RNN kernel costs several microseconds per step and the
 backward twice that. ``model.rnn.set_backend("fused")`` runs each LSTM layer over a whole
@@ -27,9 +27,6 @@ per layer (on the CPU, one per run of same-sized layers).
 >>> torch.allclose(model(x)[0], y_torch, atol=1e-5)  # doctest: +SKIP
 True
 
-**Mixed precision on the GPU.** :func:`autocast` runs the forward pass in bfloat16 or float16
-under ``torch.autocast`` (cuDNN's RNN kernels take both); :func:`grad_scaler` gives the
-``GradScaler`` float16 needs. Weights and the optimizer stay in float32.
 """
 
 from __future__ import annotations
@@ -43,16 +40,15 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from hiddenstate.errors import ConfigError
 
-__all__ = ["PRECISIONS", "autocast", "build_kernel", "fused_available", "fused_lstm", "grad_scaler"]
+__all__ = ["build_kernel", "check_fusable", "fused_available", "fused_lstm"]
 
 _SOURCE = Path(__file__).with_name("_fused_lstm.c")
 _FLAGS = ("-O3", "-fno-trapping-math", "-std=c99", "-shared", "-fPIC")
@@ -264,38 +260,3 @@ def check_fusable(cells: nn.ModuleList) -> None:
                 "use backend 'torch' for this stack"
             )
     build_kernel()
-
-
-# -- mixed precision on the GPU ----------------------------------------------------------------
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device | str, precision: str = "fp32") -> Iterator[None]:
-    """Run the enclosed forward pass (and loss) in ``precision`` on ``device``.
-
-    ``"fp32"`` changes nothing; ``"bf16"`` and ``"fp16"`` use ``torch.autocast``, under which
-    cuDNN's LSTM runs in half precision while the weights stay float32. Leave ``backward()`` and
-    the optimizer step outside the block.
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        yield
-        return
-    device_type = torch.device(device).type
-    if device_type != "cuda":
-        raise ConfigError(f"precision {precision!r} is for CUDA devices; on {device_type} use 'fp32'")
-    with torch.autocast(device_type="cuda", dtype=_AUTOCAST_DTYPES[precision]):
-        yield
-
-
-def grad_scaler(precision: str) -> torch.amp.GradScaler:
-    """The loss scaler for ``precision``: active for ``"fp16"`` (whose gradients underflow),
-    a pass-through otherwise. Use ``scaler.scale(loss).backward()``, ``scaler.step(opt)``,
-    ``scaler.update()``."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return torch.amp.GradScaler("cuda", enabled=precision == "fp16")

@@ -1,13 +1,13 @@
 """The ``hiddenstate`` command line: train, evaluate, forecast, plot and inspect runs.
 
-Thin by design: it parses, calls the library (mostly :mod:`hiddenstate.pipeline`), prints. One
+Thin by design: it parses, calls the library (mostly :mod:`hiddenstate.cli.pipeline`), prints. One
 ``app`` (a typer app) holds every command; subsystems add theirs through a ``register(app)``
 function named in :data:`LAZY_COMMANDS`, imported only when that command is used (``serve``,
 ``benchmark``).
 
 Exit codes: 0 success; 2 a usage error (a bad flag or value), as one line on stderr; 1 any
 other error hiddenstate raises (bad data, a damaged run directory, ...), as one line on stderr
-with no traceback. The root group that does both lives in :mod:`hiddenstate._cli_group`.
+with no traceback. The root group that does both lives in :mod:`hiddenstate.cli.group`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ try:  # typer >= 0.2x vendors its own click
 except ImportError:  # pragma: no cover - older typer runs on click itself
     from click.core import ParameterSource  # type: ignore[no-redef,assignment]
 
-from . import pipeline
-from ._cli_group import LAZY_COMMANDS as LAZY_COMMANDS  # the same dict: an entry added here is a command
-from ._cli_group import OneLineErrors
-from .pipeline import ARGS_FILE, write_plots
-from .pipeline import load_data as load_data  # re-exported: hiddenstate.cli.load_data predates pipeline
-from .state import LayerSpec, StateSpec
+from hiddenstate.cli import pipeline
+from hiddenstate.cli.group import LAZY_COMMANDS as LAZY_COMMANDS  # the same dict: an entry added here is a command
+from hiddenstate.cli.group import OneLineErrors
+from hiddenstate.cli.pipeline import ARGS_FILE, write_plots
+from hiddenstate.cli.pipeline import load_data as load_data  # re-exported: hiddenstate.cli.load_data predates pipeline
+from hiddenstate.state import LayerSpec, StateSpec
 
 __all__ = ["app", "main"]
 
@@ -67,7 +67,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from hiddenstate import __version__
 
         typer.echo(f"hiddenstate {__version__}")
         raise typer.Exit()
@@ -246,7 +246,7 @@ def train(
 
     Prints test metrics next to a repeat-last-value baseline; writes weights and plots into the run.
     """
-    from .checkpoint import load_run
+    from hiddenstate.runs.run import load_run
 
     console = _console()
     out = out if out is not None else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
@@ -385,7 +385,7 @@ def forecast(
 
     The state is warmed through each whole series, then the horizon comes from the model.
     """
-    from .checkpoint import atomic_write
+    from hiddenstate.runs.run import atomic_write
 
     run, settings, dataset = pipeline.load(run_dir, data, {})
     text = pipeline.forecast_csv(run, dataset, settings, horizon, method)
@@ -443,7 +443,7 @@ def inspect(
     if spec is not None:
         console.print(_spec_table(StateSpec(parse_layers(spec, "lstm", "--spec"))))
         return
-    from .checkpoint import load_run
+    from hiddenstate.runs.run import load_run
 
     assert run_dir is not None
     run = load_run(run_dir)

@@ -21,7 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
-from .state import State
+from hiddenstate.state import State
 
 Model = Any  # a SequenceModel (or anything with .rnn/.state_spec and initial_state)
 

@@ -2,7 +2,7 @@
 
 The global random generators and the optimizer's state, each split into tensors (for a
 safetensors file) and a JSON-safe rest (for ``checkpoint.json``), and put back together on load.
-Nothing here touches files; :mod:`hiddenstate.checkpoint` writes and verifies the parts.
+Nothing here touches files; :mod:`hiddenstate.runs.run` writes and verifies the parts.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from hiddenstate.errors import CheckpointError
 
 __all__ = ["capture_rng", "optimizer_parts", "optimizer_state", "restore_rng", "rng_from_parts", "rng_parts"]
 

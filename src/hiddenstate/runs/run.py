@@ -29,8 +29,8 @@ Loading never unpickles: tensors come from safetensors (parsed from bytes whose 
 checked) and everything else from JSON. A missing, truncated, tampered or mismatched file raises
 :class:`~hiddenstate.errors.CheckpointError` naming the file.
 
-The durable-write and verified-read primitives live in :mod:`hiddenstate._files`, and the RNG
-and optimizer parts of a checkpoint in :mod:`hiddenstate._snapshot`; ``atomic_write``,
+The durable-write and verified-read primitives live in :mod:`hiddenstate.runs.files`, and the RNG
+and optimizer parts of a checkpoint in :mod:`hiddenstate.runs.snapshot`; ``atomic_write``,
 ``remove_stale_temp_files``, ``capture_rng`` and ``restore_rng`` are re-exported here.
 """
 
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._files import (
+from hiddenstate.runs.files import (
     atomic_write,
     file_entry,
     fsync_dir,
@@ -64,9 +64,9 @@ from ._files import (
     tensor_bytes,
     write_fsynced,
 )
-from ._snapshot import capture_rng, optimizer_parts, optimizer_state, restore_rng, rng_from_parts, rng_parts
-from .errors import CheckpointError, ConfigError, HiddenStateError
-from .state import State, StateSpec
+from hiddenstate.runs.snapshot import capture_rng, optimizer_parts, optimizer_state, restore_rng, rng_from_parts, rng_parts
+from hiddenstate.errors import CheckpointError, ConfigError, HiddenStateError
+from hiddenstate.state import State, StateSpec
 
 __all__ = [
     "Checkpoint",
@@ -106,7 +106,7 @@ def _model_spec(model: nn.Module) -> StateSpec:
 
 
 def _build(config: Any, listing: Path) -> nn.Module:
-    from .model import build_model
+    from hiddenstate.model import build_model
 
     try:
         return build_model(config)
@@ -149,7 +149,7 @@ class Run:
         """``(batch, horizon, n_targets)`` in original units from ``history`` ``(steps, n_in)``
         or ``(batch, steps, n_in)`` in original units; ``method`` is ``"auto"``, ``"rollout"`` or
         ``"direct"`` (see :func:`hiddenstate.forecast.forecast_original`)."""
-        from .forecast import forecast_original
+        from hiddenstate.forecast import forecast_original
 
         if self.scaler is None:
             raise ConfigError(
@@ -269,7 +269,7 @@ def load_run(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
 def _scaler(manifest: Mapping[str, Any], key: str, listing: Path) -> Any:
     if manifest.get(key) is None:
         return None
-    from .data.scaling import StandardScaler
+    from hiddenstate.data.scaling import StandardScaler
 
     try:
         return StandardScaler.from_json(manifest[key])
@@ -456,6 +456,6 @@ def _check_fits(model: nn.Module, weights: Mapping[str, torch.Tensor], path: Pat
 
 
 def _version() -> str:
-    from . import __version__
+    from hiddenstate import __version__
 
     return __version__

@@ -21,8 +21,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from ..errors import ConfigError
-from .store import Record, Write, record_digest
+from hiddenstate.errors import ConfigError
+from hiddenstate.serve.stores.protocol import Record, Write, record_digest
 
 __all__ = ["RedisStore", "pack_record", "unpack_record"]
 

@@ -1,6 +1,6 @@
 """A small Python client for the streaming service (``hiddenstate serve``), over httpx.
 
-    >>> from hiddenstate.client import Client
+    >>> from hiddenstate.serve.client import Client
     >>> client = Client("http://127.0.0.1:8000")          # doctest: +SKIP
     >>> client.observe("sensor-1", 1, [[50.2, 40.1]]).prediction   # doctest: +SKIP
     array([49.8, 40.6])
@@ -21,8 +21,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from .errors import SequenceGapError, ServeError, StreamNotFoundError, VersionConflictError
-from .state import State
+from hiddenstate.errors import SequenceGapError, ServeError, StreamNotFoundError, VersionConflictError
+from hiddenstate.state import State
 
 __all__ = ["Answer", "Client", "RequestError", "StreamState"]
 

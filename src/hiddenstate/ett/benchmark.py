@@ -12,7 +12,7 @@ Two protocols, labelled in every table:
 
 * ``fair``: the model sees only the 96-step window (its state starts from zeros at the window);
 * ``stateful``: a context state is carried through *all* the history before the window
-  (:class:`~hiddenstate.segment.SegRNN` with ``context > 0``); compare it with published
+  (:class:`~hiddenstate.models.segrnn.SegRNN` with ``context > 0``); compare it with published
   longer-input results.
 
 Model selection (the epoch kept) uses the validation windows only; the test windows are scored
@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
-from .segment import SegRNN
-from .segtrain import FitConfig, context_cache, evaluate, fit, window_starts
+from hiddenstate.errors import ConfigError, DataError
+from hiddenstate.ett.segtrain import FitConfig, context_cache, evaluate, fit, window_starts
+from hiddenstate.models.segrnn import SegRNN
 
 __all__ = [
     "PUBLISHED",
@@ -93,7 +93,7 @@ def ett_borders(name: str, n_rows: int, input_len: int = INPUT_LEN) -> tuple[tup
 
 def load_ett(path: str | Path) -> tuple[str, np.ndarray, tuple[str, ...]]:
     """``(name, values (rows, 7) float64, columns)`` from an ETT CSV (``date`` + 7 columns)."""
-    from .data.frames import read_dataset
+    from hiddenstate.data.frames import read_dataset
 
     p = Path(path)
     ds = read_dataset(p, time_col="date")
@@ -174,7 +174,7 @@ class BenchmarkResult:
 
 
 def _scaler(values: np.ndarray, train: tuple[int, int], columns: tuple[str, ...]) -> Any:
-    from .data.scaling import StandardScaler
+    from hiddenstate.data.scaling import StandardScaler
 
     return StandardScaler.fit(values[train[0] : train[1]], columns=columns)
 
@@ -206,7 +206,7 @@ def run_one(
     scores = evaluate(model, data, window_starts(*test, model.input_len, horizon), cache=cache)
     run_dir = None
     if out is not None:
-        from .checkpoint import save_run
+        from hiddenstate.runs.run import save_run
 
         run_dir = str(Path(out) / f"{name}_H{horizon}_{protocol}")
         save_run(
@@ -297,7 +297,7 @@ def run_benchmark(
                     f"test {results[-1].test_mse:.4f}/{results[-1].test_mae:.4f} ({results[-1].seconds:.0f}s)"
                 )
     if out is not None:
-        from .checkpoint import atomic_write
+        from hiddenstate.runs.run import atomic_write
 
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Training and scoring :class:`~hiddenstate.segment.SegRNN` on sliding windows of one series.
+"""Training and scoring :class:`~hiddenstate.models.segrnn.SegRNN` on sliding windows of one series.
 
 A window at row ``s`` has input rows ``[s, s+L)`` and target rows ``[s+L, s+L+H)``; windows slide
 by 1 over a row range, as in the ETT protocol. The loss is over all variables of every window.
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .segment import SegRNN
-from .state import LayerState, State
+from hiddenstate.errors import ConfigError
+from hiddenstate.models.segrnn import SegRNN
+from hiddenstate.state import LayerState, State
 
 __all__ = ["FitConfig", "FitResult", "evaluate", "fit", "window_starts"]
 

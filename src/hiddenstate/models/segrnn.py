@@ -32,9 +32,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, ShapeError
-from .model import GRU, StackedRNN, register_model_kind
-from .state import LayerState, State, StateSpec
+from hiddenstate.errors import ConfigError, ShapeError
+from hiddenstate.model import GRU, StackedRNN, register_model_kind
+from hiddenstate.state import LayerState, State, StateSpec
 
 __all__ = ["SegRNN"]
 

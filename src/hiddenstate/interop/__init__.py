@@ -1,0 +1,1 @@
+"""Ways in and out of hiddenstate: Keras, ONNX and Triton."""

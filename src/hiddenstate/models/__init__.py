@@ -1,0 +1,2 @@
+"""Model kinds beyond the plain stack, each registered with ``register_model_kind``:
+:mod:`.segrnn` (``"segrnn"``)."""
