@@ -12,6 +12,7 @@ The hierarchy::
     ├── ContinuityError(ValueError)   stateful batches whose row i does not continue row i
     ├── CheckpointError               a run directory that is missing, tampered, truncated
     │                                 or does not match the model; names the file
+    ├── MissingExtraError(ImportError) an optional dependency is absent; names the extra
     └── ServeError                    the streaming service's failures
         ├── SequenceGapError          an observe whose seq is not the next one
         ├── StreamNotFoundError       a stream the store does not hold
@@ -28,6 +29,7 @@ __all__ = [
     "ContinuityError",
     "DataError",
     "HiddenStateError",
+    "MissingExtraError",
     "SequenceGapError",
     "ServeError",
     "ShapeError",
@@ -63,6 +65,15 @@ class ContinuityError(HiddenStateError, ValueError):
 
 class CheckpointError(HiddenStateError):
     """A run directory or checkpoint file is missing, tampered, truncated or mismatched."""
+
+
+class MissingExtraError(HiddenStateError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(f"{package} is not installed: pip install 'hiddenstate[{extra}]'")
 
 
 class ServeError(HiddenStateError):
