@@ -21,11 +21,14 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+from hiddenstate._extras import require
 from hiddenstate.errors import ConfigError, DataError, ShapeError
 
 __all__ = ["Dataset", "Series", "Split", "read_dataset"]
@@ -293,6 +296,7 @@ def read_dataset(
     A wide file is one series whose id is the file's stem; a long file gives one series per id,
     in order of first appearance, each keeping its rows' file order.
     """
+    pd = require("pandas", "data")
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if fill not in FILLS:
@@ -345,6 +349,7 @@ def read_dataset(
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
+    pd = require("pandas", "data")
     name = str(path)
     if not path.is_file():
         raise DataError(f"{name}: no such file")
@@ -381,6 +386,7 @@ def _require_columns(name: str, header: list[str], wanted: Sequence[str]) -> Non
 
 def _numeric(name: str, col: pd.Series, column: str, hint: bool) -> np.ndarray:
     """The column as float64 (NaN where missing), or a DataError at its first non-numeric value."""
+    pd = require("pandas", "data")
     if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
         return col.to_numpy(dtype=np.float64, na_value=np.nan)
     if pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_datetime64_any_dtype(col.dtype):
@@ -399,6 +405,7 @@ def _numeric(name: str, col: pd.Series, column: str, hint: bool) -> np.ndarray:
 
 def _timestamps(name: str, col: pd.Series, column: str) -> np.ndarray:
     """``datetime64[ns]`` (UTC, naive) or numbers; a DataError at the first missing or unreadable one."""
+    pd = require("pandas", "data")
     missing = col.isna().to_numpy()
     if missing.any():
         raise DataError(f"{name}: column {column!r}, data row {int(np.argmax(missing)) + 1}: missing timestamp")
@@ -419,6 +426,7 @@ def _timestamps(name: str, col: pd.Series, column: str) -> np.ndarray:
 
 
 def _fmt_time(t: Any) -> str:
+    pd = require("pandas", "data")
     return str(pd.Timestamp(t)) if isinstance(t, np.datetime64) else f"{t}"
 
 
@@ -438,6 +446,7 @@ def _check_order(name: str, column: str, time: np.ndarray, rows: np.ndarray, whe
 
 def _fill(name: str, columns: list[str], v: np.ndarray, rows: np.ndarray, where: str, fill: str) -> np.ndarray:
     """Refuse missing and infinite values, or forward-fill the missing ones within one series."""
+    pd = require("pandas", "data")
     inf = np.argwhere(np.isinf(v))  # row-major: the earliest row first
     if len(inf):
         r, c = inf[0]
