@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 import hiddenstate as hs
-from hiddenstate.cli.commands import load_data
+from hiddenstate.cli.pipeline import load_data, run_settings
 from hiddenstate.forecast import rollout, warm
 
 run = hs.load_run(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
-data = load_data(run.extra["settings"])  # the data the run was trained on
+data = load_data(run_settings(run))  # the data the run was trained on
 history = data.arrays(list(run.inputs))[0]  # (steps, n_inputs), original units
 
 # 1. One call: warm the state through the whole history, forecast a day, original units.

@@ -1,10 +1,11 @@
 """The pipeline behind the command line: from a run's *settings* to data, a trained run and scores.
 
-A run's settings are one JSON-safe dict (``data``, ``layout``, ``inputs``, ``targets``,
-``split``, ``layers``, ``steps``, ``batch_size``, ``state_policy``, ``horizon``, ``seed``, ...)
-that ``hiddenstate train`` builds from its flags, writes to ``RUN_DIR/train_args.json`` before
-training (so ``--resume`` can check it) and keeps in the manifest's ``extra["settings"]`` (so
-``evaluate``, ``forecast`` and ``plot`` can rebuild the same data)::
+A run's settings are one frozen :class:`~hiddenstate.cli.settings.RunSettings` (``data``,
+``layout``, ``inputs``, ``targets``, ``split``, ``layers``, ``steps``, ``batch_size``,
+``state_policy``, ``horizon``, ``seed``, ...) that ``hiddenstate train`` builds from its flags,
+writes to ``RUN_DIR/train_args.json`` before training (so ``--resume`` can check it) and keeps in
+the manifest's ``extra["settings"]`` (so ``evaluate``, ``forecast`` and ``plot`` can rebuild the
+same data)::
 
     settings ──load_data──> Dataset ──parts──> train/val/test arrays ──> StatefulBatches
              ──prepare_training──> TrainJob ──train_run──> RUN_DIR (checkpoints, manifest)
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hiddenstate.cli.settings import RunSettings
 from hiddenstate.errors import CheckpointError, ConfigError, HiddenStateError
 from hiddenstate.state import StateSpec
 
@@ -71,49 +73,49 @@ def set_threads(spec: StateSpec, threads: int | None) -> None:
 # -- data ---------------------------------------------------------------------------------------
 
 
-def load_data(settings: dict[str, Any]) -> Any:
+def load_data(settings: RunSettings) -> Any:
     """The Dataset a run's ``settings`` name: a file, or the built-in synthetic data."""
     from hiddenstate.data import read_dataset, synthetic_dataset
 
-    if settings.get("data") is None:
-        return synthetic_dataset(n_steps=settings["synthetic_steps"], seed=settings["synthetic_seed"])
+    if settings.data is None:
+        return synthetic_dataset(n_steps=settings.synthetic_steps, seed=settings.synthetic_seed)
     return read_dataset(
-        settings["data"],
-        time_col=settings.get("time_col"),
-        id_col=settings.get("id_col", "unique_id"),
-        ds_col=settings.get("ds_col", "ds"),
-        layout=settings.get("layout", "auto"),
-        fill=settings.get("fill", "error"),
+        settings.data,
+        time_col=settings.time_col,
+        id_col=settings.id_col,
+        ds_col=settings.ds_col,
+        layout=settings.layout,
+        fill=settings.fill,
     )
 
 
-def columns(dataset: Any, settings: dict[str, Any]) -> tuple[list[str], list[str]]:
+def columns(dataset: Any, settings: RunSettings) -> tuple[list[str], list[str]]:
     """Input and target column names (default: every column; the targets default to the inputs)."""
-    inputs = settings.get("inputs") or list(dataset.columns)
-    targets = settings.get("targets") or list(inputs)
+    inputs = list(settings.inputs or dataset.columns)
+    targets = list(settings.targets or inputs)
     dataset.column_indices([*inputs, *targets])  # DataError naming the file and the missing column
     return inputs, targets
 
 
-def split(settings: dict[str, Any]) -> Any:
+def split(settings: RunSettings) -> Any:
     """The Split the settings name: train/val/test fractions, or ETT's standard borders."""
     from hiddenstate.data import Split
 
-    if settings["split"] == "ett":  # ETT's standard 12/4/4-month borders, by the file's name
-        return Split.ett(Path(settings.get("data") or "synthetic").name, seq_len=0)
-    return Split(fractions=tuple(settings["split"]))
+    if settings.split == "ett":  # ETT's standard 12/4/4-month borders, by the file's name
+        return Split.ett(Path(settings.data or "synthetic").name, seq_len=0)
+    return Split(fractions=tuple(settings.split))
 
 
-def parts(dataset: Any, settings: dict[str, Any], which: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def parts(dataset: Any, settings: RunSettings, which: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Input and target arrays of split part ``which`` (0 train, 1 val, 2 test) of every series."""
     inputs, targets = columns(dataset, settings)
     part = dataset.split(split(settings))[which]
     return part.arrays(inputs), part.arrays(targets)
 
 
-def check_horizon(dataset: Any, settings: dict[str, Any], train_x: list[np.ndarray]) -> None:
+def check_horizon(dataset: Any, settings: RunSettings, train_x: list[np.ndarray]) -> None:
     """Refuse a horizon the splits cannot hold before training, not after it."""
-    horizon = settings["horizon"]
+    horizon = settings.horizon
     tests = [stop - start for start, stop in (split(settings).ranges(n)[2] for n in dataset.lengths)]
     if max(tests) < horizon + 1:
         raise ConfigError(
@@ -135,7 +137,7 @@ class TrainJob:
     normalised training arrays (the direct head is fitted on them after training).
     """
 
-    settings: dict[str, Any]
+    settings: RunSettings
     dataset: Any
     inputs: list[str]
     targets: list[str]
@@ -150,7 +152,7 @@ class TrainJob:
 
 
 def prepare_training(
-    settings: dict[str, Any],
+    settings: RunSettings,
     *,
     epochs: int,
     patience: int | None,
@@ -162,7 +164,7 @@ def prepare_training(
 ) -> TrainJob:
     """Read the data, fit the scalers on the train split, lay out the batches and build the model.
 
-    Sets the CPU threads and seeds torch with ``settings["seed"]`` before building the model, so
+    Sets the CPU threads and seeds torch with ``settings.seed`` before building the model, so
     a CPU run is deterministic.
     """
     import torch
@@ -173,36 +175,36 @@ def prepare_training(
 
     dataset = load_data(settings)
     in_cols, out_cols = columns(dataset, settings)
-    settings = {**settings, "inputs": in_cols, "targets": out_cols}
+    settings = settings.replace(inputs=tuple(in_cols), targets=tuple(out_cols))
     train_x, train_y = parts(dataset, settings, 0)
     check_horizon(dataset, settings, train_x)
     val_x, val_y = parts(dataset, settings, 1)
     scaler = StandardScaler.fit(train_x, columns=in_cols)
     target_scaler = StandardScaler.fit(train_y, columns=out_cols)
     norm = lambda xs, sc: [sc.transform(a) for a in xs]  # noqa: E731
-    bs, steps = settings["batch_size"], settings["steps"]
+    bs, steps = settings.batch_size, settings.steps
     train_batches = StatefulBatches(norm(train_x, scaler), norm(train_y, target_scaler), bs, steps)
     val_ok = all(len(a) >= 3 for a in val_x) and val_x
     val_batches = StatefulBatches(norm(val_x, scaler), norm(val_y, target_scaler), bs, steps) if val_ok else None
 
-    set_threads(StateSpec.from_json(settings["layers"]), threads)
-    torch.manual_seed(settings["seed"])
-    policy = settings["state_policy"]
+    set_threads(settings.spec, threads)
+    torch.manual_seed(settings.seed)
+    policy = settings.state_policy
     model = SequenceModel(
         len(in_cols),
         len(out_cols),
-        StateSpec.from_json(settings["layers"]),
-        dropout=settings["dropout"],
+        settings.spec,
+        dropout=settings.dropout,
         state_encoder=f"cond:{len(in_cols)}" if "encode" in policy else None,
-        horizon=settings["horizon"],
+        horizon=settings.horizon,
     )
     config = TrainConfig(
         epochs=epochs,
-        lr=settings["lr"],
-        loss=settings["loss"],
+        lr=settings.lr,
+        loss=settings.loss,
         patience=patience,
         state_policy=policy,
-        seed=settings["seed"],
+        seed=settings.seed,
         device=device,
         threads=threads,
         progress=progress,
@@ -242,7 +244,7 @@ def train_run(
     from hiddenstate.train.trainer import Trainer
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / ARGS_FILE, (json.dumps(job.settings, indent=1) + "\n").encode())
+    atomic_write(out / ARGS_FILE, (json.dumps(job.settings.to_json(), indent=1) + "\n").encode())
     trainer = Trainer(job.model, job.config)
     history = trainer.fit(job.train_batches, job.val_batches, run_dir=out, resume=resume, callbacks=callbacks)
     job.model.eval()
@@ -256,7 +258,7 @@ def train_run(
         targets=job.targets,
         train_config=job.config,
         lane_state=trainer.lane_state,
-        extra={"settings": job.settings, "best_epoch": history.best_epoch},
+        extra={"settings": job.settings.to_json(), "best_epoch": history.best_epoch},
     )
     return trainer, history
 
@@ -264,55 +266,70 @@ def train_run(
 # -- a saved run --------------------------------------------------------------------------------
 
 
-def read_args(run_dir: Path) -> dict[str, Any] | None:
+def read_args(run_dir: Path) -> RunSettings | None:
     """The settings in ``run_dir/train_args.json``, or None when there is none."""
     path = run_dir / ARGS_FILE
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        return RunSettings.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HiddenStateError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise HiddenStateError(f"{path}: expected a JSON object")
-    return data
+    except ConfigError as e:
+        raise HiddenStateError(f"{path}: {e}") from None
 
 
-def run_settings(run: Any) -> dict[str, Any]:
-    """The settings a run was trained with (saved by ``hiddenstate train``)."""
+def _saved_settings(run: Any) -> dict[str, Any] | None:
     settings = run.extra.get("settings")
-    if not isinstance(settings, dict):
+    return settings if isinstance(settings, dict) else None
+
+
+def run_settings(run: Any) -> RunSettings:
+    """The settings a run was trained with (saved by ``hiddenstate train``)."""
+    settings = _saved_settings(run)
+    if settings is None:
         raise CheckpointError(
             f"{run.path / 'manifest.json'}: has no data settings (it was not saved by `hiddenstate train`); "
             "pass the DATA file"
         )
-    return settings
+    try:
+        return RunSettings.from_json(settings)
+    except ConfigError as e:
+        raise CheckpointError(f"{run.path / 'manifest.json'}: extra.settings: {e}") from None
 
 
-def load(run_dir: Path, data: Path | None, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
+def load(run_dir: Path, data: Path | None, overrides: dict[str, Any]) -> tuple[Any, RunSettings, Any]:
     """``(run, settings, dataset)``: the run, its settings (with ``data`` as the data file when
     given, and the non-None ``overrides``) and the Dataset they name."""
     from hiddenstate.runs.run import load_run
 
     run = load_run(run_dir)
     set_threads(run.spec, None)
-    settings = dict(run_settings(run)) if data is None else {**run.extra.get("settings", {}), "data": str(data)}
-    settings.update({k: v for k, v in overrides.items() if v is not None})
-    settings.setdefault("inputs", list(run.inputs))
-    settings.setdefault("targets", list(run.targets))
+    if data is None:
+        settings = run_settings(run)
+    else:
+        try:
+            settings = RunSettings.from_json({**(_saved_settings(run) or {}), "data": str(data)})
+        except ConfigError as e:
+            raise CheckpointError(f"{run.path / 'manifest.json'}: extra.settings: {e}") from None
+    settings = settings.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if settings.inputs is None:
+        settings = settings.replace(inputs=tuple(run.inputs))
+    if settings.targets is None:
+        settings = settings.replace(targets=tuple(run.targets))
     return run, settings, load_data(settings)
 
 
 # -- scores, forecasts, plots -------------------------------------------------------------------
 
 
-def evaluate(run: Any, dataset: Any, settings: dict[str, Any], horizon: int, method: str) -> Any:
+def evaluate(run: Any, dataset: Any, settings: RunSettings, horizon: int, method: str) -> Any:
     """The :class:`~hiddenstate.forecast.Evaluation` of ``method`` on the test split of every series."""
     from hiddenstate.forecast import evaluate_forecasts
 
     inputs, targets = columns(dataset, settings)
     regions = [split(settings).ranges(n)[2] for n in dataset.lengths]
-    carried = settings.get("state_policy", "carry") in ("carry", "carry+encode")
+    carried = settings.state_policy in ("carry", "carry+encode")
     return evaluate_forecasts(
         run,
         dataset.arrays(inputs),
@@ -320,11 +337,11 @@ def evaluate(run: Any, dataset: Any, settings: dict[str, Any], horizon: int, met
         regions,
         horizon,
         method,
-        lookback=None if carried else int(settings.get("steps", 96)),
+        lookback=None if carried else settings.steps,
     )
 
 
-def evaluate_methods(run: Any, dataset: Any, settings: dict[str, Any], horizon: int, method: str) -> dict[str, Any]:
+def evaluate_methods(run: Any, dataset: Any, settings: RunSettings, horizon: int, method: str) -> dict[str, Any]:
     """Evaluations by method, ``method``'s first; ``"auto"`` that resolves to the direct head also
     scores the rollout, when both can forecast the targets."""
     from hiddenstate.forecast import resolve_method, target_indices
@@ -347,7 +364,7 @@ def write_evaluation(out: Path, evaluation: Any) -> Path:
     return path
 
 
-def forecast_csv(run: Any, dataset: Any, settings: dict[str, Any], horizon: int, method: str) -> str:
+def forecast_csv(run: Any, dataset: Any, settings: RunSettings, horizon: int, method: str) -> str:
     """CSV text of ``horizon`` steps past the end of every series, in original units:
     ``unique_id, step, ds`` (when every series is timed), one column per target."""
     inputs, _ = columns(dataset, settings)
@@ -370,7 +387,7 @@ def forecast_csv(run: Any, dataset: Any, settings: dict[str, Any], horizon: int,
     return buf.getvalue()
 
 
-def write_plots(run: Any, dataset: Any, settings: dict[str, Any], evaluation: Any, out_dir: Path) -> list[Path]:
+def write_plots(run: Any, dataset: Any, settings: RunSettings, evaluation: Any, out_dir: Path) -> list[Path]:
     """``forecast.png`` from the evaluation's sample and ``states.png`` over the start of the first series."""
     from hiddenstate.cli.plots import plot_forecast, plot_states
 
@@ -387,7 +404,7 @@ def write_plots(run: Any, dataset: Any, settings: dict[str, Any], evaluation: An
             title=f"{evaluation.method} forecast on the test split vs truth ({Path(dataset.source).name})",
         )
     ]
-    x = run.scaler.transform(dataset.arrays(inputs)[0][: int(settings.get("plot_steps", 384))])
+    x = run.scaler.transform(dataset.arrays(inputs)[0][: settings.plot_steps])
     paths.append(
         plot_states(
             out_dir / "states.png",
