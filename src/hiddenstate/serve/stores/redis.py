@@ -24,7 +24,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from hiddenstate._extras import require
 from hiddenstate.errors import ConfigError
-from hiddenstate.serve.stores.protocol import Durability, Record, Write, check_durability_mode, record_digest, unavailable
+from hiddenstate.serve.stores.protocol import (
+    Durability,
+    Record,
+    Write,
+    check_durability_mode,
+    record_digest,
+    unavailable,
+)
 
 redis = require("redis", "serve")
 
@@ -123,7 +130,8 @@ class RedisStore:
         try:
             conn.send_command("CONFIG", "GET", "append*")
             reply = conn.read_response()
-            pairs = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))  # RESP3, RESP2
+            # a map under RESP3, a flat list of names and values under RESP2
+            pairs = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
             pairs = {_text(k): _text(v) for k, v in pairs.items()}
             settings = {k: pairs.get(k, "?") for k in ("appendonly", "appendfsync")}
         except redis.ResponseError as e:  # CONFIG renamed or refused, as on some managed services

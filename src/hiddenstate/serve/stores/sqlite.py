@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hiddenstate.errors import ConfigError
-from hiddenstate.serve.stores.protocol import Durability, Record, Write, record_digest, unavailable
+from hiddenstate.serve.stores.protocol import (
+    Durability,
+    Record,
+    Write,
+    check_durability_mode,
+    record_digest,
+    unavailable,
+)
 
 __all__ = ["SYNC_MODES", "SQLiteStore"]
 
@@ -55,14 +62,16 @@ class SQLiteStore:
 
     local = True
 
-    def __init__(self, path: str | Path, *, ttl: float | None = None, sync: str = "full", durability: str = "strict") -> None:
+    def __init__(
+        self, path: str | Path, *, ttl: float | None = None, sync: str = "full", durability: str = "strict"
+    ) -> None:
         if sync not in SYNC_MODES:
             raise ConfigError(f"unknown sqlite sync mode {sync!r}; expected one of {', '.join(SYNC_MODES)}")
         self.path = Path(path)
         self.url = f"sqlite://{self.path}" if self.path.is_absolute() else f"sqlite://{path}"
         self.ttl = ttl
         self.sync = sync
-        self.mode = durability
+        self.mode = check_durability_mode(durability)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -223,9 +232,10 @@ class SQLiteStore:
 
     @unavailable(sqlite3.DatabaseError)
     def durability(self) -> Durability:
-        """Durable (through a power cut) with ``synchronous=FULL`` in WAL mode; ``normal`` survives a killed process only."""
+        """Durable through a power cut with ``synchronous=FULL`` in WAL mode; ``normal`` survives a killed process."""
         journal, level = self.pragma("journal_mode"), self.pragma("synchronous")
-        return Durability(self.mode, journal == "wal" and level in ("2", "3"), {"journal_mode": journal, "synchronous": self.sync})
+        durable = journal == "wal" and level in ("2", "3")
+        return Durability(self.mode, durable, {"journal_mode": journal, "synchronous": self.sync})
 
     @unavailable(sqlite3.DatabaseError)
     def maintain(self) -> None:
