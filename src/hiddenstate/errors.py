@@ -210,7 +210,8 @@ class StoreBusyError(StoreUnavailableError):
 
 
 class RequestError(ServeError):
-    """The service refused a request; ``status`` is the HTTP status, ``error`` its stable code."""
+    """The service refused a request, as the client hears it: ``status`` is the HTTP status,
+    ``error`` its stable code and ``kind`` the class of that code (None for an unknown one)."""
 
     def __init__(self, status: int, error: str, detail: str, expected_seq: int | None = None) -> None:
         self.status = status
@@ -218,6 +219,10 @@ class RequestError(ServeError):
         self.detail = detail
         self.expected_seq = expected_seq
         super().__init__(f"{status} {error}: {detail}")
+
+    @property
+    def kind(self) -> type[HiddenStateError] | None:
+        return error_for_code(self.error)
 
 
 def _table() -> dict[str, type[HiddenStateError]]:

@@ -11,9 +11,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import typer
+from hiddenstate._extras import require
+
+if TYPE_CHECKING:
+    import typer
+else:
+    typer = require("typer", "cli")
 
 __all__ = ["build_service", "register", "serve", "worker_app"]
 
@@ -117,8 +122,6 @@ def serve(
     """
     import torch
 
-    from hiddenstate._extras import require
-
     uvicorn = require("uvicorn", "serve")
     from hiddenstate.serve.app import create_app
 
@@ -201,4 +204,4 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="hiddenstate serve", standalone_mode=True)
     except HiddenStateError as e:
         typer.echo(f"Error: {' '.join(str(e).split())}", err=True)
-        sys.exit(1)
+        sys.exit(e.exit_code)

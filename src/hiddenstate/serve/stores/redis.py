@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from hiddenstate._extras import require
@@ -33,7 +33,10 @@ from hiddenstate.serve.stores.protocol import (
     unavailable,
 )
 
-redis = require("redis", "serve")
+if TYPE_CHECKING:
+    import redis
+else:
+    redis = require("redis", "serve")
 
 __all__ = ["RedisStore", "pack_record", "unpack_record"]
 
