@@ -91,8 +91,6 @@ def test_sqlite_stores_work_without_redis(tmp_path: Path) -> None:
 
 def test_the_serve_command_without_fastapi_says_what_to_install(tmp_path: Path) -> None:
     run_dir = demo_run(tmp_path / "run")
-    done = python(
-        "from hiddenstate.serve.command import main\nmain()", "fastapi", args=(str(run_dir), "--port", "1")
-    )
+    done = python("from hiddenstate.serve.command import main\nmain()", "fastapi", args=(str(run_dir), "--port", "1"))
     assert done.returncode == 1
     assert done.stderr == "Error: fastapi is not installed: pip install 'hiddenstate[serve]'\n"
