@@ -233,3 +233,60 @@ def test_a_sqlite_file_that_cannot_grow_gives_503_and_keeps_its_contents(
     assert store._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert set(store.read(["k0", "k1", ids[0]])) == {"k0", "k1"}
     store.close()
+
+
+# -- Redis durability: refused below appendfsync always, unless --durability relaxed ------------------
+
+
+@pytest.mark.parametrize(("appendonly", "appendfsync"), [("yes", "everysec"), ("no", "always")])
+def test_serve_refuses_a_redis_that_is_not_durable_unless_relaxed(
+    redis_bin: str, run_dir: Path, appendonly: str, appendfsync: str
+) -> None:
+    with RedisServer(redis_bin, appendonly=appendonly, appendfsync=appendfsync) as redis:
+        store = redis.url(0, prefix=f"{uuid.uuid4().hex[:8]}:")
+        done = subprocess.run(
+            [sys.executable, "-m", "hiddenstate.serve", str(run_dir), "--store", store, "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1
+        assert done.stderr == (
+            f"Error: store {store}: cannot be used: Redis runs with appendonly={appendonly} "
+            f"appendfsync={appendfsync}: an acknowledged update would not survive a crash of Redis; set appendonly "
+            "yes and appendfsync always, or serve with --durability relaxed\n"
+        )
+        with ServerProcess(run_dir, ["--store", store, "--durability", "relaxed"]) as server:
+            settings = {"appendonly": appendonly, "appendfsync": appendfsync}
+            health = httpx.get(f"{server.url}/healthz").json()
+            durability = {"mode": "relaxed", "durable": False, **settings}
+            assert health == {"status": "ok", "store": "up", "durability": durability}
+            metrics = httpx.get(f"{server.url}/metrics").text
+            labels = f'appendfsync="{appendfsync}",appendonly="{appendonly}",mode="relaxed"'
+            want = f"hiddenstate_store_durable{{{labels}}} 0"
+            assert want in metrics.splitlines()
+            observed = httpx.post(f"{server.url}/v1/streams/a/observe", json={"seq": 1, "values": [[1, 2]]})
+            assert observed.status_code == 200
+            assert (
+                f"Warning: the store runs with appendonly={appendonly} appendfsync={appendfsync} (--durability "
+                "relaxed): an acknowledged update may be lost in a crash of the machine"
+            ) in server.read_log()
+
+
+def test_a_redis_restarted_below_durable_is_refused_at_the_reconnect(redis_bin: str, run_dir: Path) -> None:
+    with RedisServer(redis_bin) as redis:
+        store = redis.url(0, prefix=f"{uuid.uuid4().hex[:8]}:")
+        with ServerProcess(run_dir, ["--store", store]) as server, httpx.Client(base_url=server.url) as http:
+            assert http.post("/v1/streams/a/observe", json={"seq": 1, "values": [[1, 2]]}).status_code == 200
+            redis.kill()
+            redis.appendfsync = "everysec"
+            redis.start()
+            refused = http.post("/v1/streams/a/observe", json={"seq": 2, "values": [[1, 2]]})
+            assert_unavailable(refused, store, r"Redis runs with appendonly=yes appendfsync=everysec: .*relaxed")
+            health = http.get("/healthz")
+            assert health.status_code == 503 and health.json()["store"] == "down"
+            redis.kill()
+            redis.appendfsync = "always"
+            redis.start()
+            again = http.post("/v1/streams/a/observe", json={"seq": 2, "values": [[1, 2]]})
+            assert again.status_code == 200 and again.json()["seq"] == 2
