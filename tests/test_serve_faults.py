@@ -8,6 +8,7 @@ without a restart when the store is back.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import resource
 import signal
@@ -25,8 +26,10 @@ import pytest
 import torch
 
 from hiddenstate.runs.run import Run, load_run
+from hiddenstate.serve import ServedModel, Service, create_app
+from hiddenstate.serve.stores import Write, new_version
 from hiddenstate.serve.stores.sqlite import SQLiteStore
-from hiddenstate.serve.testing import RedisServer, ServerProcess, demo_run, free_port
+from hiddenstate.serve.testing import RedisServer, ServerProcess, ThreadServer, demo_run, free_port
 
 ATOL = 1e-6  # a stream served in a batch takes other BLAS kernels than the same stream replayed alone
 
@@ -290,3 +293,77 @@ def test_a_redis_restarted_below_durable_is_refused_at_the_reconnect(redis_bin: 
             redis.start()
             again = http.post("/v1/streams/a/observe", json={"seq": 2, "values": [[1, 2]]})
             assert again.status_code == 200 and again.json()["seq"] == 2
+
+
+# -- bounded retries ----------------------------------------------------------------------------------
+
+
+class RivalReplica:
+    """A real SQLite store, and a second replica on the same file that rewrites each stream (a new
+    version, the same contents) just before every write of the first: every compare-and-set loses."""
+
+    def __init__(self, path: Path) -> None:
+        self.store = SQLiteStore(path)
+        self.rival = SQLiteStore(path)
+        self.writes = 0
+
+    def write(self, writes: list[Write]) -> list[bool]:
+        self.writes += 1
+        current = self.rival.read([w.stream_id for w in writes])
+        self.rival.write([Write(sid, r.version, r._replace(version=new_version())) for sid, r in current.items()])
+        return self.store.write(writes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_compare_and_set_retries_are_bounded_and_their_end_is_a_503(run_dir: Path, tmp_path: Path) -> None:
+    store = RivalReplica(tmp_path / "s.db")
+    service = Service(ServedModel.from_run(load_run(run_dir)), store, cas_tries=3, max_wait=0)  # type: ignore[arg-type]
+    with ThreadServer(create_app(service)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.post("/v1/streams/a/observe", json={"seq": 1, "values": [[1, 2]]}).status_code == 200  # new: wins
+        for method, path, body in [
+            ("POST", "/v1/streams/a/observe", {"seq": 2, "values": [[1, 2]]}),
+            ("PUT", "/v1/streams/a/state", {"state": {k: [v[0]] for k, v in _state(http, "a").items()}}),
+            ("DELETE", "/v1/streams/a/state", None),
+        ]:
+            store.writes = 0
+            r = http.request(method, path, json=body)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert r.json() == {
+                "detail": f"the state store {store.url} is unavailable: stream 'a': the compare-and-set lost to other "
+                "writers 3 times in a row; try again",
+                "error": "store_busy",
+            }
+            assert store.writes == 3  # three tries, then the clear error: not a loop without end
+        bulk = http.post("/v1/observe", json={"streams": [{"id": "a", "seq": 2, "values": [[1, 2]]}]})
+        assert bulk.status_code == 200 and bulk.json()["results"][0]["status"] == 503
+        assert bulk.json()["results"][0]["error"] == "store_busy"
+        assert _state(http, "a") and http.get("/v1/streams/a/state").json()["seq"] == 1  # nothing advanced
+
+
+def _state(http: httpx.Client, stream: str) -> dict[str, Any]:
+    return dict(http.get(f"/v1/streams/{stream}/state").json()["state"])
+
+
+# -- the Redis half always runs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("require", ["", "1"])
+def test_without_redis_server_the_redis_tests_skip_loudly_or_fail_in_ci(require: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HIDDENSTATE_REQUIRE_REDIS"}
+    env.update(HIDDENSTATE_REDIS_SERVER="", HIDDENSTATE_REQUIRE_REDIS=require)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-k", "hides_passwords",
+         str(Path(__file__).parent / "test_serve_store.py")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    if require:
+        assert done.returncode == 1, done.stdout
+        assert "1 error" in done.stdout
+        assert "HIDDENSTATE_REQUIRE_REDIS=1 but redis-server is not installed" in done.stdout
+    else:
+        assert done.returncode == 0, done.stdout
+        assert "1 skipped" in done.stdout
+        assert "REDIS TESTS SKIPPED" in done.stdout
+        assert "1 tests of the Redis store did not run: redis-server is not installed" in done.stdout
