@@ -22,20 +22,11 @@ import numpy as np
 import torch
 
 from hiddenstate.errors import HiddenStateError, NonFiniteError, ReplayConflictError, SequenceGapError, ShapeError
+from hiddenstate.serve.intake import Observation
 from hiddenstate.serve.served import ServedModel
 from hiddenstate.serve.stores import Record, Write, new_version
 
-__all__ = ["Advance", "Advancing", "Observation", "Outcome", "advance", "decode", "encode", "forecast", "judge"]
-
-
-class Observation(NamedTuple):
-    """One stream's part of an observe request, validated and normalised."""
-
-    stream_id: str
-    seq: int
-    x: np.ndarray  # (steps, n_in) float32, normalised
-    horizon: int | None
-    digest: bytes
+__all__ = ["Advance", "Advancing", "Outcome", "advance", "decode", "encode", "forecast", "judge"]
 
 
 class Outcome(NamedTuple):
