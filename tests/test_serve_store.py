@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import hiddenstate as hs
-from hiddenstate.serve.stores import Record, StateStore, Write, new_version, open_store
+from hiddenstate.errors import StoreUnavailableError
+from hiddenstate.serve.stores import Durability, Record, StateStore, Write, new_version, open_store
 from hiddenstate.serve.stores.redis import RedisStore
 from hiddenstate.serve.stores.sqlite import SQLiteStore
 from hiddenstate.serve.testing import RedisServer
@@ -170,7 +171,8 @@ def test_open_store_refusals_name_the_problem(tmp_path: Path) -> None:
 def test_redis_store_reports_its_durability_and_hides_passwords(redis_server: RedisServer) -> None:
     store = open_store(redis_server.url(0))
     assert isinstance(store, RedisStore)
-    assert store.durability() == {"appendonly": "yes", "appendfsync": "always"}
+    assert store.durability() == Durability("strict", True, {"appendonly": "yes", "appendfsync": "always"})
+    assert store.local is False
     assert store.prefix == "hiddenstate:"
     store.close()
     secret = RedisStore("redis://user:hunter2@127.0.0.1:1/0?prefix=x:")
@@ -203,3 +205,110 @@ def test_versions_are_random_tokens_exact_in_json() -> None:
     versions = {new_version() for _ in range(10_000)}
     assert len(versions) == 10_000
     assert all(1 <= v < 2**53 for v in versions)
+
+
+# -- durability, and the backends' failures at the boundary ------------------------------------------
+
+
+def _weak(server: RedisServer) -> str:
+    return f"Redis runs with appendonly={server.appendonly} appendfsync={server.appendfsync}: an acknowledged update"
+
+
+@pytest.mark.parametrize(("appendonly", "appendfsync"), [("yes", "everysec"), ("no", "always")])
+def test_strict_refuses_a_redis_below_appendfsync_always_and_relaxed_runs_on_it(
+    redis_bin: str, appendonly: str, appendfsync: str
+) -> None:
+    with RedisServer(redis_bin, appendonly=appendonly, appendfsync=appendfsync) as server:
+        strict = open_store(server.url(0))
+        with pytest.raises(StoreUnavailableError, match=rf"^the state store {server.url(0)} is unavailable: ") as e:
+            strict.init_meta({"fingerprint": "f"})
+        assert e.value.reason == (
+            f"{_weak(server)} would not survive a crash of Redis; set appendonly yes and appendfsync always, "
+            "or serve with --durability relaxed"
+        )
+        with pytest.raises(StoreUnavailableError, match="would not survive a crash of Redis"):
+            strict.read(["x"])  # every call, not only the first
+        strict.close()
+        relaxed = open_store(server.url(0), durability="relaxed")
+        assert relaxed.init_meta({"fingerprint": "f"}) == {"fingerprint": "f"}
+        settings = {"appendonly": appendonly, "appendfsync": appendfsync}
+        assert relaxed.durability() == Durability("relaxed", False, settings)
+        assert relaxed.durability().to_json() == {"mode": "relaxed", "durable": False, **settings}
+        relaxed.close()
+
+
+def test_redis_durability_is_read_again_on_every_reconnect(redis_bin: str) -> None:
+    """A Redis restarted with a weaker setting is refused at the next call, not only at startup."""
+    with RedisServer(redis_bin) as server:
+        store = open_store(server.url(0, prefix="re:"))
+        r = _record(1)
+        assert store.write([Write("s", 0, r)]) == [True]
+        server.kill()
+        server.appendfsync = "no"
+        server.start()
+        with pytest.raises(StoreUnavailableError, match=r"appendonly=yes appendfsync=no: an acknowledged update"):
+            store.read(["s"])
+        server.kill()
+        server.appendfsync = "always"
+        server.start()  # durable again: the same store object works again, and nothing acknowledged is lost
+        assert store.read(["s"]) == {"s": r}
+        assert store.durability() == Durability("strict", True, {"appendonly": "yes", "appendfsync": "always"})
+        store.close()
+
+
+def test_a_redis_that_is_down_is_store_unavailable_on_every_call(redis_bin: str) -> None:
+    with RedisServer(redis_bin) as server:
+        store = open_store(server.url(0, prefix="down:"))
+        store.write([Write("s", 0, _record(1))])
+        server.kill()
+        calls = {
+            "read": lambda: store.read(["s"]),
+            "write": lambda: store.write([Write("t", 0, _record(1))]),
+            "count": store.count,
+            "checksum": store.checksum,
+            "ping": store.ping,
+            "init_meta": lambda: store.init_meta({"a": "b"}),
+        }
+        for name, call in calls.items():
+            with pytest.raises(StoreUnavailableError, match=r"is unavailable: .*connecting") as e:
+                call()
+            assert e.value.code == "store_unavailable" and e.value.http_status == 503, name
+        server.start()
+        assert set(store.read(["s", "t"])) == {"s"}  # the refused write left nothing behind
+        store.close()
+
+
+def test_sqlite_reports_its_durability_and_is_local(tmp_path: Path) -> None:
+    full = SQLiteStore(tmp_path / "f.db")
+    assert full.local is True
+    assert full.durability() == Durability("strict", True, {"journal_mode": "wal", "synchronous": "full"})
+    normal = SQLiteStore(tmp_path / "n.db", sync="normal", durability="relaxed")
+    assert normal.durability() == Durability("relaxed", False, {"journal_mode": "wal", "synchronous": "normal"})
+    full.close()
+    normal.close()
+    with pytest.raises(hs.ConfigError, match=r"^unknown durability 'loose'; expected one of strict, relaxed$"):
+        open_store(f"sqlite://{tmp_path / 'x.db'}", durability="loose")
+
+
+def test_a_full_sqlite_file_is_store_unavailable_and_keeps_what_it_held(tmp_path: Path) -> None:
+    """SQLite's own page limit stands in for a full disk here (the service test fills a real file limit)."""
+    store = SQLiteStore(tmp_path / "full.db")
+    kept = _record(1)
+    store.write([Write("kept", 0, kept)])
+    before = store.checksum()
+    pages = int(store.pragma("page_count"))
+    store._conn().execute(f"PRAGMA max_page_count = {pages + 2}")
+    big = [Write(f"s{i}", 0, _record(1, b"x" * 4000)) for i in range(50)]
+    with pytest.raises(StoreUnavailableError, match=r"full\.db is unavailable: database or disk is full$"):
+        store.write(big)
+    assert store.checksum() == before  # the whole transaction rolled back
+    assert store.read(["kept", "s0"]) == {"kept": kept}  # reads keep working
+    assert store.write([Write("kept", kept.version, None)]) == [True]  # and a small write still fits
+    store.close()
+
+
+def test_a_damaged_sqlite_file_is_store_unavailable(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database at all, just sixteen+ bytes of text\n" * 4)
+    with pytest.raises(StoreUnavailableError, match=r"junk\.db is unavailable: file is not a database$"):
+        SQLiteStore(junk)

@@ -1,8 +1,9 @@
 """The root group of the ``hiddenstate`` command line: one-line errors and commands loaded on use.
 
 :class:`OneLineErrors` turns every failure into one line on stderr and an exit code: 2 for a
-usage error (a bad flag or value), 1 for any error hiddenstate raises (bad data, a damaged run
-directory, ...) or a failed file operation, 130 when interrupted; never a traceback. It also
+usage error (a bad flag or value), the ``exit_code`` of :mod:`hiddenstate.errors`' table for
+an error hiddenstate raises (1: bad data, a damaged run directory, ...), 1 for a failed file
+operation, 130 when interrupted; never a traceback. It also
 lists and loads the commands of :data:`LAZY_COMMANDS`, which live with their subsystems.
 :mod:`hiddenstate.cli.commands` builds its ``app`` on it.
 """
@@ -79,7 +80,7 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             code = _fail("aborted", 1)
         except HiddenStateError as e:
-            code = _fail(str(e), 1)
+            code = _fail(str(e), e.exit_code)  # the errors table: 1 for all of ours (2 is click's usage errors)
         except OSError as e:
             code = _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), 1)
         except KeyboardInterrupt:

@@ -2,21 +2,17 @@
 
 ``hiddenstate serve RUN_DIR`` runs it; :func:`create_app` builds the FastAPI app around a
 :class:`Service`, which holds a :class:`ServedModel` (the run's model and scaler) and a
-:class:`StateStore` (:class:`SQLiteStore` by default, :class:`RedisStore` for replicas).
+:class:`StateStore` (opened by :func:`open_store`: SQLite by default, Redis for replicas).
 See docs/serving.md.
+
+Every name loads on first use, so ``hiddenstate.serve.client`` needs httpx alone, and a
+missing extra fails in one line: ``pip install 'hiddenstate[serve]'``.
 """
 
 from __future__ import annotations
 
-from hiddenstate.serve.app import create_app
-from hiddenstate.serve.batcher import MicroBatcher
-from hiddenstate.serve.command import build_service, register
-from hiddenstate.serve.metrics import Metrics
-from hiddenstate.serve.served import ServedModel
-from hiddenstate.serve.service import Limits, Service
-from hiddenstate.serve.stores import Record, StateStore, Write, open_store
-from hiddenstate.serve.stores.redis import RedisStore
-from hiddenstate.serve.stores.sqlite import SQLiteStore
+import importlib
+from typing import Any
 
 __all__ = [
     "Limits",
@@ -34,3 +30,32 @@ __all__ = [
     "open_store",
     "register",
 ]
+
+_LAZY = {
+    "Limits": "hiddenstate.serve.service",
+    "Metrics": "hiddenstate.serve.metrics",
+    "MicroBatcher": "hiddenstate.serve.batcher",
+    "Record": "hiddenstate.serve.stores",
+    "RedisStore": "hiddenstate.serve.stores.redis",
+    "SQLiteStore": "hiddenstate.serve.stores.sqlite",
+    "ServedModel": "hiddenstate.serve.served",
+    "Service": "hiddenstate.serve.service",
+    "StateStore": "hiddenstate.serve.stores",
+    "Write": "hiddenstate.serve.stores",
+    "build_service": "hiddenstate.serve.command",
+    "create_app": "hiddenstate.serve.app",
+    "open_store": "hiddenstate.serve.stores",
+    "register": "hiddenstate.serve.command",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,31 +10,43 @@ Endpoints (OpenAPI at ``/docs``)::
     DELETE /v1/streams/{id}/state
     GET    /v1/model   /healthz   /metrics
 
-Every refusal is a 4xx with ``{"detail": "..."}`` naming what is wrong: 400 malformed JSON,
-404 unknown stream, 409 sequence gap or lost version (with ``expected_seq``), 413 body over
-the limit (counted on the bytes received, whatever Content-Length says), 422 anything the
-model cannot take. A refused request changes nothing in the store.
+Every refusal is a 4xx with ``{"detail": "...", "error": "code"}`` naming what is wrong: 400
+malformed JSON, 404 unknown stream, 409 sequence gap or lost version (with ``expected_seq``),
+413 body over the limit (counted on the bytes received, whatever Content-Length says), 422
+anything the model cannot take. A store that is down or cannot write gives 503
+``store_unavailable`` with a ``Retry-After`` header. A refused request changes nothing in the
+store. Statuses and codes come from the one table in :mod:`hiddenstate.errors`.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
-import redis
-from fastapi import FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import to_json
+from hiddenstate._extras import require
 
-from hiddenstate import __version__
-from hiddenstate.errors import HiddenStateError, SequenceGapError, ServeError, StreamNotFoundError, VersionConflictError
-from hiddenstate.serve.middleware import BodyLimit
-from hiddenstate.serve.service import Outcome, Service
+require("fastapi", "serve")
+require("pydantic", "serve")
+
+from fastapi import FastAPI, Path, Request  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import PlainTextResponse, Response  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: E402
+from pydantic_core import to_json  # noqa: E402
+
+from hiddenstate import __version__  # noqa: E402
+from hiddenstate.errors import (  # noqa: E402
+    HiddenStateError,
+    MalformedRequestError,
+    SequenceGapError,
+    ShapeError,
+    StoreUnavailableError,
+    error_for_code,
+)
+from hiddenstate.serve.middleware import BodyLimit  # noqa: E402
+from hiddenstate.serve.service import Outcome, Service  # noqa: E402
 
 __all__ = ["create_app"]
 
@@ -125,7 +137,7 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="One line: what is wrong and where.")
     error: str = Field(
         description="A stable code: malformed_json, invalid, not_found, sequence_gap, replay_conflict, "
-        "version_conflict, conflict, too_large, nonfinite, store_unavailable."
+        "version_conflict, conflict, too_large, nonfinite, store_unavailable, store_busy."
     )
     expected_seq: int | None = Field(default=None, description="With sequence_gap and replay_conflict.")
 
@@ -152,7 +164,14 @@ def _outcome_response(o: Outcome) -> Response:
     body: dict[str, Any] = {"detail": o.detail, "error": o.error}
     if o.expected_seq is not None:
         body["expected_seq"] = o.expected_seq
-    return _json(body, o.status)
+    return _json(body, o.status, _retry_after(error_for_code(o.error)))
+
+
+def _retry_after(cls: type[HiddenStateError] | None) -> dict[str, str] | None:
+    """``Retry-After`` for an error a client should simply try again (the store is down or busy)."""
+    if cls is not None and issubclass(cls, StoreUnavailableError):
+        return {"Retry-After": str(cls.retry_after)}
+    return None
 
 
 def _bulk_part(stream_id: str, o: Outcome) -> dict[str, Any]:
@@ -261,10 +280,18 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
         info["ttl"] = service.store.ttl
         return info
 
-    @app.get("/healthz", summary="200 when the store answers")
-    async def healthz() -> dict[str, str]:
-        await service.ping()
-        return {"status": "ok"}
+    @app.get(
+        "/healthz",
+        summary="200 when the store answers, 503 when it is down; the store's durability either way",
+        responses=_errors(503),
+    )
+    async def healthz() -> Response:
+        try:
+            await service.ping()
+        except StoreUnavailableError as e:
+            body = {"status": "unavailable", "store": "down", "detail": str(e), "error": e.code}
+            return _json({**body, "durability": service.durability_report()}, e.http_status, _retry_after(type(e)))
+        return _json({"status": "ok", "store": "up", "durability": service.durability_report()})
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:
@@ -272,11 +299,23 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
             streams=await service.count(),
             info={"fingerprint": service.served.spec.fingerprint(), "version": __version__},
         )
+        text += _durability_lines(service.durability_report())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.add_middleware(BodyLimit, service=service)
     _document_bodies(app)
     return app
+
+
+def _durability_lines(report: dict[str, Any]) -> str:
+    """The store's durability as a Prometheus gauge: 1 when an acknowledged write survives a power cut."""
+    labels = ",".join(f'{k}="{v}"' for k, v in sorted(report.items()) if k != "durable")
+    return (
+        "# HELP hiddenstate_store_durable 1 when an acknowledged update survives a crash of the machine; "
+        "mode is the --durability flag.\n"
+        "# TYPE hiddenstate_store_durable gauge\n"
+        f"hiddenstate_store_durable{{{labels}}} {int(bool(report.get('durable')))}\n"
+    )
 
 
 BODIES = (ObserveBody, BulkBody, ForecastBody, PutStateBody)
@@ -340,28 +379,16 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation(request: Request, exc: RequestValidationError) -> Response:
         status, detail = _describe_validation(exc)
-        return _json({"detail": detail, "error": "malformed_json" if status == 400 else "invalid"}, status)
+        return _json({"detail": detail, "error": (MalformedRequestError if status == 400 else ShapeError).code}, status)
 
     @app.exception_handler(HiddenStateError)
     async def ours(request: Request, exc: HiddenStateError) -> Response:
-        body: dict[str, Any] = {"detail": str(exc)}
-        if isinstance(exc, StreamNotFoundError):
-            status, body["error"] = 404, "not_found"
-        elif isinstance(exc, SequenceGapError):
-            status, body["error"], body["expected_seq"] = 409, "sequence_gap", exc.expected
-        elif isinstance(exc, VersionConflictError):
-            status, body["error"] = 409, "version_conflict"
-        elif isinstance(exc, ServeError):
-            status, body["error"] = 409, "conflict"
-        else:  # StateError, ShapeError, ConfigError, DataError: the request asks what the model cannot do
-            status, body["error"] = 422, "invalid"
-        return _json(body, status)
+        body: dict[str, Any] = {"detail": str(exc), "error": exc.code}
+        if isinstance(exc, SequenceGapError):
+            body["expected_seq"] = exc.expected
+        return _json(body, exc.http_status, _retry_after(type(exc)))
 
     @app.exception_handler(RecursionError)
     async def too_deep(request: Request, exc: RecursionError) -> Response:
-        return _json({"detail": "malformed JSON: nested too deeply", "error": "malformed_json"}, 400)
-
-    @app.exception_handler(redis.RedisError)
-    @app.exception_handler(sqlite3.OperationalError)
-    async def store_down(request: Request, exc: Exception) -> Response:
-        return _json({"detail": f"the state store is unavailable: {exc}", "error": "store_unavailable"}, 503)
+        error = MalformedRequestError("malformed JSON: nested too deeply")
+        return _json({"detail": str(error), "error": error.code}, error.http_status)

@@ -12,7 +12,8 @@ The worker waits at most ``max_wait`` after the oldest queued item before it sta
 that is not full, so a lone request is delayed by no more than that. While a batch is being
 processed new requests pile up, so under load batches grow by themselves. Items that
 ``process`` returns as :data:`RETRY` (a compare-and-set lost to another replica) go back to
-the front of the queue and are read again.
+the front of the queue and are read again, at most ``max_retries`` times: then ``give_up(item)``
+is their result.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ class _Group:
 
 
 class _Pending(Generic[T]):
-    __slots__ = ("group", "index", "item", "key", "since")
+    __slots__ = ("group", "index", "item", "key", "since", "tries")
 
     def __init__(self, item: T, key: Hashable, group: _Group, index: int, since: float) -> None:
         self.item, self.key, self.group, self.index, self.since = item, key, group, index, since
+        self.tries = 0
 
 
 class MicroBatcher(Generic[T]):
@@ -64,7 +66,8 @@ class MicroBatcher(Generic[T]):
 
     ``key(item)`` names the stream: a batch never holds two items of one key, and items of
     one key are processed in the order they were submitted. ``on_batch(size, seconds)`` is
-    called after each batch (metrics).
+    called after each batch (metrics). An item returned as :data:`RETRY` more than
+    ``max_retries`` times gets ``give_up(item)`` as its result.
     """
 
     def __init__(
@@ -77,6 +80,8 @@ class MicroBatcher(Generic[T]):
         executor: ThreadPoolExecutor | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         inline_max: int = 0,
+        max_retries: int = 100,
+        give_up: Callable[[T], Any] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
@@ -93,6 +98,8 @@ class MicroBatcher(Generic[T]):
         # hand-offs to the worker thread (and the GIL going back and forth between the two threads)
         # cost more than the batch. Larger batches go to the worker, so the loop keeps reading.
         self.inline_max = inline_max
+        self.max_retries = max_retries
+        self.give_up = give_up or _retries_exhausted
         self._queue: deque[_Pending[T]] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -183,8 +190,20 @@ class MicroBatcher(Generic[T]):
                 self.on_batch(len(batch), time.perf_counter() - began)
             retry = []
             for p, result in zip(batch, results, strict=True):
-                if result is RETRY:
+                if result is RETRY and p.tries < self.max_retries:
+                    p.tries += 1
                     retry.append(p)
-                else:
-                    p.group.settle(p.index, result)
+                    continue
+                if result is RETRY:
+                    try:
+                        result = self.give_up(p.item)
+                    except Exception as e:  # the caller hears of it; the loop goes on
+                        if not p.group.future.done():
+                            p.group.future.set_exception(e)
+                        continue
+                p.group.settle(p.index, result)
             self._queue.extendleft(reversed(retry))
+
+
+def _retries_exhausted(item: Any) -> Any:
+    raise RuntimeError(f"gave up on {item!r} after its retries")  # the Service passes its own give_up

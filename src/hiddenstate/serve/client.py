@@ -5,37 +5,39 @@
     >>> client.observe("sensor-1", 1, [[50.2, 40.1]]).prediction   # doctest: +SKIP
     array([49.8, 40.6])
 
-Refusals raise typed errors from :mod:`hiddenstate.errors`: :class:`SequenceGapError` (with
-``.expected``), :class:`StreamNotFoundError`, :class:`VersionConflictError`, and
-:class:`RequestError` (a :class:`ServeError` with ``.status``, ``.error`` and ``.detail``) for
-the rest. A repeated seq is not an error: the service answers it again, and
-:attr:`Answer.replayed` says so, so retrying a request whose answer was lost is always safe.
+Refusals raise typed errors from :mod:`hiddenstate.errors`, found by the body's error code in
+its one table: :class:`SequenceGapError` (with ``.expected``), :class:`StreamNotFoundError`,
+:class:`VersionConflictError`, and :class:`RequestError` (a :class:`ServeError` with
+``.status``, ``.error``, ``.detail`` and ``.kind``, the class of its code) for the rest.
+A repeated seq is not an error: the service answers it again, and :attr:`Answer.replayed`
+says so, so retrying a request whose answer was lost is always safe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 
-from hiddenstate.errors import SequenceGapError, ServeError, StreamNotFoundError, VersionConflictError
+from hiddenstate._extras import require
+from hiddenstate.errors import (
+    RequestError,
+    SequenceGapError,
+    ServeError,
+    StreamNotFoundError,
+    VersionConflictError,
+    error_for_code,
+)
 from hiddenstate.state import State
 
+if TYPE_CHECKING:
+    import httpx
+else:
+    httpx = require("httpx", "serve")
+
 __all__ = ["Answer", "Client", "RequestError", "StreamState"]
-
-
-class RequestError(ServeError):
-    """The service refused a request; ``status`` is the HTTP status, ``error`` its stable code."""
-
-    def __init__(self, status: int, error: str, detail: str, expected_seq: int | None = None) -> None:
-        self.status = status
-        self.error = error
-        self.detail = detail
-        self.expected_seq = expected_seq
-        super().__init__(f"{status} {error}: {detail}")
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,12 @@ def _answer(data: Mapping[str, Any], replayed: bool = False) -> Answer:
 
 def _raise(status: int, body: Mapping[str, Any], stream_id: str | None, seq: int | None) -> None:
     error, detail = str(body.get("error", "")), str(body.get("detail", ""))
-    if error == "sequence_gap" and stream_id is not None and seq is not None:
+    kind = error_for_code(error)
+    if kind is SequenceGapError and stream_id is not None and seq is not None and "expected_seq" in body:
         raise SequenceGapError(stream_id, int(body["expected_seq"]), seq)
-    if error == "not_found" and stream_id is not None:
+    if kind is StreamNotFoundError and stream_id is not None:
         raise StreamNotFoundError(stream_id)
-    if error == "version_conflict":
+    if kind is VersionConflictError:
         raise VersionConflictError(detail)
     raise RequestError(status, error or "http_error", detail or f"HTTP {status}", body.get("expected_seq"))
 

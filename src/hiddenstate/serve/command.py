@@ -11,13 +11,19 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import typer
+from hiddenstate._extras import require
+
+if TYPE_CHECKING:
+    import typer
+else:
+    typer = require("typer", "cli")
 
 __all__ = ["build_service", "register", "serve", "worker_app"]
 
 Sync = Literal["full", "normal"]
+DurabilityMode = Literal["strict", "relaxed"]
 DEFAULT_STORE_FILE = "states.db"
 
 
@@ -30,13 +36,10 @@ def build_service(
     max_batch: int = 1024,
     max_wait_ms: float = 2.0,
     max_body_mb: float = 16.0,
+    durability: str = "strict",
 ) -> Any:
-    """Load the run, open the store (checking its fingerprint) and build the :class:`~.service.Service`."""
-    import sqlite3
-
-    import redis
-
-    from hiddenstate.errors import ServeError
+    """Load the run, open the store (checking its fingerprint and durability), build the :class:`~.service.Service`."""
+    from hiddenstate.errors import ServeError, StoreUnavailableError
     from hiddenstate.runs.run import load_run
     from hiddenstate.serve.served import ServedModel
     from hiddenstate.serve.service import Limits, Service
@@ -47,14 +50,14 @@ def build_service(
     url = store if store is not None else f"sqlite://{(Path(run_dir).resolve() / DEFAULT_STORE_FILE)}"
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024))
     try:
-        states = open_store(url, ttl=ttl, sync=sync)
-    except (sqlite3.Error, redis.RedisError) as e:
-        raise ServeError(f"store {url}: cannot be opened: {e}") from None
+        states = open_store(url, ttl=ttl, sync=sync, durability=durability)
+    except StoreUnavailableError as e:
+        raise ServeError(f"store {e.store}: cannot be opened: {e.reason}") from None
     try:
         return Service(served, states, max_batch=max_batch, max_wait=max_wait_ms / 1000, limits=limits)
-    except (sqlite3.Error, redis.RedisError) as e:
+    except StoreUnavailableError as e:
         states.close()
-        raise ServeError(f"store {states.url}: cannot be used: {e}") from None
+        raise ServeError(f"store {states.url}: cannot be used: {e.reason}") from None
     except BaseException:
         states.close()
         raise
@@ -78,6 +81,14 @@ def serve(
             "survives a killed process but may lose the last commits on power loss."
         ),
     ] = "full",
+    durability: Annotated[
+        DurabilityMode,
+        typer.Option(
+            help="'strict' refuses a Redis whose acknowledged updates would not survive a crash of Redis (anything "
+            "weaker than appendonly yes + appendfsync always, checked at startup and on every reconnect); "
+            "'relaxed' serves on it anyway. Reported in /healthz and /metrics."
+        ),
+    ] = "strict",
     max_batch: Annotated[int, typer.Option(min=1, help="Most streams in one micro-batch.")] = 1024,
     max_wait_ms: Annotated[
         float, typer.Option(min=0.0, max=10000.0, help="Longest a request waits for others to join its batch.")
@@ -110,23 +121,22 @@ def serve(
     -d '{"seq": 1, "values": [[0.5, 1.2]]}'. OpenAPI docs at /docs.
     """
     import torch
-    import uvicorn
 
+    uvicorn = require("uvicorn", "serve")
     from hiddenstate.serve.app import create_app
-    from hiddenstate.serve.stores.redis import RedisStore
 
     torch.set_num_threads(threads)
     options = {"sync": sync, "ttl": ttl, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_mb": max_body_mb}
+    options["durability"] = durability
     service = build_service(run_dir, store, **options)  # type: ignore[arg-type]
-    if isinstance(service.store, RedisStore):
-        found = service.store.durability()
-        if found and (found.get("appendonly") != "yes" or found.get("appendfsync") != "always"):
-            typer.echo(
-                f"Warning: Redis runs with appendonly={found.get('appendonly')} "
-                f"appendfsync={found.get('appendfsync')}; acknowledged updates survive a Redis crash only with "
-                "appendonly yes and appendfsync always",
-                err=True,
-            )
+    report = service.durability_report()
+    if not report["durable"]:
+        settings = " ".join(f"{k}={v}" for k, v in report.items() if k not in ("mode", "durable"))
+        typer.echo(
+            f"Warning: the store runs with {settings} (--durability {durability}): an acknowledged update may be "
+            "lost in a crash of the machine",
+            err=True,
+        )
     typer.echo(
         f"hiddenstate serve: {run_dir} on http://{host}:{port} (store {service.store.url}, docs at /docs"
         + (f", {workers} worker processes)" if workers > 1 else ")"),
@@ -194,4 +204,4 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="hiddenstate serve", standalone_mode=True)
     except HiddenStateError as e:
         typer.echo(f"Error: {' '.join(str(e).split())}", err=True)
-        sys.exit(1)
+        sys.exit(e.exit_code)

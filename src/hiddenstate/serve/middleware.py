@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from hiddenstate.errors import BodyTooLargeError
 from hiddenstate.serve.service import Service
 
 __all__ = ["BodyLimit"]
@@ -91,12 +92,12 @@ class BodyLimit:
                 return b"".join(chunks)
 
     async def _too_large(self, send: Send) -> None:
-        detail = f"request body is larger than the limit of {self.limit} bytes"
-        body = json.dumps({"detail": detail, "error": "too_large"}).encode()
+        error = BodyTooLargeError(f"request body is larger than the limit of {self.limit} bytes")
+        body = json.dumps({"detail": str(error), "error": error.code}).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": error.http_status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

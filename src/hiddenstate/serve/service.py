@@ -14,82 +14,45 @@ back in one transaction, each stream by compare-and-set on the version it read.
 A stream whose write lost the race (another replica advanced it) is read and judged again in
 the next batch, so concurrent requests never lose an update, whichever replica they reach.
 A stream the model turns non-finite is answered with an error and never stored.
+Every retry is bounded: a stream that loses its compare-and-set ``cas_tries`` times in a row
+(in a batch, or in a PUT or DELETE) is answered with a 503 StoreBusyError. A store that fails
+raises StoreUnavailableError (a 503), and what it was asked to write was not written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
 from hiddenstate.errors import (
     ConfigError,
-    SequenceGapError,
     ServeError,
-    ShapeError,
     StateError,
+    StoreBusyError,
+    StoreUnavailableError,
     StreamNotFoundError,
     VersionConflictError,
 )
+from hiddenstate.serve import stages
 from hiddenstate.serve.batcher import RETRY, MicroBatcher
+from hiddenstate.serve.intake import Limits, Observation, validate
 from hiddenstate.serve.metrics import Metrics
 from hiddenstate.serve.served import ServedModel
+from hiddenstate.serve.stages import Outcome
 from hiddenstate.serve.stores import Record, StateStore, Write, new_version
-from hiddenstate.serve.stores.sqlite import SQLiteStore
 from hiddenstate.state import State
 
 __all__ = ["Limits", "Observation", "Outcome", "Service", "check_store"]
 
 LAYOUT = "float32-flat/1"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for; beyond these it gets a 4xx, never a 5xx."""
-
-    max_steps: int = 4096  # rows for one stream in one request
-    max_streams: int = 10_000  # streams in one bulk request
-    max_total_steps: int = 200_000  # rows in one bulk request, all streams together
-    max_horizon: int = 4096
-    max_body_bytes: int = 16 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"Limits.{name} must be a positive int, got {value!r}")
-
-    def to_json(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-class Observation(NamedTuple):
-    """One stream's part of an observe request, validated and normalised."""
-
-    stream_id: str
-    seq: int
-    x: np.ndarray  # (steps, n_in) float32, normalised
-    horizon: int | None
-    digest: bytes
-
-
-class Outcome(NamedTuple):
-    """The result of one observation: ``status`` 200 with the ``answer`` (JSON-ready), or an error."""
-
-    status: int
-    answer: dict[str, Any] | None = None
-    detail: str = ""
-    expected_seq: int | None = None
-    replayed: bool = False
-    error: str = ""  # a stable code beside the detail: sequence_gap, replay_conflict, invalid, nonfinite
 
 
 def check_store(store: StateStore, served: ServedModel) -> None:
@@ -118,10 +81,15 @@ class Service:
         metrics: Metrics | None = None,
         inline_max: int | None = None,
         cache_size: int = 100_000,
+        cas_tries: int = 100,
     ) -> None:
         check_store(store, served)
         if cache_size < 0:
             raise ConfigError(f"cache_size must be 0 (off) or more, got {cache_size}")
+        if cas_tries < 1:
+            raise ConfigError(f"cas_tries must be at least 1, got {cas_tries}")
+        self.cas_tries = cas_tries
+        self._durability = store.durability()
         # The records this process last wrote or read, by stream (see _records); at most cache_size.
         self.cache_size = cache_size
         self._cache: dict[str, Record] = {}
@@ -142,9 +110,11 @@ class Service:
             max_wait=max_wait,
             executor=self.worker,
             on_batch=self.metrics.batch,
-            # Small batches on the event loop (no thread hand-off) only for a local SQLite file: a
+            # Small batches on the event loop (no thread hand-off) only for a store in local files: a
             # network store that is down would stall the loop on reconnects instead of one batch.
-            inline_max=(64 if isinstance(store, SQLiteStore) else 0) if inline_max is None else inline_max,
+            inline_max=(64 if store.local else 0) if inline_max is None else inline_max,
+            max_retries=cas_tries - 1,
+            give_up=lambda o: Outcome.refusal(self._busy(o.stream_id)),
         )
         self._threads = threads
         self._sweeper: asyncio.Task[None] | None = None
@@ -165,16 +135,14 @@ class Service:
         self.worker.shutdown(wait=True)
 
     async def _maintenance(self) -> None:
-        """In the background: checkpoint SQLite's WAL off the request path; sweep expired streams."""
+        """In the background: the store's housekeeping off the request path; sweep expired streams."""
         loop = asyncio.get_running_loop()
-        checkpoint = getattr(self.store, "checkpoint", None)
         sweep_every = min(60.0, max(float(self.store.ttl or 0) / 2, 0.5))
         last_sweep = loop.time()
         while True:
             await asyncio.sleep(0.5)
             try:
-                if checkpoint is not None:
-                    await loop.run_in_executor(None, checkpoint)
+                await loop.run_in_executor(None, self.store.maintain)
                 if self.store.ttl and loop.time() - last_sweep >= sweep_every:
                     last_sweep = loop.time()
                     await self._in_worker(self.store.sweep)
@@ -189,72 +157,8 @@ class Service:
     def observations(
         self, items: Sequence[tuple[str, int, Sequence[Sequence[float]], int | None]]
     ) -> list[Observation]:
-        """Check and normalise ``(stream_id, seq, values, horizon)`` items, all rows at once.
-
-        Raises ShapeError or ConfigError naming the stream, the row and what is wrong; nothing
-        is queued unless every item is acceptable.
-        """
-        served, lim = self.served, self.limits
-        if len(items) > lim.max_streams:
-            raise ShapeError(f"{len(items)} streams in one request; at most {lim.max_streams}")
-        lengths = [len(values) for _, _, values, _ in items]
-        for (sid, _, _, _), steps in zip(items, lengths, strict=True):
-            if steps > lim.max_steps:
-                raise ShapeError(f"stream {sid!r}: {steps} rows in one request; at most {lim.max_steps}")
-        if sum(lengths) > lim.max_total_steps:
-            raise ShapeError(f"{sum(lengths)} rows in one request; at most {lim.max_total_steps}")
-        if len(items) > 1 and len({item[0] for item in items}) < len(items):
-            seen: set[str] = set()
-            for sid, _, _, _ in items:
-                if sid in seen:
-                    raise ShapeError(f"stream {sid!r} appears twice in one request; send its rows in one item")
-                seen.add(sid)
-        rows = items[0][2] if len(items) == 1 else [row for _, _, values, _ in items for row in values]
-        try:
-            raw = np.array(rows, dtype=np.float64)  # (all rows, n_in)
-            ok = raw.ndim == 2 and raw.shape[1] == served.n_inputs
-        except ValueError:  # ragged rows
-            ok = False
-        if not ok:
-            for sid, _, values, _ in items:
-                for r, row in enumerate(values):
-                    if len(row) != served.n_inputs:
-                        raise ShapeError(
-                            f"stream {sid!r}: values row {r} has {len(row)} numbers; the model takes "
-                            f"{served.n_inputs} ({', '.join(served.inputs)})"
-                        )
-        x = served.normalise(raw)  # (all rows, n_in) float32
-        offsets = [0]
-        for steps in lengths:
-            offsets.append(offsets[-1] + steps)
-        if not np.isfinite(x).all():
-            r, c = (int(v) for v in np.argwhere(~np.isfinite(x))[0])
-            k = int(np.searchsorted(offsets, r, side="right")) - 1
-            raise ShapeError(
-                f"stream {items[k][0]!r}: values row {r - offsets[k]} column {served.inputs[c]!r} "
-                f"({float(raw[r, c])!r}) is out of float32 range once normalised"
-            )
-        for horizon in {h for _, _, _, h in items} - {None}:
-            if horizon > lim.max_horizon:  # type: ignore[operator]
-                raise ConfigError(f"horizon {horizon} is above the limit of {lim.max_horizon}")
-            served.forecast_method(horizon)  # type: ignore[arg-type]  # ConfigError when it cannot be done
-        # Each stream's digest hashes its rows (float64, as sent) and its horizon: a repeated seq
-        # replays only for the same body. One bytes object for all rows, sliced per stream.
-        # (tuple.__new__ builds each NamedTuple at a third of the cost of calling the class.)
-        blob, width, blake2b, make = raw.tobytes(), raw.shape[1] * 8, hashlib.blake2b, tuple.__new__
-        return [
-            make(
-                Observation,
-                (
-                    sid,
-                    seq,
-                    x[a:b],
-                    horizon,
-                    blake2b(blob[a * width : b * width] + b"%r" % horizon, digest_size=16).digest(),
-                ),
-            )
-            for (sid, seq, _, horizon), a, b in zip(items, offsets, offsets[1:], strict=False)
-        ]
+        """Check and normalise ``(stream_id, seq, values, horizon)`` items (see :func:`.intake.validate`)."""
+        return validate(self.served, self.limits, items)
 
     # -- observe ----------------------------------------------------------------------------------
 
@@ -263,98 +167,33 @@ class Service:
         return await self.batcher.submit(list(observations))
 
     def _process(self, batch: list[Observation]) -> list[Any]:
-        """One micro-batch, in the worker thread: read, judge seqs, advance, write (one transaction)."""
+        """One micro-batch, in the worker thread, through the stages of :mod:`.stages`; one transaction."""
         served = self.served
         counts: Counter[str] = Counter()  # outcomes, counted into the metrics once per batch
-        records = self._records(batch)
-        results: list[Any] = [None] * len(batch)
-        go: list[Observation] = []  # the observations that advance
-        have: list[Record | None] = []  # their records (None: a new stream)
-        slots: list[int] = []  # their places in the batch
-        for k, o in enumerate(batch):
-            r = records.get(o.stream_id)
-            last = r.seq if r is not None else 0
-            if o.seq == last + 1 and (r is not None or not served.cond_size or o.x.shape[0] >= 2):
-                go.append(o)
-                have.append(r)
-                slots.append(k)
-            elif r is not None and o.seq == last:
-                results[k] = self._replay(o, r, counts)
-            elif o.seq != last + 1:
-                results[k] = Outcome(
-                    409,
-                    detail=str(SequenceGapError(o.stream_id, last + 1, o.seq)),
-                    expected_seq=last + 1,
-                    error="sequence_gap",
-                )
-                counts["gap"] += 1
-            else:
-                results[k] = Outcome(
-                    422,
-                    detail=f"stream {o.stream_id!r}: this model starts a stream from its first row "
-                    "(state_encoder 'cond'), so the first observe needs at least 2 rows",
-                    error="invalid",
-                )
-                counts["rejected"] += 1
-        if not go:
-            self.metrics.outcomes(counts)
-            return results
-        n = len(go)
-        stored = [i for i, r in enumerate(have) if r is not None]
-        if len(stored) == n:
-            starts = served.from_bytes([r.state for r in have])  # type: ignore[union-attr]
-        else:
-            starts = torch.zeros(n, served.state_width)
-            if stored:
-                starts[torch.tensor(stored)] = served.from_bytes([have[i].state for i in stored])  # type: ignore[union-attr]
-        fresh = np.fromiter((r is None for r in have), dtype=bool, count=n)
-        new, preds = served.advance(starts, fresh, [o.x for o in go])  # (n, state_width), (n, n_out)
-        tails = torch.cat([torch.from_numpy(np.stack([o.x[-1] for o in go])), preds], dim=1)  # (n, n_in + n_out)
-        predictions = served.targets_original(preds.numpy())  # (n, n_out) float64, original units
-        ok = torch.isfinite(new).all(1).numpy() & np.isfinite(predictions).all(1)
-        forecasts: dict[int, tuple[np.ndarray, list[list[float]]]] = {}  # normalised float32, original units
-        for horizon in {o.horizon for o in go} - {None}:
-            rows = [i for i, o in enumerate(go) if o.horizon == horizon]
-            f = served.forecast(new[torch.tensor(rows)], tails[torch.tensor(rows)], horizon).numpy()  # type: ignore[arg-type]
-            original = served.targets_original(f)  # (len(rows), horizon, n_out)
-            good = np.isfinite(f).all((1, 2)) & np.isfinite(original).all((1, 2))
-            for i, fi, oi, g in zip(rows, f, original, good.tolist(), strict=True):
-                if g:
-                    forecasts[i] = (fi, oi.tolist())
-                else:
-                    ok[i] = False
-        state_bytes = new.numpy().astype("<f4", copy=False).tobytes()
-        tail_bytes = tails.numpy().astype("<f4", copy=False).tobytes()
-        sw, tw = served.state_width * 4, tails.shape[1] * 4
-        now = time.time()
-        writes: list[Write] = []
-        answers: list[tuple[int, int, dict[str, Any]]] = []  # (slot, steps, answer)
-        make, version = tuple.__new__, new_version  # locals, and NamedTuples built without their __new__: per stream
-        for i, o, r, good, prediction in zip(range(n), go, have, ok.tolist(), predictions.tolist(), strict=True):
-            if not good:
-                results[slots[i]] = Outcome(
-                    422,
-                    detail=f"stream {o.stream_id!r}: the model produced NaN or inf at seq {o.seq}; "
-                    "the state was not advanced (check the values for outliers)",
-                    error="nonfinite",
-                )
-                counts["nonfinite"] += 1
-                continue
-            answer: dict[str, Any] = {"id": o.stream_id, "seq": o.seq, "prediction": prediction}
-            fbytes = None
-            if o.horizon is not None:
-                fc, answer["forecast"] = forecasts[i]
-                fbytes = fc.astype("<f4").tobytes()
-            state, tail = state_bytes[i * sw : (i + 1) * sw], tail_bytes[i * tw : (i + 1) * tw]
-            record = make(Record, (o.seq, version(), state, tail, fbytes, o.digest, now))
-            writes.append(make(Write, (o.stream_id, 0 if r is None else r.version, record)))
-            answers.append((slots[i], len(o.x), answer))
-        steps_done = 0
+        results, moving = stages.judge(batch, self._records(batch), served, counts)
+        steps = 0
+        if moving.go:
+            done = stages.advance(served, stages.decode(served, moving.have), moving)
+            forecasts = stages.forecast(served, moving, done)
+            writes, answers = stages.encode(served, moving, done, forecasts, results, counts)
+            steps = self._commit(writes, answers, results, counts)
+        self.metrics.outcomes(counts, steps=steps)
+        return results
+
+    def _commit(
+        self,
+        writes: list[Write],
+        answers: list[tuple[int, int, dict[str, Any]]],
+        results: list[Any],
+        counts: Counter[str],
+    ) -> int:
+        """Write the batch by compare-and-set, answer what held, retry what lost; the rows advanced."""
+        steps = 0
         written: dict[str, Record] = {}
-        for w, (k, steps, answer), held in zip(writes, answers, self.store.write(writes), strict=True):
+        for w, (k, n, answer), held in zip(writes, answers, self.store.write(writes), strict=True):
             if held:
                 results[k] = Outcome(200, answer)
-                steps_done += steps
+                steps += n
                 written[w.stream_id] = w.record  # type: ignore[assignment]
             else:  # another replica advanced it first: read and judge it again in the next batch
                 results[k] = RETRY
@@ -362,8 +201,7 @@ class Service:
                 counts["cas_retry"] += 1
         counts["advanced"] += len(written)
         self._remember(written)
-        self.metrics.outcomes(counts, steps=steps_done)
-        return results
+        return steps
 
     def _records(self, batch: list[Observation]) -> dict[str, Record]:
         """Each stream's record, from this process's cache where the observation would advance it,
@@ -403,43 +241,6 @@ class Service:
         if over > 0:
             for stream_id in list(islice(cache, over)):
                 del cache[stream_id]
-
-    def _replay(self, o: Observation, r: Record, counts: Counter[str]) -> Outcome:
-        if r.digest is None or r.tail is None:
-            counts["conflict"] += 1
-            return Outcome(
-                409,
-                detail=f"stream {o.stream_id!r}: seq {o.seq} was set by a PUT of the state, not by an observe; "
-                f"there is no answer to repeat; the next seq is {o.seq + 1}",
-                expected_seq=o.seq + 1,
-                error="replay_conflict",
-            )
-        if r.digest != o.digest:
-            counts["conflict"] += 1
-            return Outcome(
-                409,
-                detail=f"stream {o.stream_id!r}: seq {o.seq} was already applied with other values or horizon; "
-                f"the next seq is {o.seq + 1}",
-                expected_seq=o.seq + 1,
-                error="replay_conflict",
-            )
-        counts["replayed"] += 1
-        return Outcome(200, self._stored_answer(o.stream_id, r), replayed=True)
-
-    def _stored_answer(self, stream_id: str, r: Record) -> dict[str, Any]:
-        """The answer of the observe that wrote ``r``, rebuilt from the stored float32 prediction and
-        forecast by the same arithmetic as then, so it is the same, bit for bit."""
-        served = self.served
-        prediction = np.frombuffer(r.tail, dtype="<f4")[served.n_inputs :]  # type: ignore[arg-type]
-        answer: dict[str, Any] = {
-            "id": stream_id,
-            "seq": r.seq,
-            "prediction": served.targets_original(prediction).tolist(),
-        }
-        if r.forecast is not None:
-            f = np.frombuffer(r.forecast, dtype="<f4").reshape(-1, served.n_targets)  # (horizon, n_out)
-            answer["forecast"] = served.targets_original(f).tolist()
-        return answer
 
     # -- reads, forecasts and direct writes -------------------------------------------------------
 
@@ -491,8 +292,15 @@ class Service:
         blob = self.served.to_bytes(flat.numpy()[0])
         return await self._in_worker(self._put, stream_id, blob, seq, version)
 
+    def _busy(self, stream_id: str) -> StoreBusyError:
+        return StoreBusyError(
+            self.store.url,
+            f"stream {stream_id!r}: the compare-and-set lost to other writers {self.cas_tries} times in a row; "
+            "try again",
+        )
+
     def _put(self, stream_id: str, blob: bytes, seq: int | None, version: int | None) -> dict[str, Any]:
-        while True:
+        for _ in range(self.cas_tries):
             r = self.store.read([stream_id]).get(stream_id)
             current = r.version if r is not None else 0
             if version is not None and version != current:
@@ -505,17 +313,19 @@ class Service:
                 self._cache.pop(stream_id, None)
                 return {"id": stream_id, "seq": new_seq, "version": record.version}
             self.metrics.outcome("cas_retry")
+        raise self._busy(stream_id)
 
     async def delete(self, stream_id: str) -> None:
         await self._in_worker(self._delete, stream_id)
 
     def _delete(self, stream_id: str) -> None:
-        while True:
+        for _ in range(self.cas_tries):
             r = self._record(stream_id)
             if self.store.write([Write(stream_id, r.version, None)])[0]:
                 self._cache.pop(stream_id, None)
                 return
             self.metrics.outcome("cas_retry")
+        raise self._busy(stream_id)
 
     async def count(self) -> int:
         """Streams in the store, counted at most every 10 s (a Redis count scans every key)."""
@@ -523,6 +333,15 @@ class Service:
         if self._count is None or loop.time() - self._count[0] > 10.0:
             self._count = (loop.time(), int(await loop.run_in_executor(None, self.store.count)))
         return self._count[1]
+
+    def durability_report(self) -> dict[str, Any]:
+        """The store's durability as JSON (``mode``, ``durable`` and its settings); the last known
+        one while the store cannot be reached."""
+        try:
+            self._durability = self.store.durability()
+        except StoreUnavailableError:
+            pass
+        return self._durability.to_json()
 
     async def ping(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.store.ping)

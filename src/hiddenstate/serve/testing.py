@@ -78,11 +78,13 @@ class RedisServer:
     """``redis-server`` on a free loopback port, durable (AOF, ``appendfsync always``), in a temp dir.
 
     Use as a context manager; ``url(db)`` gives ``redis://127.0.0.1:PORT/db``. ``kill()``
-    SIGKILLs it and ``start()`` brings it back on the same port and data.
+    SIGKILLs it and ``start()`` brings it back on the same port and data. ``appendonly`` and
+    ``appendfsync`` set a weaker durability, to test what the service does with one.
     """
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, *, appendonly: str = "yes", appendfsync: str = "always") -> None:
         self.binary = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.appendonly, self.appendfsync = appendonly, appendfsync
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="hiddenstate-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -96,8 +98,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.dir),
-            "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendonly", self.appendonly,
+            "--appendfsync", self.appendfsync,
             "--save", "",
             "--databases", "64",
             "--protected-mode", "no",

@@ -7,6 +7,13 @@ so a stream deleted and created again never reuses a version a slow writer may s
 (no ABA). One :meth:`StateStore.write` call is one transaction: the service commits a whole
 micro-batch at once (group commit), and each write in it succeeds or fails on its own.
 
+Failures cross the boundary as one error: a backend maps its own (``sqlite3.Error``,
+``redis.RedisError``) to :class:`~hiddenstate.errors.StoreUnavailableError` with
+:func:`unavailable`, so nothing above the store names a backend's exceptions. A write that
+raised changed nothing. Each backend is one module implementing :class:`StateStore`; nothing
+outside ``serve/stores/`` checks which class a store is: what differs is in
+:meth:`StateStore.durability`, :attr:`StateStore.local` and :meth:`StateStore.maintain`.
+
 States are plain float32 bytes: every tensor of ``State.to_dict()`` for one row, in the order
 of ``StateSpec.names``, end to end. The store's ``meta`` pins the spec fingerprint, so bytes
 are never read back with another layout. Nothing here unpickles anything.
@@ -14,13 +21,31 @@ are never read back with another layout. Nothing here unpickles anything.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Record", "StateStore", "Write", "new_version", "record_digest"]
+from hiddenstate.errors import ConfigError, StoreUnavailableError
+
+__all__ = [
+    "DURABILITY_MODES",
+    "Durability",
+    "Record",
+    "StateStore",
+    "Write",
+    "check_durability_mode",
+    "new_version",
+    "record_digest",
+    "unavailable",
+]
+
+#: ``strict``: refuse a backend that would not keep an acknowledged write through a crash of the
+#: machine; ``relaxed``: run on it anyway (and say so in /healthz and /metrics).
+DURABILITY_MODES = ("strict", "relaxed")
 
 
 # Versions need to be unique, not secret: a fast generator seeded from the OS is enough.
@@ -59,12 +84,64 @@ class Write(NamedTuple):
     record: Record | None
 
 
+@dataclass(frozen=True)
+class Durability:
+    """What an acknowledged write survives, as the backend reports it.
+
+    ``durable`` is true when it survives a crash of the machine (a power cut): SQLite with
+    ``synchronous=FULL``, Redis with ``appendonly yes`` and ``appendfsync always``. ``mode`` is
+    the ``--durability`` the store was opened with; ``settings`` the backend's own values.
+
+    >>> Durability("relaxed", False, {"appendfsync": "everysec"}).to_json()
+    {'mode': 'relaxed', 'durable': False, 'appendfsync': 'everysec'}
+    """
+
+    mode: str
+    durable: bool
+    settings: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "durable": self.durable, **self.settings}
+
+
+def check_durability_mode(mode: str) -> str:
+    if mode not in DURABILITY_MODES:
+        raise ConfigError(f"unknown durability {mode!r}; expected one of {', '.join(DURABILITY_MODES)}")
+    return mode
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def unavailable(*errors: type[BaseException]) -> Callable[[_F], _F]:
+    """Decorate a store method: the backend's ``errors`` leave it as :class:`StoreUnavailableError`
+    naming the store's URL and the cause in one line (the original stays as ``__cause__``)."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def mapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except errors as e:
+                raise StoreUnavailableError(self.url, str(e) or type(e).__name__) from e
+
+        return mapped  # type: ignore[return-value]
+
+    return wrap
+
+
 @runtime_checkable
 class StateStore(Protocol):
-    """The backend protocol; see the module docstring for the contract."""
+    """The backend protocol; see the module docstring for the contract.
+
+    Every method raises :class:`~hiddenstate.errors.StoreUnavailableError` when the backend
+    fails, never the backend's own exceptions. ``local`` is true for a store in this machine's
+    files (its calls are short enough to run on the event loop); false for a network store.
+    """
 
     url: str
     ttl: float | None
+    local: bool
 
     def read(self, ids: Sequence[str]) -> dict[str, Record]:
         """The records of those ids that exist (and have not expired)."""
@@ -94,7 +171,15 @@ class StateStore(Protocol):
         ...
 
     def ping(self) -> None:
-        """Raise when the store cannot be reached."""
+        """Raise StoreUnavailableError when the store cannot be reached."""
+        ...
+
+    def durability(self) -> Durability:
+        """What an acknowledged write survives, read from the backend now."""
+        ...
+
+    def maintain(self) -> None:
+        """Housekeeping off the request path, called every half second (SQLite checkpoints its WAL)."""
         ...
 
     def close(self) -> None: ...

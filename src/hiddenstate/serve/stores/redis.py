@@ -8,21 +8,35 @@ atomically; the write script checks each stream's version before it sets or dele
 (compare-and-set). A TTL is Redis's own key expiry, renewed on every write.
 
 Durability is Redis's: an acknowledged write survives a crash of Redis only with
-``appendonly yes`` and ``appendfsync always`` (see docs/serving.md). :meth:`RedisStore.durability`
-reports what the server is set to, and the service warns at startup when it is less.
+``appendonly yes`` and ``appendfsync always`` (see docs/serving.md). The store reads both on
+every connection it opens, at startup and after every reconnect (a Redis restarted with
+another configuration is caught there). Below that it refuses to connect unless it was
+opened with ``durability="relaxed"``. :meth:`RedisStore.durability` reports what it found.
+Every ``redis.RedisError`` leaves this module as :class:`~hiddenstate.errors.StoreUnavailableError`.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-import redis
-
+from hiddenstate._extras import require
 from hiddenstate.errors import ConfigError
-from hiddenstate.serve.stores.protocol import Record, Write, record_digest
+from hiddenstate.serve.stores.protocol import (
+    Durability,
+    Record,
+    Write,
+    check_durability_mode,
+    record_digest,
+    unavailable,
+)
+
+if TYPE_CHECKING:
+    import redis
+else:
+    redis = require("redis", "serve")
 
 __all__ = ["RedisStore", "pack_record", "unpack_record"]
 
@@ -83,9 +97,15 @@ class RedisStore:
 
     ``url`` is ``redis://host:port/db`` (any URL ``redis.Redis.from_url`` takes), optionally
     with ``?prefix=name:`` (default ``hiddenstate:``) to keep several services apart.
+    ``durability`` is ``strict`` (refuse a server below ``appendonly yes``/``appendfsync always``)
+    or ``relaxed``; the server is checked on every connection the client opens.
     """
 
-    def __init__(self, url: str, *, ttl: float | None = None) -> None:
+    local = False
+
+    def __init__(self, url: str, *, ttl: float | None = None, durability: str = "strict") -> None:
+        self.mode = check_durability_mode(durability)
+        self._seen = Durability(self.mode, False, {})  # what the last connection found
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = (query.pop("prefix", ["hiddenstate:"]) or ["hiddenstate:"])[0]
@@ -94,7 +114,11 @@ class RedisStore:
         self.ttl = ttl
         try:
             self._redis = redis.Redis.from_url(
-                clean, socket_timeout=30, socket_connect_timeout=5, health_check_interval=0
+                clean,
+                socket_timeout=30,
+                socket_connect_timeout=5,
+                health_check_interval=0,
+                redis_connect_func=self._on_connect,
             )
         except ValueError as e:
             raise ConfigError(f"store URL {url!r}: {e}") from None
@@ -102,9 +126,32 @@ class RedisStore:
         self._read = self._redis.register_script(_READ_SCRIPT)
         self._stream_prefix = f"{self.prefix}s:"
 
+    def _on_connect(self, conn: Any) -> None:
+        """Each new connection: the usual handshake, then read the server's AOF settings and refuse
+        them, in strict mode, when an acknowledged write would not survive a crash of Redis."""
+        conn.on_connect()
+        try:
+            conn.send_command("CONFIG", "GET", "append*")
+            reply = conn.read_response()
+            # a map under RESP3, a flat list of names and values under RESP2
+            pairs = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+            pairs = {_text(k): _text(v) for k, v in pairs.items()}
+            settings = {k: pairs.get(k, "?") for k in ("appendonly", "appendfsync")}
+        except redis.ResponseError as e:  # CONFIG renamed or refused, as on some managed services
+            settings = {"appendonly": "unknown", "appendfsync": "unknown", "config": _text(str(e))}
+        durable = settings["appendonly"] == "yes" and settings["appendfsync"] == "always"
+        self._seen = Durability(self.mode, durable, settings)
+        if not durable and self.mode == "strict":
+            raise _NotDurable(
+                f"Redis runs with appendonly={settings['appendonly']} appendfsync={settings['appendfsync']}: an "
+                "acknowledged update would not survive a crash of Redis; set appendonly yes and appendfsync always, "
+                "or serve with --durability relaxed"
+            )
+
     def _key(self, stream_id: str) -> str:
         return self._stream_prefix + stream_id
 
+    @unavailable(redis.RedisError)
     def read(self, ids: Sequence[str]) -> dict[str, Record]:
         unique = list(dict.fromkeys(ids))
         if not unique:
@@ -112,6 +159,7 @@ class RedisStore:
         values = self._read(keys=[self._key(sid) for sid in unique])
         return {sid: unpack_record(v) for sid, v in zip(unique, values, strict=True) if v is not None}
 
+    @unavailable(redis.RedisError)
     def write(self, writes: Sequence[Write]) -> list[bool]:
         if not writes:
             return []
@@ -125,6 +173,7 @@ class RedisStore:
                 args += [str(w.expected), str(w.record.version), pack_record(w.record)]
         return [bool(x) for x in self._write(keys=keys, args=args)]
 
+    @unavailable(redis.RedisError)
     def init_meta(self, meta: Mapping[str, str]) -> dict[str, str]:
         key = f"{self.prefix}meta"
         pipe = self._redis.pipeline(transaction=True)
@@ -138,9 +187,11 @@ class RedisStore:
         pattern = _glob_escape(self._stream_prefix) + "*"
         return sorted(self._redis.scan_iter(match=pattern, count=1000))
 
+    @unavailable(redis.RedisError)
     def count(self) -> int:
         return len(self._keys())
 
+    @unavailable(redis.RedisError)
     def checksum(self) -> str:
         keys = self._keys()
         pipe = self._redis.pipeline(transaction=False)
@@ -157,24 +208,33 @@ class RedisStore:
     def sweep(self) -> int:
         return 0  # Redis expires keys itself
 
+    @unavailable(redis.RedisError)
     def ping(self) -> None:
         self._redis.ping()
 
-    def durability(self) -> dict[str, str]:
-        """The server's ``appendonly`` and ``appendfsync`` settings (empty if CONFIG is refused)."""
-        try:
-            found: dict[str, str] = {}
-            for name in ("appendonly", "appendfsync"):
-                found.update({str(k): str(v) for k, v in self._redis.config_get(name).items()})
-            return found
-        except redis.ResponseError:
-            return {}
+    def durability(self) -> Durability:
+        """The server's ``appendonly`` and ``appendfsync`` as the last connection read them; connects
+        first if no connection has been made (raising StoreUnavailableError when that fails)."""
+        if not self._seen.settings:
+            self.ping()
+        return self._seen
+
+    def maintain(self) -> None:
+        return None  # Redis rewrites its AOF and expires keys itself
 
     def close(self) -> None:
         self._redis.close()
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r}, ttl={self.ttl})"
+
+
+class _NotDurable(redis.ConnectionError):
+    """Raised while connecting, so that redis-py drops the connection and the call fails."""
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _glob_escape(text: str) -> str:

@@ -1,4 +1,9 @@
-"""The default state store: one SQLite file in WAL mode, ``synchronous=FULL`` by default."""
+"""The default state store: one SQLite file in WAL mode, ``synchronous=FULL`` by default.
+
+Every ``sqlite3.DatabaseError`` (a full disk, an I/O error, a locked or damaged file) leaves
+this module as :class:`~hiddenstate.errors.StoreUnavailableError`; a write that fails is
+rolled back whole, so the file keeps what it held.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from hiddenstate.errors import ConfigError
-from hiddenstate.serve.stores.protocol import Record, Write, record_digest
+from hiddenstate.serve.stores.protocol import (
+    Durability,
+    Record,
+    Write,
+    check_durability_mode,
+    record_digest,
+    unavailable,
+)
 
 __all__ = ["SYNC_MODES", "SQLiteStore"]
 
@@ -48,29 +60,38 @@ class SQLiteStore:
     compare-and-set. Each thread gets its own connection.
     """
 
-    def __init__(self, path: str | Path, *, ttl: float | None = None, sync: str = "full") -> None:
+    local = True
+
+    def __init__(
+        self, path: str | Path, *, ttl: float | None = None, sync: str = "full", durability: str = "strict"
+    ) -> None:
         if sync not in SYNC_MODES:
             raise ConfigError(f"unknown sqlite sync mode {sync!r}; expected one of {', '.join(SYNC_MODES)}")
         self.path = Path(path)
         self.url = f"sqlite://{self.path}" if self.path.is_absolute() else f"sqlite://{path}"
         self.ttl = ttl
         self.sync = sync
+        self.mode = check_durability_mode(durability)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         if not self.path.parent.is_dir():
             raise ConfigError(f"{self.url}: folder {self.path.parent} does not exist")
+        self._create()
+
+    @unavailable(sqlite3.DatabaseError)
+    def _create(self) -> None:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            if ttl is not None:
+            if self.ttl is not None:
                 conn.execute(_TTL_INDEX)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     def _conn(self) -> sqlite3.Connection:
@@ -88,6 +109,7 @@ class SQLiteStore:
                 self._all.append(conn)
         return conn
 
+    @unavailable(sqlite3.DatabaseError)
     def pragma(self, name: str) -> str:
         """A PRAGMA's current value on this thread's connection (``journal_mode``, ``synchronous``)."""
         return str(self._conn().execute(f"PRAGMA {name}").fetchone()[0])
@@ -95,6 +117,7 @@ class SQLiteStore:
     def _cutoff(self) -> float | None:
         return None if self.ttl is None else time.time() - self.ttl
 
+    @unavailable(sqlite3.DatabaseError)
     def read(self, ids: Sequence[str]) -> dict[str, Record]:
         conn = self._conn()
         cutoff = self._cutoff()
@@ -109,6 +132,7 @@ class SQLiteStore:
                 out[row[0]] = Record._make(row[1:])
         return out
 
+    @unavailable(sqlite3.DatabaseError)
     def write(self, writes: Sequence[Write]) -> list[bool]:
         if not writes:
             return []
@@ -125,7 +149,7 @@ class SQLiteStore:
             ok = self._apply(conn, writes)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return ok
 
@@ -159,6 +183,7 @@ class SQLiteStore:
             held.update(conn.execute(f"SELECT id, version FROM streams WHERE id IN ({marks})", chunk).fetchall())
         return [held.get(w.stream_id) == w.record.version if w.record is not None else deleted.pop(0) for w in writes]
 
+    @unavailable(sqlite3.DatabaseError)
     def init_meta(self, meta: Mapping[str, str]) -> dict[str, str]:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
@@ -167,16 +192,18 @@ class SQLiteStore:
             held = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return held
 
+    @unavailable(sqlite3.DatabaseError)
     def count(self) -> int:
         cutoff = self._cutoff()
         if cutoff is None:
             return int(self._conn().execute("SELECT COUNT(*) FROM streams").fetchone()[0])
         return int(self._conn().execute("SELECT COUNT(*) FROM streams WHERE updated >= ?", (cutoff,)).fetchone()[0])
 
+    @unavailable(sqlite3.DatabaseError)
     def checksum(self) -> str:
         conn = self._conn()
         rows = conn.execute(f"SELECT {_COLUMNS} FROM streams ORDER BY id").fetchall()
@@ -184,6 +211,7 @@ class SQLiteStore:
         names = _COLUMNS.split(", ")
         return record_digest([dict(meta), *(dict(zip(names, row, strict=True)) for row in rows)])
 
+    @unavailable(sqlite3.DatabaseError)
     def sweep(self) -> int:
         cutoff = self._cutoff()
         if cutoff is None:
@@ -194,14 +222,23 @@ class SQLiteStore:
             n = conn.execute("DELETE FROM streams WHERE updated < ?", (cutoff,)).rowcount
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return int(n)
 
+    @unavailable(sqlite3.DatabaseError)
     def ping(self) -> None:
         self._conn().execute("SELECT 1").fetchone()
 
-    def checkpoint(self) -> None:
+    @unavailable(sqlite3.DatabaseError)
+    def durability(self) -> Durability:
+        """Durable through a power cut with ``synchronous=FULL`` in WAL mode; ``normal`` survives a killed process."""
+        journal, level = self.pragma("journal_mode"), self.pragma("synchronous")
+        durable = journal == "wal" and level in ("2", "3")
+        return Durability(self.mode, durable, {"journal_mode": journal, "synchronous": self.sync})
+
+    @unavailable(sqlite3.DatabaseError)
+    def maintain(self) -> None:
         """Copy the WAL into the database without blocking writers (``wal_checkpoint(PASSIVE)``)."""
         self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
@@ -214,3 +251,13 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, sync={self.sync!r}, ttl={self.ttl})"
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo the open transaction, if SQLite has not undone it itself (it does on a full disk or an
+    I/O error); a failing ROLLBACK must not hide the error that caused it."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
