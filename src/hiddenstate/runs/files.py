@@ -136,6 +136,9 @@ def read_verified(folder: Path, name: str, entry: Any, listing: Path) -> bytes:
         raise CheckpointError(f"{listing}: entry for {name!r} needs 'sha256' and 'bytes'")
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (listed in {listing.name})")
+    size = path.stat().st_size  # before reading: a planted huge file is refused unread
+    if size > entry["bytes"]:
+        raise CheckpointError(f"{path}: {size} bytes, {listing.name} records {entry['bytes']}")
     data = path.read_bytes()
     if len(data) < entry["bytes"]:
         raise CheckpointError(f"{path}: truncated: {len(data)} bytes, {listing.name} records {entry['bytes']}")
