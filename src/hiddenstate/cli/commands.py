@@ -34,6 +34,7 @@ from hiddenstate.cli.group import OneLineErrors
 from hiddenstate.cli.pipeline import ARGS_FILE, write_plots
 from hiddenstate.cli.pipeline import load_data as load_data  # re-exported: hiddenstate.cli.load_data predates pipeline
 from hiddenstate.state import LayerSpec, StateSpec
+from hiddenstate.train.resume import MAY_CHANGE, MAY_GROW, changes
 
 __all__ = ["app", "main"]
 
@@ -45,8 +46,9 @@ Loss = Literal["mse", "mae", "huber"]
 Backend = Literal["torch", "fused"]
 Precision = Literal["fp32", "bf16", "fp16"]
 CELLS = ("lstm", "gru", "rnn")
-# flags that may change when a run is resumed; every other explicit flag must match the run
-RESUMABLE = {"epochs", "threads", "device", "backend", "precision", "plots", "method", "out", "resume", "patience"}
+# flags that may change when a run is resumed (train.resume's, which Trainer.fit checks against the
+# checkpoint, and what is shown); every other explicit flag must match the run
+RESUMABLE = MAY_CHANGE | MAY_GROW | {"plots", "method", "out", "resume"}
 
 
 app = typer.Typer(
@@ -330,7 +332,7 @@ def _resume_settings(ctx: typer.Context, out: Path, given: dict[str, Any]) -> di
         key = {"hidden": "layers", "cell": "layers", "ffill": "fill", "synthetic_steps": "synthetic_steps"}.get(
             name, name
         )
-        if given.get(key) != saved.get(key):
+        if changes(saved, given, names=[key], may_change=(), may_grow=()):
             flag = "--" + name.replace("_", "-") if name != "data" else "DATA"
             was = saved.get(key)
             if key == "layers" and was is not None:
