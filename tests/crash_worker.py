@@ -5,13 +5,14 @@ Run as a script, it imports torch once, prints ``ready`` and reads commands from
 - ``train RUN_DIR [nopause]`` forks a child that trains :func:`job` in RUN_DIR (resuming when it
   holds a checkpoint) and prints ``pid N``; when the child ends, by itself or by SIGKILL, it
   prints ``exit N CODE`` (CODE -9 for SIGKILL). ``nopause`` turns off the test-only pause in
-  checkpoint writes for that child.
+  durable writes for that child.
 - ``quit`` ends the server.
 
 Forking from a warm process spares each kill the seconds that importing torch takes on a
 loaded 2-core machine; every child is still its own process, killed with a real SIGKILL.
-Children write their progress (``epoch N``, ``done``, and the checkpoint stages that
-``HIDDENSTATE_CHECKPOINT_PAUSE`` makes the library print) to the server's stdout.
+Children write their progress (``epoch N``, ``done``, and the write stages that
+``HIDDENSTATE_CHECKPOINT_PAUSE`` makes the library print: before each checkpoint file, between
+each write and its fsync, between the fsync and the rename) to the server's stdout.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ def serve() -> None:
     import torch
 
     torch.set_num_threads(1)
+    import hiddenstate.runs.files
     import hiddenstate.runs.run
-    import hiddenstate.train.trainer  # noqa: F401
+    import hiddenstate.train.trainer
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the first optimizer imports torch._dynamo
     print("ready", flush=True)
@@ -73,8 +75,8 @@ def serve() -> None:
         if pid == 0:  # the child: train, then leave without running the server's exit handlers
             code = 0
             try:
-                if "nopause" in args:
-                    os.environ.pop("HIDDENSTATE_CHECKPOINT_PAUSE", None)
+                if "nopause" in args:  # the library read the variable at import: switch the hook off itself
+                    hiddenstate.runs.files.crash_pause = None
                 _train(args[0])
             except BaseException:
                 traceback.print_exc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,7 +127,19 @@ def test_evaluate_prints_model_and_baseline(csv_run: tuple[Path, Path]) -> None:
     out = ok("evaluate", run_dir, "--horizon", "6", "--method", "rollout").stdout
     assert "Test split: 6-step forecasts from" in out
     assert "model (rollout)" in out and "repeat last value" in out
-    assert "The model beats the repeat-last baseline" in out or "does NOT beat" in out
+    verdicts = re.findall(
+        r"(✓ The model beats|✗ The model does NOT beat) the repeat-last baseline: test MSE (\S+) vs (\S+) ", out
+    )
+    assert len(verdicts) == 1, out
+    verdict, got, base = verdicts[0]
+    # the printed MSEs are the run's own scores, and the verdict is the one they imply
+    from hiddenstate.cli import pipeline
+
+    run, settings, dataset = pipeline.load(run_dir, None, {"horizon": 6})
+    scores = pipeline.evaluate(run, dataset, settings, 6, "rollout")
+    model_mse, base_mse = scores.model["normalised"]["mse"], scores.baseline["normalised"]["mse"]
+    assert (got, base) == (f"{model_mse:.4g}", f"{base_mse:.4g}")
+    assert verdict == ("✓ The model beats" if model_mse < base_mse else "✗ The model does NOT beat")
 
 
 def test_inspect_run_shows_spec_and_lane_states(csv_run: tuple[Path, Path]) -> None:
@@ -259,7 +272,16 @@ def test_bad_data_exits_1_naming_file_column_and_row(tmp_path: Path) -> None:
 
 def test_train_backend_and_precision_options(tmp_path: Path) -> None:
     out = ok("train", "--out", tmp_path / "fused", "--backend", "fused", "--synthetic-steps", "600", *TINY).stdout
-    assert "test" in out
+    assert "trained to epoch 2" in out and "Test split: 8-step forecasts from" in out
+    assert hs.load_run(tmp_path / "fused").config["backend"] == "fused"  # trained with the option given
+    # and resuming it with the other backend is refused, naming both (a backend changes the results)
+    result = invoke("train", "--out", tmp_path / "fused", "--resume", "--epochs", "3", "--backend", "torch")
+    listing = tmp_path / "fused" / "checkpoints" / "epoch-0002" / "checkpoint.json"
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"Error: {listing}: cannot resume with backend 'torch': the checkpoint was trained with 'fused'; "
+        "a resumed run continues the same training (only epochs and patience may grow)\n",
+    )
     result = invoke("train", "--out", tmp_path / "gru", "--backend", "fused", "--cell", "gru", *TINY)
     assert (result.exit_code, result.stderr) == (
         1,

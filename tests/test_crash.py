@@ -1,9 +1,11 @@
-"""SIGKILL a real training process at random moments, many of them inside checkpoint writes.
+"""SIGKILL a real training process at random moments, many of them inside durable writes: before a
+checkpoint file is written, between a write and its fsync, between the fsync and the rename.
 
 After every kill, each checkpoint left in the run directory must load (files present, sizes and
 sha256 as recorded) or be refused with a CheckpointError; the next process resumes from the
 newest one. When the last process finishes, its record must equal an uninterrupted run's:
-the kills cost time, never correctness.
+the kills cost time, never correctness. The moments come from a seed, drawn and printed each run,
+or taken from ``HIDDENSTATE_CRASH_SEED`` to replay one.
 """
 
 from __future__ import annotations
@@ -28,17 +30,25 @@ from hiddenstate.runs.run import list_checkpoints, load_checkpoint
 WORKER = Path(__file__).with_name("crash_worker.py")
 PAUSE = 0.02  # seconds the library pauses at each checkpoint stage (test-only hook)
 KILLS = 10
+SEED_ENV = "HIDDENSTATE_CRASH_SEED"  # set it to the seed a failure printed, to replay that run
+FILES = ("model", "optimizer", "rng", "lane_state", "best")
+# every stage at which the library pauses: before each checkpoint file is written and between its
+# write and its fsync; the directory's fsync, rename and pruning; and metrics.csv's atomic write,
+# between the write and its fsync and between the fsync and the rename
 STAGES = (
-    "write model.safetensors",
-    "write optimizer.safetensors",
-    "write rng.safetensors",
-    "write lane_state.safetensors",
-    "write best.safetensors",
-    "write checkpoint.json",
+    *(
+        f"{step} {name}"
+        for name in [*(f"{f}.safetensors" for f in FILES), "checkpoint.json"]
+        for step in ("write", "fsync")
+    ),
     "fsync dir",
     "rename",
     "prune",
+    "fsync metrics.csv",
+    "rename metrics.csv",
 )
+# the first in-write kills land between a write and its fsync, and between the fsync and the rename
+FORCED = (tuple(s for s in STAGES if s.startswith("fsync ") and s != "fsync dir"), ("rename metrics.csv",))
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the crash test forks its training processes")
 
@@ -116,7 +126,8 @@ def _check_checkpoints(run: Path, model: torch.nn.Module) -> tuple[list[int], li
 
 
 def test_sigkill_at_random_moments_never_leaves_a_half_written_checkpoint(tmp_path: Path) -> None:
-    seed = random.randrange(2**32)
+    seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
+    print(f"crash test seed {seed} (rerun with {SEED_ENV}={seed})")
     rnd = random.Random(seed)
     run = tmp_path / "run"
     server = Server()  # imports torch in the background while the reference trains here
@@ -128,12 +139,13 @@ def test_sigkill_at_random_moments_never_leaves_a_half_written_checkpoint(tmp_pa
         probe = worker.job()[0]
 
         server.wait_for(lambda line: line == "ready", timeout=180)
-        newest, in_writes = 0, 0
+        newest, in_writes, stages_killed = 0, 0, []
         for kill in range(KILLS):
             server.send(f"train {run}")
             pid = int(server.wait_for(lambda line: line.startswith("pid "), timeout=30).split()[1])
             if kill % 2 == 0:  # inside the n-th checkpoint write of this process, at a chosen stage
-                n, stage = rnd.randint(1, 2), rnd.choice(STAGES)
+                n, stage = rnd.randint(1, 2), rnd.choice(FORCED[kill // 2] if kill // 2 < len(FORCED) else STAGES)
+                stages_killed.append(stage)
                 for _ in range(n):
                     server.wait_for(lambda line: line == "hiddenstate-checkpoint-stage write model.safetensors", 60)
                 server.wait_for(lambda line, s=stage: line == f"hiddenstate-checkpoint-stage {s}", timeout=60)
@@ -150,6 +162,8 @@ def test_sigkill_at_random_moments_never_leaves_a_half_written_checkpoint(tmp_pa
             assert not loaded or max(loaded) >= newest, f"seed {seed}: checkpoints went backwards"
             newest = max(loaded, default=newest)
         assert in_writes >= KILLS // 2 and newest >= 1, f"seed {seed}: no checkpoint was ever resumed from"
+        assert stages_killed[0] in FORCED[0] and stages_killed[1] in FORCED[1], stages_killed
+        print(f"killed inside writes at: {', '.join(stages_killed)}")
 
         server.send(f"train {run} nopause")
         pid = int(server.wait_for(lambda line: line.startswith("pid "), timeout=30).split()[1])

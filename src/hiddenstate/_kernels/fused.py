@@ -5,7 +5,8 @@ the seed model (two LSTM(8) layers, batch 10) does ~5k multiply-adds per step, u
 microsecond of work, while oneDNN's RNN kernel costs several microseconds per step and the
 backward twice that. ``model.rnn.set_backend("fused")`` runs each LSTM layer over a whole
 chunk in one call into a small C kernel (``_fused_lstm.c``, built with the system C compiler on
-first use, about a second, and cached under ``~/.cache/hiddenstate``)::
+first use, about a second, and cached under ``~/.cache/hiddenstate``; see
+:mod:`hiddenstate._kernels.cache` for when a cached object is trusted)::
 
     forward, one call per layer    for t: gates = x_t W_ih^T + h_{t-1} W_hh^T + b; c_t, h_t
     backward, one call per layer   for t (reversed): d gates, d h_{t-1}, d c_{t-1}, d x_t
@@ -46,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hiddenstate._kernels.cache import cache_dir, install, verified
 from hiddenstate.errors import ConfigError
 
 __all__ = ["build_kernel", "check_fusable", "fused_available", "fused_lstm"]
@@ -82,7 +84,7 @@ def _compile(compiler: str, target: Path) -> None:
             cmd = [compiler, *_FLAGS, *extra, "-o", tmp, str(_SOURCE)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode == 0:
-                os.replace(tmp, target)  # atomic: a concurrent build leaves one complete file
+                install(Path(tmp), target)  # the sha256 record, then the object, each by one rename
                 return
             error = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         raise ConfigError(f"the fused backend could not build {_SOURCE.name} with {compiler}: {error}")
@@ -95,7 +97,10 @@ def _compile(compiler: str, target: Path) -> None:
 def build_kernel() -> ctypes.CDLL:
     """Compile ``_fused_lstm.c`` (once per source, compiler and CPU; cached) and load it.
 
-    Raises ConfigError when no C compiler is found or the build fails.
+    The cache directory must be one only this user can write, and the object must match the
+    sha256 recorded when it was built (see :mod:`hiddenstate._kernels.cache`); otherwise it is
+    rebuilt, in a private directory when the cache is unsafe. Raises ConfigError when no C
+    compiler is found or the build fails.
     """
     name = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "cc")
     compiler = shutil.which(name)
@@ -106,10 +111,20 @@ def build_kernel() -> ctypes.CDLL:
         )
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()]))
-    target = _cache_dir() / f"fused_lstm-{key.hexdigest()[:16]}.so"
-    if not target.is_file():
-        _compile(compiler, target)
-    lib = ctypes.CDLL(str(target))
+    directory, private = cache_dir(_cache_dir())  # a private one when the cache could hold planted code
+    target = directory / f"fused_lstm-{key.hexdigest()[:16]}.so"
+    try:
+        for _ in range(3):  # bounded: a concurrent build may replace the object just after this one
+            if verified(target):
+                break
+            _compile(compiler, target)
+        else:
+            if not verified(target):
+                raise ConfigError(f"the fused kernel {target} does not match its sha256 record after a rebuild")
+        lib = ctypes.CDLL(str(target))
+    finally:
+        if private:  # loaded (or failed): nothing of it is left for anyone to reuse
+            shutil.rmtree(directory, ignore_errors=True)
     ptr, size = ctypes.c_void_p, ctypes.c_long
     for suffix in ("f32", "f64"):
         fwd = getattr(lib, f"hs_lstm_forward_{suffix}")

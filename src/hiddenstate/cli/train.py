@@ -34,11 +34,13 @@ from hiddenstate.cli.root import (
 )
 from hiddenstate.cli.settings import RunSettings
 from hiddenstate.state import StateSpec
+from hiddenstate.train.resume import MAY_CHANGE, MAY_GROW, changes
 
 __all__ = ["RESUMABLE", "train"]
 
-# flags that may change when a run is resumed; every other explicit flag must match the run
-RESUMABLE = {"epochs", "threads", "device", "backend", "precision", "plots", "method", "out", "resume", "patience"}
+# flags that may change when a run is resumed (train.resume's, which Trainer.fit checks against the
+# checkpoint, and what is shown); every other explicit flag must match the run
+RESUMABLE = MAY_CHANGE | MAY_GROW | {"plots", "method", "out", "resume"}
 DEFAULTS = RunSettings()
 _HIDDEN = ",".join(str(layer["hidden_size"]) for layer in DEFAULTS.layers)
 
@@ -202,7 +204,7 @@ def _resume_settings(ctx: typer.Context, out: Path, given: RunSettings) -> RunSe
         if name in RESUMABLE or ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
             continue
         key = {"hidden": "layers", "cell": "layers", "ffill": "fill"}.get(name, name)
-        if given_json.get(key) != saved_json.get(key):
+        if changes(saved_json, given_json, names=[key], may_change=(), may_grow=()):
             flag = "--" + name.replace("_", "-") if name != "data" else "DATA"
             was = saved_json.get(key)
             if key == "layers" and was is not None:

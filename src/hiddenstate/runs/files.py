@@ -44,9 +44,12 @@ __all__ = [
     "write_fsynced",
 ]
 
-#: Test-only hook: seconds to pause at each stage of a checkpoint write (and name the stage on
-#: stderr), so the crash test can SIGKILL a process in the middle of a write.
+#: Test-only hook: seconds to pause at each stage of a durable write (and name the stage on
+#: stderr), so the crash test can SIGKILL a process in the middle of one: before a checkpoint
+#: file is written, between a write and its fsync, between the fsync and the rename. Read once,
+#: when this module is imported, into :data:`crash_pause`; unset, a stage costs one comparison.
 PAUSE_ENV = "HIDDENSTATE_CHECKPOINT_PAUSE"
+crash_pause: float | None = float(os.environ[PAUSE_ENV]) if os.environ.get(PAUSE_ENV) else None
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -64,11 +67,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_fsynced(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and fsync it (not atomic by itself: see :func:`atomic_write`)."""
+def write_fsynced(path: Path, data: bytes, *, name: str | None = None) -> None:
+    """Write ``data`` to ``path`` and fsync it (not atomic by itself: see :func:`atomic_write`);
+    ``name`` is the file's name in the crash test's stages (default: ``path.name``)."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
+        if crash_pause is not None:
+            pause_for_crash_test(f"fsync {name or path.name}")  # written, not yet durable
         os.fsync(f.fileno())
 
 
@@ -77,7 +83,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        write_fsynced(tmp, data)
+        write_fsynced(tmp, data, name=path.name)
+        if crash_pause is not None:
+            pause_for_crash_test(f"rename {path.name}")  # durable under its temp name, not yet in place
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -92,12 +100,11 @@ def remove_stale_temp_files(folder: str | os.PathLike[str], name: str) -> None:
 
 
 def pause_for_crash_test(stage: str) -> None:
-    """With ``HIDDENSTATE_CHECKPOINT_PAUSE`` set, name ``stage`` on stderr and sleep that long."""
-    pause = os.environ.get(PAUSE_ENV)
-    if pause:
+    """With :data:`crash_pause` set, name ``stage`` on stderr and sleep that long."""
+    if crash_pause is not None:
         sys.stderr.write(f"hiddenstate-checkpoint-stage {stage}\n")
         sys.stderr.flush()
-        time.sleep(float(pause))
+        time.sleep(crash_pause)
 
 
 def file_entry(data: bytes) -> dict[str, Any]:
@@ -136,6 +143,9 @@ def read_verified(folder: Path, name: str, entry: Any, listing: Path) -> bytes:
         raise CheckpointError(f"{listing}: entry for {name!r} needs 'sha256' and 'bytes'")
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (listed in {listing.name})")
+    size = path.stat().st_size  # before reading: a planted huge file is refused unread
+    if size > entry["bytes"]:
+        raise CheckpointError(f"{path}: {size} bytes, {listing.name} records {entry['bytes']}")
     data = path.read_bytes()
     if len(data) < entry["bytes"]:
         raise CheckpointError(f"{path}: truncated: {len(data)} bytes, {listing.name} records {entry['bytes']}")

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hiddenstate.errors import CheckpointError, ConfigError, HiddenStateError
 from hiddenstate.runs.files import (
     atomic_write,
     file_entry,
@@ -64,8 +65,23 @@ from hiddenstate.runs.files import (
     tensor_bytes,
     write_fsynced,
 )
-from hiddenstate.runs.snapshot import capture_rng, optimizer_parts, optimizer_state, restore_rng, rng_from_parts, rng_parts
-from hiddenstate.errors import CheckpointError, ConfigError, HiddenStateError
+from hiddenstate.runs.listing import (
+    check_checkpoint_listing,
+    check_optimizer_tensors,
+    check_rng,
+    check_run_listing,
+    check_run_model,
+    check_tensors,
+    meta_model,
+)
+from hiddenstate.runs.snapshot import (
+    capture_rng,
+    optimizer_parts,
+    optimizer_state,
+    restore_rng,
+    rng_from_parts,
+    rng_parts,
+)
 from hiddenstate.state import State, StateSpec
 
 __all__ = [
@@ -237,18 +253,20 @@ def load_run(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
     manifest = read_json(listing, "not a saved run (save_run writes manifest.json last)")
     if manifest.get("format") != RUN_FORMAT:
         raise CheckpointError(f"{listing}: unknown format {manifest.get('format')!r}; expected {RUN_FORMAT!r}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or "model.safetensors" not in files:
-        raise CheckpointError(f"{listing}: 'files' must list model.safetensors")
-    blobs = {name: read_verified(run, name, entry, listing) for name, entry in files.items()}
-    model = _build(manifest.get("model"), listing)
-    spec = _model_spec(model)
-    _check_fingerprint(manifest, spec, listing)
+    check_run_listing(manifest, listing)
+    blobs = {name: read_verified(run, name, entry, listing) for name, entry in manifest["files"].items()}
+    shape = meta_model(manifest["model"], listing)  # no memory: sizes are checked against the files first
+    check_run_model(manifest, shape, listing)
+    _check_fingerprint(manifest, _model_spec(shape), listing)
     weights, _ = parse_tensors(run / "model.safetensors", blobs["model.safetensors"])
+    check_tensors(run / "model.safetensors", weights, shape)
+    model = _build(manifest["model"], listing)
+    spec = _model_spec(model)
     _load_weights(model, weights, run / "model.safetensors")
     lane_state = None
     if "lane_state.safetensors" in blobs:
         lane_state = parse_state(run / "lane_state.safetensors", blobs["lane_state.safetensors"], spec)
+        _check_lane_state(lane_state, manifest["lane_state"]["batch"], model, run / "lane_state.safetensors")
     scaler, target_scaler = _scaler(manifest, "scaler", listing), _scaler(manifest, "target_scaler", listing)
     model.to(device).eval()
     return Run(
@@ -256,14 +274,23 @@ def load_run(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
         model=model,
         spec=spec,
         scaler=scaler,
-        inputs=tuple(manifest.get("inputs") or ()),
-        targets=tuple(manifest.get("targets") or ()),
+        inputs=tuple(manifest["inputs"]),
+        targets=tuple(manifest["targets"]),
         config=dict(manifest.get("train_config") or {}),
         manifest=manifest,
         lane_state=None if lane_state is None else lane_state.to(device),
         target_scaler=target_scaler,
         extra=dict(manifest.get("extra") or {}),
     )
+
+
+def _check_lane_state(state: State, batch: int, model: nn.Module, path: Path) -> None:
+    dtype = next((p.dtype for p in model.parameters()), state.dtype)
+    if state.batch_size != batch or state.dtype != dtype:
+        raise CheckpointError(
+            f"{path}: a state of {state.batch_size} lanes in {state.dtype}; the manifest's field 'lane_state' "
+            f"records {batch} lanes and the weights are {dtype}"
+        )
 
 
 def _scaler(manifest: Mapping[str, Any], key: str, listing: Path) -> Any:
@@ -397,31 +424,30 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module | None = N
     meta = read_json(listing, "not a checkpoint directory")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{listing}: unknown format {meta.get('format')!r}; expected {CHECKPOINT_FORMAT!r}")
-    files = meta.get("files")
     required = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
-    if not isinstance(files, dict) or any(name not in files for name in required):
-        raise CheckpointError(f"{listing}: 'files' must list {', '.join(required)}")
-    blobs = {name: read_verified(folder, name, entry, listing) for name, entry in files.items()}
+    check_checkpoint_listing(meta, listing, required)
+    blobs = {name: read_verified(folder, name, entry, listing) for name, entry in meta["files"].items()}
+    shape = model if model is not None else meta_model(meta["model"], listing)
     spec = _model_spec(model) if model is not None else _spec_from(meta, listing)
     _check_fingerprint(meta, spec, listing)
     weights, _ = parse_tensors(folder / "model.safetensors", blobs["model.safetensors"])
-    if model is not None:
-        _check_fits(model, weights, folder / "model.safetensors")
+    check_tensors(folder / "model.safetensors", weights, shape)
     opt_tensors, _ = parse_tensors(folder / "optimizer.safetensors", blobs["optimizer.safetensors"])
+    check_optimizer_tensors(folder / "optimizer.safetensors", opt_tensors, model)
     rng_tensors, _ = parse_tensors(folder / "rng.safetensors", blobs["rng.safetensors"])
     try:
         rng = rng_from_parts(rng_tensors, meta["rng"])
-        epoch = int(meta["epoch"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{listing}: malformed RNG state or epoch: {e}") from None
+        raise CheckpointError(f"{listing}: malformed RNG state: {e}") from None
+    check_rng(rng, listing)
+    epoch = meta["epoch"]
     lane_state = None
     if "lane_state.safetensors" in blobs:
         lane_state = parse_state(folder / "lane_state.safetensors", blobs["lane_state.safetensors"], spec)
     best = None
     if "best.safetensors" in blobs:
         best, _ = parse_tensors(folder / "best.safetensors", blobs["best.safetensors"])
-        if model is not None:
-            _check_fits(model, best, folder / "best.safetensors")
+        check_tensors(folder / "best.safetensors", best, shape)
     return Checkpoint(
         path=folder,
         epoch=epoch,
@@ -440,19 +466,6 @@ def _spec_from(meta: Mapping[str, Any], listing: Path) -> StateSpec:
         return StateSpec.from_json(meta.get("spec"))
     except HiddenStateError as e:
         raise CheckpointError(f"{listing}: {e}") from None
-
-
-def _check_fits(model: nn.Module, weights: Mapping[str, torch.Tensor], path: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in weights.items()}
-    if expected != got:
-        missing = sorted(set(expected) - set(got))
-        unexpected = sorted(set(got) - set(expected))
-        shapes = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-        raise CheckpointError(
-            f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected}, "
-            f"different shapes {shapes})"
-        )
 
 
 def _version() -> str:

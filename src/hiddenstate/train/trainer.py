@@ -49,6 +49,7 @@ from hiddenstate.runs import run as checkpoint
 from hiddenstate.state import State, StateSpec
 from hiddenstate.train.precision import autocast, grad_scaler
 from hiddenstate.train.progress import Progress
+from hiddenstate.train.resume import batch_layout, check_history, check_resume
 
 __all__ = ["Callback", "History", "TrainConfig", "Trainer", "default_threads"]
 
@@ -161,7 +162,7 @@ class Trainer:
         if resume:
             if run is None:
                 raise ConfigError("fit(resume=True) needs the run_dir to resume from")
-            self._resume(run)
+            self._resume(run, train_batches)
         else:
             if run is not None and checkpoint.list_checkpoints(run):
                 raise CheckpointError(
@@ -171,6 +172,7 @@ class Trainer:
             _seed_everything(cfg.seed)
             self.epoch, self.history, self._best_weights, self.lane_state = 0, History(), None, None
         self.should_stop = False
+        self._layout = batch_layout(train_batches)  # saved with each checkpoint, checked on resume
         with self._threads(), Progress(cfg.progress) as bar:
             while self.epoch < cfg.epochs and not self.history.stopped_early and not self.should_stop:
                 lr = self._set_lr(self.epoch)
@@ -376,17 +378,19 @@ class Trainer:
             model=self.model,
             optimizer=self.optimizer,
             train_config=self.config.to_json(),
-            trainer={"history": self.history.to_json()},
+            trainer={"history": self.history.to_json(), "layout": self._layout},
             lane_state=self.lane_state,
             best_weights=self._best_weights,
             keep=self.config.keep_checkpoints,
         )
 
-    def _resume(self, run: Path) -> None:
+    def _resume(self, run: Path, train_batches: Iterable[Any]) -> None:
         found = checkpoint.list_checkpoints(run)
         if not found:
             raise CheckpointError(f"{run / 'checkpoints'}: no checkpoint to resume from")
         ckpt = checkpoint.load_checkpoint(found[-1], model=self.model)
+        check_resume(ckpt, self.config, self.model, train_batches)
+        check_history(ckpt.trainer.get("history"), ckpt.epoch, ckpt.path / "checkpoint.json")
         self.model.load_state_dict(ckpt.model_state)
         try:
             self.optimizer.load_state_dict(ckpt.optimizer_state)
