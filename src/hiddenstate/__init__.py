@@ -55,6 +55,7 @@ _LAZY = {
     "load_run": "hiddenstate.runs",
     "save_run": "hiddenstate.runs",
     "metrics": "hiddenstate.forecast",
+    "keras": "hiddenstate.interop",  # the subpackage hiddenstate.interop.keras (Keras itself loads on use)
 }
 
 
@@ -64,7 +65,8 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'hiddenstate' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    parent = importlib.import_module(module)
+    value = getattr(parent, name) if hasattr(parent, name) else importlib.import_module(f"{module}.{name}")
     globals()[name] = value
     return value
 
