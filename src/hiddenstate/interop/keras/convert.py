@@ -336,7 +336,7 @@ def _build(
                 cell.bias_ih_l0.copy_(_t(b_in))
                 cell.bias_hh_l0.copy_(_t(b_rec) if b_rec is not None else torch.zeros(g * u))
             size = u
-        linears = [*model.dense, model.head]
+        linears = [*model.dense, model.head] if dense else []
         for (name, cfg), linear in zip(dense, linears, strict=True):
             units = int(cfg["units"])
             expected = {"kernel": (size, units)}
