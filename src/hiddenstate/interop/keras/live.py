@@ -126,7 +126,7 @@ def set_state(
             got = state.spec.describe() if isinstance(state, State) else type(state).__name__
             raise StateError(f"set_state: expected a State of spec {spec.describe()}, got {got}")
         for i, ((klayer, ls), st) in enumerate(zip(layers, state.layers, strict=True)):
-            for j, (name, t) in enumerate(zip(ls.tensor_names, st.tensors, strict=True)):
+            for j, (name, t) in enumerate(zip(ls.tensor_names, st.tensors(), strict=True)):
                 writes.append((klayer.states[j], _checked(ls, i, name, t, _batch(klayer))))
     else:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
