@@ -58,6 +58,8 @@ _LAZY = {
     "keras": "hiddenstate.interop",  # the subpackage hiddenstate.interop.keras (Keras itself loads on use)
 }
 
+_SUBPACKAGES = {"keras"}
+
 
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
@@ -66,7 +68,9 @@ def __getattr__(name: str) -> object:
     import importlib
 
     parent = importlib.import_module(module)
-    value = getattr(parent, name) if hasattr(parent, name) else importlib.import_module(f"{module}.{name}")
+    if not hasattr(parent, name) and name in _SUBPACKAGES:
+        importlib.import_module(f"{module}.{name}")  # a subpackage, e.g. hs.keras
+    value = getattr(parent, name)
     globals()[name] = value
     return value
 
