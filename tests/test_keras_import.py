@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
 
-import hiddenstate as hs
+import hiddenstate as hs  # noqa: E402
 
 # -- real Keras models: random weights, saved by Keras itself --------------------------------------
 
@@ -554,3 +554,30 @@ def test_not_a_keras_file(tmp: Path) -> None:
         hs.keras.load(path)
     with pytest.raises(hs.CheckpointError, match=re.escape(f"{tmp / 'missing.keras'}: Keras model file not found")):
         hs.keras.load(tmp / "missing.keras")
+
+
+# -- no Keras needed, no Keras code run --------------------------------------------------------------
+
+
+def test_reads_without_keras_installed(seed: dict[str, Any]) -> None:
+    """In a fresh interpreter where `import keras` fails, both files still load, to Keras's numbers."""
+    import subprocess
+    import sys
+
+    np.save(seed["keras"].with_suffix(".x.npy"), seed["xs"][0])
+    np.save(seed["keras"].with_suffix(".y.npy"), seed["preds"][0])
+    code = f"""
+import sys
+sys.modules["keras"] = None  # import keras raises ImportError
+import numpy as np, torch, hiddenstate as hs
+assert "h5py" not in sys.modules and "hiddenstate.interop" not in sys.modules  # import hiddenstate is light
+x, want = np.load({str(seed["keras"].with_suffix(".x.npy"))!r}), np.load({str(seed["keras"].with_suffix(".y.npy"))!r})
+for path in ({str(seed["keras"])!r}, {str(seed["h5"])!r}):
+    with torch.no_grad():
+        y, _ = hs.keras.load(path)(torch.from_numpy(x))
+    assert float(np.abs(y.numpy() - want).max()) < 1e-5, path
+print("ok", "keras" in sys.modules and sys.modules["keras"] is None)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok True"

@@ -316,15 +316,16 @@ def _build(
     )
     with torch.no_grad():
         size = input_size
-        for (name, _, _), ls, bias, cell in zip(recurrent, specs, biases, model.rnn.cells, strict=True):
+        cells: list[Any] = list(model.rnn.cells)
+        for (name, _, _), ls, bias, cell in zip(recurrent, specs, biases, cells, strict=True):
             u, g = ls.hidden_size, _GATES[ls.cell]
-            expected = {"kernel": (size, g * u), "recurrent_kernel": (u, g * u)}
+            expected: dict[str, tuple[int, ...]] = {"kernel": (size, g * u), "recurrent_kernel": (u, g * u)}
             if bias:
                 expected["bias"] = (2, g * u) if ls.cell == "gru" else (g * u,)
             w = _weights(kf, name, expected)
             kernel, rec = w["kernel"], w["recurrent_kernel"]
-            b_in = w["bias"][0] if ls.cell == "gru" and bias else w.get("bias")
-            b_rec = w["bias"][1] if ls.cell == "gru" and bias else None
+            b_in: Any = w["bias"][0] if ls.cell == "gru" and bias else w.get("bias")
+            b_rec: Any = w["bias"][1] if ls.cell == "gru" and bias else None
             if ls.cell == "gru":  # Keras z, r, h -> torch r, z, n
                 order = np.r_[u : 2 * u, 0:u, 2 * u : 3 * u]
                 kernel, rec = kernel[:, order], rec[:, order]
@@ -336,7 +337,7 @@ def _build(
                 cell.bias_ih_l0.copy_(_t(b_in))
                 cell.bias_hh_l0.copy_(_t(b_rec) if b_rec is not None else torch.zeros(g * u))
             size = u
-        linears = [*model.dense, model.head] if dense else []
+        linears: list[Any] = [*model.dense, model.head] if dense else []
         for (name, cfg), linear in zip(dense, linears, strict=True):
             units = int(cfg["units"])
             expected = {"kernel": (size, units)}

@@ -48,7 +48,7 @@ def _refusals(model: Any) -> None:
         raise ConfigError("hs.keras.save: a stateful model needs its batch_size for Keras's fixed batch shape")
 
 
-def _recurrent_weights(cell: torch.nn.RNNBase, kind: str, bias: bool) -> list[np.ndarray]:
+def _recurrent_weights(cell: Any, kind: str, bias: bool) -> list[np.ndarray]:
     u = cell.hidden_size
     kernel, rec = _np(cell.weight_ih_l0).T, _np(cell.weight_hh_l0).T  # (in, g*u), (u, g*u)
     b_ih = _np(cell.bias_ih_l0) if bias else None
@@ -88,7 +88,7 @@ def build_keras_model(model: SequenceModel) -> Any:
             layers.append(keras.layers.Dropout(p))
     if model.head_dropout is not None:
         layers.append(keras.layers.Dropout(model.head_dropout.p))
-    linears = [
+    linears: list[Any] = [
         *zip(model.dense, model.dense_sizes, strict=True),
         (model.head, (model.output_size, model.head_activation, model.head.bias is not None)),
     ]
