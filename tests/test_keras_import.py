@@ -362,7 +362,42 @@ def _tf_keras_h5(model: Any, path: Path) -> None:
         )
 
 
-def test_tf_keras_2_h5_layout(tmp: Path) -> None:
+def _tf_keras_archive(model: Any, h5_path: Path, path: Path) -> None:
+    """The layout tf.keras 2.13-2.15 ``model.save("m.keras")`` writes, as Keras 3's loader expects it
+    (its 2.13 fallback maps ``layers/`` to ``_layer_checkpoint_dependencies/``): the Keras 2 config,
+    and the variables at ``_layer_checkpoint_dependencies/<class path>/cell/vars/<i>`` with no
+    ``name`` attributes, so the weights are found by the class-name paths alone."""
+    import io
+    import zipfile
+
+    import h5py
+
+    with h5py.File(h5_path, "r") as f:
+        config = json.loads(f.attrs["model_config"])
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        seen: dict[str, int] = {}
+        for layer in model.layers:
+            base = _snake(type(layer).__name__)
+            key = base + (f"_{seen[base]}" if base in seen else "")
+            seen[base] = seen.get(base, 0) + 1
+            where = f"_layer_checkpoint_dependencies/{key}" + ("/cell" if hasattr(layer, "cell") else "")
+            group = f.create_group(f"{where}/vars")
+            for i, v in enumerate(layer.get_weights()):
+                group.create_dataset(str(i), data=v)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("metadata.json", json.dumps({"keras_version": "2.15.0"}))
+        archive.writestr("model.weights.h5", buffer.getvalue())
+
+
+def _snake(name: str) -> str:
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+@pytest.mark.parametrize("fmt", ["h5", "keras"])
+def test_tf_keras_2_layouts(tmp: Path, fmt: str) -> None:
     k = keras()
     model = randomize(
         k.Sequential(
@@ -370,6 +405,7 @@ def test_tf_keras_2_h5_layout(tmp: Path) -> None:
                 k.Input(shape=(None, 2)),
                 k.layers.LSTM(6, return_sequences=True),
                 k.layers.GRU(4, return_sequences=True),
+                k.layers.Dense(5, activation="tanh"),
                 k.layers.Dense(3, activation="softmax"),
             ]
         ),
@@ -377,10 +413,13 @@ def test_tf_keras_2_h5_layout(tmp: Path) -> None:
     )
     path = tmp / "tf_keras_2_15.h5"
     _tf_keras_h5(model, path)
+    if fmt == "keras":
+        _tf_keras_archive(model, path, tmp / "tf_keras_2_15.keras")
+        path = tmp / "tf_keras_2_15.keras"
     x = inputs((3, 11, 2), seed=8)
     m = hs.keras.load(path)
     with torch.no_grad():
-        _diff("tf.keras 2.15 .h5 layout", m(torch.from_numpy(x))[0], model.predict(x, verbose=0))
+        _diff(f"tf.keras 2.15 .{fmt} layout", m(torch.from_numpy(x))[0], model.predict(x, verbose=0))
 
 
 # -- refusals ------------------------------------------------------------------------------------
