@@ -620,3 +620,13 @@ print("ok", "keras" in sys.modules and sys.modules["keras"] is None)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok True"
+
+
+def test_service_advances_the_seed_model(seed: dict[str, Any]) -> None:
+    """The streaming service (which runs an all-LSTM stack on its fused kernel) gives Keras's last
+    step of the first batch for ten fresh streams."""
+    from hiddenstate.serve.served import ServedModel
+
+    served = ServedModel.build(hs.keras.load(seed["keras"]), None, ["a", "b"], ["p", "q"])
+    _, preds = served.advance(torch.zeros(10, served.state_width), np.ones(10, bool), list(seed["xs"][0]))
+    _diff("seed model through the service (last step)", preds, seed["preds"][0][:, -1])
