@@ -56,7 +56,10 @@ _LAZY = {
     "load_run": "hiddenstate.runs",
     "save_run": "hiddenstate.runs",
     "metrics": "hiddenstate.forecast",
+    "keras": "hiddenstate.interop",  # the subpackage hiddenstate.interop.keras (Keras itself loads on use)
 }
+
+_SUBPACKAGES = {"keras"}
 
 
 def __getattr__(name: str) -> object:
@@ -65,7 +68,10 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'hiddenstate' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    parent = importlib.import_module(module)
+    if not hasattr(parent, name) and name in _SUBPACKAGES:
+        importlib.import_module(f"{module}.{name}")  # a subpackage, e.g. hs.keras
+    value = getattr(parent, name)
     globals()[name] = value
     return value
 

@@ -99,6 +99,7 @@ class StackedRNN(nn.Module):
         input_size: features per time step of ``x``.
         layers: e.g. ``[hs.LSTM(8), hs.LSTM(16)]``, or a :class:`StateSpec`.
         dropout: dropout on the outputs between layers (not after the last), as in ``nn.LSTM``.
+        bias: whether the layers have biases (one bool, or one per layer; Keras's ``use_bias``).
 
     ``forward(x, state=None) -> (y, State)``: ``x`` is ``(batch, steps, input_size)``, ``y`` is
     ``(batch, steps, hidden_last)``; ``state`` None means zeros.
@@ -109,9 +110,19 @@ class StackedRNN(nn.Module):
     ((10, 96, 16), ((8, 8), (16, 16)))
     """
 
-    def __init__(self, input_size: int, layers: Sequence[LayerSpec] | StateSpec, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        layers: Sequence[LayerSpec] | StateSpec,
+        dropout: float = 0.0,
+        bias: bool | Sequence[bool] = True,
+    ) -> None:
         super().__init__()
         spec = layers if isinstance(layers, StateSpec) else StateSpec(layers)
+        biases = [bias] * spec.num_layers if isinstance(bias, bool) else [bool(b) for b in bias]
+        if len(biases) != spec.num_layers:
+            raise ConfigError(f"bias: expected one bool or {spec.num_layers} (one per layer), got {len(biases)}")
+        self.bias = tuple(biases)
         if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
             raise ConfigError(f"input_size must be a positive int, got {input_size!r}")
         if not 0.0 <= dropout < 1.0:
@@ -120,8 +131,8 @@ class StackedRNN(nn.Module):
         self._spec = spec
         self.cells = nn.ModuleList()
         size = input_size
-        for ls in spec.layers:
-            kwargs: dict[str, Any] = {"batch_first": True}
+        for ls, has_bias in zip(spec.layers, biases, strict=True):
+            kwargs: dict[str, Any] = {"batch_first": True, "bias": has_bias}
             if ls.cell == "rnn":
                 kwargs["nonlinearity"] = "tanh"
             self.cells.append(_TORCH_CELLS[ls.cell](size, ls.hidden_size, **kwargs))
@@ -131,7 +142,9 @@ class StackedRNN(nn.Module):
         self._fused: Any = None
         # Runs of consecutive layers of one kind and size: the default backend runs each run in
         # one multi-layer kernel call, as one nn.LSTM(num_layers=k) would (same result).
-        self._groups = _layer_groups(spec)
+        self._groups = (
+            _layer_groups(spec) if all(biases) or not any(biases) else [(i, i + 1) for i in range(spec.num_layers)]
+        )
         self._singles = [(i, i + 1) for i in range(spec.num_layers)]  # one call per layer
         self._cell_list: list[nn.RNNBase] = list(self.cells)  # the same modules, as a plain list
 
@@ -311,6 +324,9 @@ _ACTIVATIONS: dict[str, Any] = {
 }
 
 
+_KERAS_KEYS = ("dense", "head_bias", "head_dropout", "return_sequences", "rnn_bias", "stateful", "batch_size")
+
+
 @register_model_kind("sequence")
 class SequenceModel(nn.Module):
     """A :class:`StackedRNN` plus a per-step linear head (Keras's ``TimeDistributed(Dense)``).
@@ -325,6 +341,18 @@ class SequenceModel(nn.Module):
             (:class:`LearnedInitialState`).
         horizon: when > 0, adds a direct multi-step head that maps the final top-layer ``h``
             to ``(batch, horizon, output_size)``; see :meth:`forecast_direct`.
+
+    For models brought in from Keras (:func:`hiddenstate.interop.keras.load`):
+
+        dense: Dense layers between the stack and the head, each ``(units, activation)`` or
+            ``(units, activation, bias)``; activation None is linear.
+        head_bias: whether the head has a bias; ``rnn_bias``: the recurrent layers' (a bool or one
+            per layer).
+        head_dropout: dropout on the stack's output, before the Dense layers (training only).
+        return_sequences: False makes ``y`` the last step's output only, ``(batch, output_size)``;
+            ``forward(..., sequences=True)`` still gives every step's.
+        stateful, batch_size: recorded as the source model declared them (Keras ``stateful=True``
+            and its fixed batch size); they change no computation.
 
     ``forward(x, state=None, *, cond=None, reset=None) -> (y, State)`` with ``x``
     ``(batch, steps, input_size)`` and ``y`` ``(batch, steps, output_size)``. A missing state
@@ -346,17 +374,28 @@ class SequenceModel(nn.Module):
         head_activation: str | None = None,
         state_encoder: str | None = None,
         horizon: int = 0,
+        *,
+        dense: Sequence[Sequence[Any]] = (),
+        head_bias: bool = True,
+        head_dropout: float = 0.0,
+        return_sequences: bool = True,
+        rnn_bias: bool | Sequence[bool] = True,
+        stateful: bool = False,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
             raise ConfigError(f"output_size must be a positive int, got {output_size!r}")
         if head_activation is not None and head_activation not in _ACTIVATIONS:
             raise ConfigError(f"unknown head_activation {head_activation!r}; expected one of {', '.join(_ACTIVATIONS)}")
-        self.rnn = StackedRNN(input_size, layers, dropout)
+        self.rnn = StackedRNN(input_size, layers, dropout, bias=rnn_bias)
         self.input_size = input_size
         self.output_size = output_size
         self.head_activation = head_activation
-        self.head = nn.Linear(self.rnn.output_size, output_size)
+        self._keras_options(dense, head_dropout, return_sequences, stateful, batch_size)
+        self.head = nn.Linear(
+            self.dense_sizes[-1][0] if self.dense_sizes else self.rnn.output_size, output_size, bias=head_bias
+        )
         self.state_encoder_kind = state_encoder
         self.encoder: StateEncoder | None = None
         self.learned: LearnedInitialState | None = None
@@ -376,6 +415,48 @@ class SequenceModel(nn.Module):
         self.horizon = horizon
         self.direct_head = nn.Linear(self.rnn.output_size, horizon * output_size) if horizon > 0 else None
 
+    def _keras_options(
+        self, dense: Sequence[Sequence[Any]], head_dropout: float, return_sequences: bool, stateful: bool, batch: Any
+    ) -> None:
+        """The Dense layers and the flags of a model brought in from Keras (see the class docstring)."""
+        self.dense_sizes: list[tuple[int, str | None, bool]] = []
+        self.dense = nn.ModuleList()
+        width = self.rnn.output_size
+        for i, entry in enumerate(dense):
+            units, activation, bias = (*entry, True) if len(entry) == 2 else tuple(entry)
+            if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+                raise ConfigError(f"dense[{i}]: units must be a positive int, got {units!r}")
+            if activation is not None and activation not in _ACTIVATIONS:
+                raise ConfigError(
+                    f"dense[{i}]: unknown activation {activation!r}; expected one of {', '.join(_ACTIVATIONS)}"
+                )
+            self.dense.append(nn.Linear(width, units, bias=bool(bias)))
+            self.dense_sizes.append((units, activation, bool(bias)))
+            width = units
+        if not 0.0 <= head_dropout < 1.0:
+            raise ConfigError(f"head_dropout must be in [0, 1), got {head_dropout}")
+        self.head_dropout = nn.Dropout(head_dropout) if head_dropout > 0 else None
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+            raise ConfigError(f"batch_size must be a positive int or None, got {batch!r}")
+        self.return_sequences, self.stateful, self.batch_size = bool(return_sequences), bool(stateful), batch
+
+    def _keras_config(self) -> dict[str, Any]:
+        """The config keys of :meth:`_keras_options`, only where they differ from the defaults."""
+        extra: dict[str, Any] = {}
+        if self.dense_sizes:
+            extra["dense"] = [list(d) for d in self.dense_sizes]
+        if self.head.bias is None:
+            extra["head_bias"] = False
+        if self.head_dropout is not None:
+            extra["head_dropout"] = self.head_dropout.p
+        if not self.return_sequences:
+            extra["return_sequences"] = False
+        if not all(self.rnn.bias):
+            extra["rnn_bias"] = list(self.rnn.bias)
+        if self.stateful or self.batch_size is not None:
+            extra.update(stateful=self.stateful, batch_size=self.batch_size)
+        return extra
+
     @property
     def state_spec(self) -> StateSpec:
         return self.rnn.state_spec
@@ -391,6 +472,7 @@ class SequenceModel(nn.Module):
             "head_activation": self.head_activation,
             "state_encoder": self.state_encoder_kind,
             "horizon": self.horizon,
+            **self._keras_config(),
         }
 
     @classmethod
@@ -404,6 +486,7 @@ class SequenceModel(nn.Module):
                 head_activation=config.get("head_activation"),
                 state_encoder=config.get("state_encoder"),
                 horizon=config.get("horizon", 0),
+                **{k: config[k] for k in _KERAS_KEYS if k in config},
             )
         except KeyError as e:
             raise ConfigError(f"model config is missing {e.args[0]!r}") from None
@@ -433,6 +516,7 @@ class SequenceModel(nn.Module):
         *,
         cond: torch.Tensor | None = None,
         reset: torch.Tensor | None = None,
+        sequences: bool | None = None,
     ) -> tuple[torch.Tensor, State]:
         self.rnn.check_input(x, state)
         batch = x.shape[0]
@@ -443,9 +527,15 @@ class SequenceModel(nn.Module):
             fresh = self.initial_state(batch, cond) if has_initial else None
             state = state.reset(reset, to=fresh)
         out, new_state = self.rnn.run_unchecked(x, state)  # out: (batch, steps, hidden_last); x checked above
+        if not (self.return_sequences if sequences is None else sequences):
+            out = out[:, -1]  # (batch, hidden_last): Keras's return_sequences=False
         return self.apply_head(out), new_state
 
     def apply_head(self, out: torch.Tensor) -> torch.Tensor:
+        if self.head_dropout is not None:
+            out = self.head_dropout(out)
+        for layer, (_, activation, _) in zip(self.dense, self.dense_sizes, strict=True):
+            out = layer(out) if activation is None else _ACTIVATIONS[activation](layer(out))  # (..., units)
         y = self.head(out)  # (batch, steps, output_size)
         if self.head_activation is not None:
             y = _ACTIVATIONS[self.head_activation](y)

@@ -61,7 +61,7 @@ def rnn_kernel(kind: str, cells: Sequence[nn.RNNBase], x: torch.Tensor, hx: Any,
         zeros = x.new_zeros(len(cells), x.shape[0], cells[0].hidden_size)
         hx = (zeros, zeros) if kind == "lstm" else zeros
     if kind == "lstm":
-        out, h, c = torch._VF.lstm(x, hx, weights, True, len(cells), p, training, False, True)
+        out, h, c = torch._VF.lstm(x, hx, weights, cells[0].bias, len(cells), p, training, False, True)
         return out, (h, c)
-    out, h = getattr(torch._VF, _KERNELS[kind])(x, hx, weights, True, len(cells), p, training, False, True)
+    out, h = getattr(torch._VF, _KERNELS[kind])(x, hx, weights, cells[0].bias, len(cells), p, training, False, True)
     return out, h

@@ -224,7 +224,7 @@ class ServedModel:
                 raise ShapeError("advance: a stream has no step to run after its cond row")
             if batch and (steps == steps[0]).all():  # the usual case: one call, no gathering
                 y, state = self.model(torch.from_numpy(np.stack(rows)), self.to_state(start))
-                return _flatten(state), y[:, -1]
+                return _flatten(state), y[:, -1] if y.dim() == 3 else y  # 2-D: a last-step model
             groups: dict[int, list[int]] = defaultdict(list)
             for i, count in enumerate(steps.tolist()):
                 groups[count].append(i)
@@ -235,7 +235,7 @@ class ServedModel:
                 x = torch.from_numpy(np.stack([rows[i] for i in members]))  # (n, steps, n_in)
                 y, state = self.model(x, self.to_state(start[index]))  # y: (n, steps, n_out)
                 new[index] = _flatten(state)
-                preds[index] = y[:, -1]
+                preds[index] = y[:, -1] if y.dim() == 3 else y
         return new, preds
 
     def forecast_method(self, horizon: int) -> str:

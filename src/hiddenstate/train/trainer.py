@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import math
 import os
@@ -304,14 +305,17 @@ class Trainer:
         self, x: torch.Tensor, state: State | None, cond: torch.Tensor | None, reset: torch.Tensor | None
     ) -> tuple[torch.Tensor, State]:
         policy = self.config.state_policy
+        model: Any = self.model
+        if getattr(model, "return_sequences", True) is False:  # a last-step (Keras) model trains on every step
+            model = functools.partial(model, sequences=True)
         if policy == "zeros":
-            return self.model(x, self._zero_state(x))  # type: ignore[no-any-return]
+            return model(x, self._zero_state(x))  # type: ignore[no-any-return]
         if policy == "encode":
-            return self.model(x, None, cond=cond)  # type: ignore[no-any-return]
+            return model(x, None, cond=cond)  # type: ignore[no-any-return]
         kwargs: dict[str, Any] = {"cond": cond} if self._encodes else {}
         if state is not None and reset is not None:
             kwargs["reset"] = reset  # reset rows go to the model's initial state (encoded from cond)
-        return self.model(x, state, **kwargs)  # type: ignore[no-any-return]
+        return model(x, state, **kwargs)  # type: ignore[no-any-return]
 
     def _loss(self, y_hat: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, n: int) -> torch.Tensor:
         """The mean loss over the ``n`` valid elements; ``mask`` None means all are valid."""

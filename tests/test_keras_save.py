@@ -1,0 +1,189 @@
+"""hs.keras.save: an hs model as a .keras file that Keras loads and predicts the same (to 1e-5);
+and ``hiddenstate import keras`` as a run directory that trains, serves and inspects."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["KERAS_BACKEND"] = "torch"  # before keras is first imported
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("h5py")
+keras = pytest.importorskip("keras")
+
+import hiddenstate as hs  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+
+def _randomized(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+MODELS = {
+    "lstm gru rnn, dense, softmax head": lambda: hs.SequenceModel(
+        3, 2, [hs.LSTM(6), hs.GRU(5), hs.RNN(4)], dropout=0.1, head_activation="softmax", dense=[(7, "relu")]
+    ),
+    "stateful, last step, no biases": lambda: hs.SequenceModel(
+        2,
+        3,
+        [hs.GRU(4), hs.LSTM(5)],
+        rnn_bias=[False, True],
+        head_bias=False,
+        return_sequences=False,
+        stateful=True,
+        batch_size=4,
+    ),
+    "plain seed-like lstm stack": lambda: hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(8)], head_dropout=0.2),
+}
+
+
+@pytest.mark.parametrize("case", list(MODELS))
+def test_round_trip_through_keras(tmp_path: Path, case: str) -> None:
+    model = _randomized(MODELS[case](), seed=len(case))
+    path = hs.keras.save(model, tmp_path / "m.keras")
+    loaded = keras.saving.load_model(path)
+    x = torch.randn(4, 13, model.input_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, _ = model(x)
+    got = np.asarray(loaded.predict(x.numpy(), batch_size=4, verbose=0))
+    diff = float(np.abs(got - want.numpy()).max())
+    print(f"\nround trip {case}: max |keras - hiddenstate| = {diff:.3g}")
+    assert got.shape == tuple(want.shape) and diff < 1e-5
+    # and back again: the file imports to the same numbers
+    again = hs.keras.load(path)
+    with torch.no_grad():
+        assert float((again(x)[0] - want).abs().max()) < 1e-5
+    assert (again.stateful, again.batch_size, again.return_sequences) == (
+        model.stateful,
+        model.batch_size,
+        model.return_sequences,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"state_encoder": "learned"},
+            "hs.keras.save: state_encoder='learned' (a learned initial state) cannot be represented in Keras, "
+            "whose recurrent layers start from zeros",
+        ),
+        (
+            {"state_encoder": "cond:2"},
+            "hs.keras.save: state_encoder='cond:2' (an initial state encoded from cond) cannot be represented in "
+            "Keras, whose recurrent layers start from zeros",
+        ),
+        ({"horizon": 4}, "hs.keras.save: the direct head (horizon=4) has no place in a Keras Sequential"),
+    ],
+)
+def test_save_refuses_what_keras_cannot_represent(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
+    model = hs.SequenceModel(2, 2, [hs.LSTM(4)], **kwargs)
+    with pytest.raises(hs.ConfigError, match=f"^{re.escape(message)}$"):
+        hs.keras.save(model, tmp_path / "m.keras")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+# -- hiddenstate import keras --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(None, 2)),
+            keras.layers.LSTM(6, return_sequences=True),
+            keras.layers.GRU(5, return_sequences=False),
+            keras.layers.Dense(2),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    for w in model.weights:
+        w.assign(rng.normal(0.0, 0.5, tuple(w.shape)).astype("float32"))
+    path = tmp_path_factory.mktemp("cli") / "last_step.keras"
+    model.save(path)
+    return path, model
+
+
+def test_cli_import_writes_a_run(keras_file: tuple[Path, Any], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hiddenstate.cli.commands import app
+
+    path, kmodel = keras_file
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["import", "keras", str(path), "--out", str(out), "--inputs", "a,b", "--targets", "a,b"]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["extra"]["source"] == {
+        "format": "keras",
+        "file": str(path.resolve()),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    assert manifest["scaler"] is None and manifest["inputs"] == ["a", "b"]
+    from hiddenstate.runs.run import load_run
+
+    run = load_run(out)
+    x = np.random.default_rng(1).normal(size=(3, 9, 2)).astype("float32")
+    with torch.no_grad():
+        y, _ = run.model(torch.from_numpy(x))
+    assert float(np.abs(y.numpy() - kmodel.predict(x, verbose=0)).max()) < 1e-5
+    inspected = CliRunner().invoke(app, ["inspect", str(out)])
+    assert inspected.exit_code == 0 and "lstm" in inspected.output and "gru" in inspected.output
+
+    # the service advances streams on it: the last step's prediction is Keras's
+    from hiddenstate.serve.served import ServedModel
+
+    served = ServedModel.build(run.model, None, run.inputs, run.targets)
+    start = torch.zeros(3, served.state_width)
+    _, preds = served.advance(start, np.ones(3, bool), list(x))
+    assert float(np.abs(preds.numpy() - kmodel.predict(x, verbose=0)).max()) < 1e-5
+
+    # fine-tuning with the Trainer from the run: the loss goes down, on every step's target
+    series = np.cumsum(np.random.default_rng(2).normal(size=(4, 64, 2)), axis=1).astype("float32") * 0.1
+    xs, ys = torch.from_numpy(series[:, :-1]), torch.from_numpy(series[:, 1:])
+    batch = hs.Batch(
+        x=xs,
+        y=ys,
+        reset=torch.zeros(4, dtype=torch.bool),
+        mask=torch.ones(4, 63, dtype=torch.bool),
+        cond=xs[:, 0],
+        lanes=tuple((i, 0) for i in range(4)),
+    )
+    batches = [batch]
+    trainer = hs.Trainer(run.model, hs.TrainConfig(epochs=5, lr=1e-2, state_policy="zeros", progress=False))
+    before = trainer.evaluate(batches)["loss"]
+    trainer.fit(batches)
+    assert trainer.evaluate(batches)["loss"] < before
+
+
+@pytest.mark.parametrize("suffix", ["keras", "h5"])
+def test_cli_damaged_file_one_line(keras_file: tuple[Path, Any], tmp_path: Path, suffix: str) -> None:
+    from typer.testing import CliRunner
+
+    from hiddenstate.cli.commands import app
+
+    bad = tmp_path / f"bad.{suffix}"
+    bad.write_bytes((b"PK\x03\x04" if suffix == "keras" else b"\x89HDF\r\n\x1a\n") + b"\0" * 64)
+    result = CliRunner().invoke(app, ["import", "keras", str(bad), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {bad}: not a readable Keras model file"), result.output
+    assert not (tmp_path / "run").exists()
