@@ -329,6 +329,15 @@ def test_split_errors():
 def test_ett_borders_by_hand():
     assert hs.Split.ett("ETTh2", seq_len=96).borders == ((0, 8640), (8544, 11520), (11424, 14400))
     assert hs.Split.ett("ETTm2.csv", seq_len=0).borders == ((0, 34560), (34560, 46080), (46080, 57600))
+    assert hs.Split.ett("ETTm1", seq_len=96).borders == ((0, 34560), (34464, 46080), (45984, 57600))
+    assert hs.Split.ett("ETTh1", seq_len=96).borders == ((0, 8640), (8544, 11520), (11424, 14400))
+    assert hs.Split.ett("ETTh1", seq_len=432).borders == ((0, 8640), (8208, 11520), (11088, 14400))
+    # a file shorter than the split: the one length check, in Dataset.split
+    short = hs.Dataset((hs.Series("ETTh1", np.zeros((100, 7)), tuple("abcdefg")),), tuple("abcdefg"), "ETTh1.csv")
+    with pytest.raises(
+        hs.DataError, match=r"^ETTh1.csv: series 'ETTh1' has 100 rows, but the train split ends at row 8640$"
+    ):
+        short.split(hs.Split.ett("ETTh1", seq_len=96))
 
 
 @needs_ett

@@ -1,4 +1,5 @@
-"""The ETT benchmark: protocol borders, SegRNN shapes and options, a smoke training run on ETTh1.
+"""The ETT benchmark: windows and their carried context, SegRNN shapes and options, training through
+the Trainer, a smoke training run on ETTh1.
 
 The data lives beside the checkout in ``../shared/data/ett`` (never in the repo); tests that need
 it skip when it is absent. The full benchmark is behind ``-m slow``.
@@ -6,6 +7,7 @@ it skip when it is absent. The full benchmark is behind ``-m slow``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,10 @@ import torch
 
 import hiddenstate as hs
 from hiddenstate.ett import benchmark as ett
-from hiddenstate.ett.segtrain import FitConfig, context_cache, evaluate, fit, window_starts
+from hiddenstate.ett.windows import ForecastWindows, context_cache, window_starts
 from hiddenstate.model import build_model
 from hiddenstate.models.segrnn import SegRNN
+from hiddenstate.runs.run import load_run
 
 ETT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ett"
 needs_ett = pytest.mark.skipif(
@@ -24,16 +27,85 @@ needs_ett = pytest.mark.skipif(
 )
 
 
-def test_borders_follow_the_standard_split() -> None:
-    assert ett.ett_borders("ETTm1", 69680) == ((0, 34560), (34464, 46080), (45984, 57600))
-    assert ett.ett_borders("ETTh1", 17420) == ((0, 8640), (8544, 11520), (11424, 14400))
+def _scorer(model: SegRNN) -> hs.Trainer:
+    """A Trainer used only to score windows (its evaluate is the benchmark's)."""
+    return hs.Trainer(model, hs.TrainConfig(state_policy="batch", progress=False, device="cpu"))
+
+
+def test_window_counts_of_the_standard_split() -> None:
     # README: L=96, H=96 gives 34,369 / 11,425 / 11,425 windows on ETTm.
-    counts = [len(window_starts(*r, 96, 96)) for r in ett.ett_borders("ETTm1", 69680)]
+    counts = [len(window_starts(*r, 96, 96)) for r in hs.Split.ett("ETTm1", seq_len=96).borders]
     assert counts == [34369, 11425, 11425]
-    with pytest.raises(hs.DataError, match=r"weather: not an ETT file name"):
-        ett.ett_borders("weather", 100)
-    with pytest.raises(hs.DataError, match=r"ETTh1: has 100 rows, the ETT split needs 14400"):
-        ett.ett_borders("ETTh1", 100)
+
+
+def test_benchmark_takes_its_borders_from_split_ett(tmp_path: Path) -> None:
+    weather = tmp_path / "weather.csv"
+    weather.write_text("date,a\n2020-01-01,1\n")
+    with pytest.raises(hs.ConfigError, match=r"^Split.ett: unknown ETT dataset 'weather.csv'; expected ETTh1"):
+        ett.run_one(weather, 96, log=lambda s: None)
+    short = tmp_path / "ETTh1.csv"
+    rows = "\n".join(f"2020-01-01 {h:02d}:00:00,1,2,3,4,5,6,7" for h in range(24))
+    short.write_text("date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT\n" + rows + "\n")
+    with pytest.raises(hs.DataError, match=re.escape("has 24 rows, but the train split ends at row 8640")):
+        ett.run_one(short, 96, log=lambda s: None)
+
+
+def test_windows_hold_the_rows_and_the_carried_context_state() -> None:
+    torch.manual_seed(0)
+    m = SegRNN(2, input_len=8, horizon=4, seg_len=4, d_model=8, context=6)
+    data = torch.randn(64, 2)
+    windows = ForecastWindows(m, data, (10, 50), batch_size=5, shuffle=True, seed=3, context_grad=2)
+    assert windows.starts.tolist() == list(range(10, 39))  # every start has 2 segments before it
+    first, again = list(windows), list(windows)  # two epochs: two orders of the same windows
+    assert sorted(torch.cat([b.starts for b in first]).tolist()) == windows.starts.tolist()
+    assert torch.cat([b.starts for b in first]).tolist() != torch.cat([b.starts for b in again]).tolist()
+    windows.set_epoch(0)
+    assert [b.starts.tolist() for b in windows] == [b.starts.tolist() for b in first]
+    b = first[0]
+    for i, s in enumerate(b.starts.tolist()):
+        assert torch.equal(b.x[i], data[s - 8 : s + 8])  # 2 segments of 4 rows, then the window
+        assert torch.equal(b.y[i], data[s + 8 : s + 12])
+        with torch.no_grad():  # the stream from row s % 4, after the whole segments before row s - 8
+            want, _ = m.context_states(data[s % 4 : s - 8])
+        torch.testing.assert_close(b.state.layers[0].h[2 * i : 2 * i + 2], want[-1])
+    assert b.mask.all() and b.mask.shape == (5, 4)
+
+
+def test_history_rows_in_x_advance_the_context_with_gradients() -> None:
+    torch.manual_seed(0)
+    m = SegRNN(2, input_len=8, horizon=4, seg_len=4, d_model=8, context=6)
+    x = torch.randn(3, 16, 2)  # 2 segments of history, then the 8-step window
+    y, _ = m(x)
+    _, ctx = m.context_states(x[0, :8])
+    y0, _ = m(x[:1, 8:], ctx)
+    torch.testing.assert_close(y[:1], y0)
+    y.sum().backward()
+    assert m.ctx_embed[0].weight.grad.abs().sum() > 0
+    with pytest.raises(hs.ShapeError, match=r"6 steps before the 8-step window; expected whole segments of seg_len=4"):
+        m(torch.randn(1, 14, 2))
+    with pytest.raises(hs.ShapeError, match=r"SegRNN x: expected shape \(batch, steps=8, vars=2\), got \(1, 12, 2\)"):
+        SegRNN(2, input_len=8, horizon=4, seg_len=4, d_model=8)(torch.randn(1, 12, 2))
+
+
+def test_benchmark_trains_through_the_trainer_with_the_segrnn_schedule_and_one_based_best_epoch(
+    tmp_path: Path,
+) -> None:
+    model, train, windows = ett.model_for("ETTm1", 96, "stateful", epochs=7, batch_size=64)
+    assert isinstance(train, hs.TrainConfig) and train.state_policy == "batch" and train.loss == "mae"
+    assert windows == {"batch_size": 64, "context_grad": 4} and model["context"] == 64
+    with pytest.raises(hs.ConfigError, match=r"unknown benchmark option 'widht'"):
+        ett.model_for("ETTm1", 96, "fair", widht=3)
+    # the lr of SegRNN's "type3": 3 epochs at 1e-3, then x 0.9 per epoch
+    torch.manual_seed(0)
+    m = SegRNN(2, input_len=8, horizon=4, seg_len=4, d_model=8)
+    data = torch.randn(200, 2)
+    trainer = hs.Trainer(m, train)
+    history = trainer.fit(ForecastWindows(m, data, (0, 150), shuffle=True), ForecastWindows(m, data, (140, 200)))
+    lrs = [r["lr"] for r in history.rows]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 9e-4, 8.1e-4, 7.29e-4, 6.561e-4][: len(lrs)])
+    assert [r["epoch"] for r in history.rows] == list(range(1, len(lrs) + 1))
+    val = [r["val_loss"] for r in history.rows]
+    assert history.best_epoch == 1 + int(np.argmin(val))  # counted from 1
 
 
 def test_repeat_last_scores_by_hand() -> None:
@@ -77,31 +149,38 @@ def test_segrnn_rejects_bad_options_and_shapes() -> None:
 
 
 def test_context_state_of_forecast_equals_the_carried_stream() -> None:
-    """forecast() on a long history carries the context through it, as the benchmark's cache does."""
+    """forecast() on a long history carries the context through it, as the windows' pre-pass does."""
     torch.manual_seed(0)
     m = SegRNN(2, input_len=8, horizon=4, seg_len=4, d_model=8, context=6).eval()
     data = torch.randn(64, 2)
-    cache = context_cache(m, data)
-    starts = np.array([8, 13, 30, 51])  # different offsets modulo seg_len
-    scores = evaluate(m, data, starts, cache=cache)
-    preds = torch.cat([m.forecast(data[None, : s + 8], 4) for s in starts])  # whole history before each window
-    true = torch.stack([data[s + 8 : s + 12] for s in starts])
+    windows = ForecastWindows(m, data, (8, 63))
+    windows.starts = np.array([8, 13, 30, 51])  # different offsets modulo seg_len
+    scores = _scorer(m).evaluate(windows)
+    preds = torch.cat([m.forecast(data[None, : s + 8], 4) for s in windows.starts])  # the history before each
+    true = torch.stack([data[s + 8 : s + 12] for s in windows.starts])
     assert ((preds - true) ** 2).mean().item() == pytest.approx(scores["mse"], rel=1e-5)
+    cache = context_cache(m, data)
+    assert cache.shape == (4, 17, 2, 6)
 
 
 @needs_ett
 def test_smoke_training_on_etth1_beats_repeat_last_on_validation() -> None:
     torch.manual_seed(0)
     name, values, _ = ett.load_ett(ETT_DIR / "ETTh1.csv")
-    train, val, _ = ett.ett_borders(name, len(values))
+    train, val, _ = hs.Split.ett(name, seq_len=96).borders
     mean, std = values[: train[1]].mean(0), values[: train[1]].std(0)
     data = torch.as_tensor((values - mean) / std, dtype=torch.float32)
     model = SegRNN(7, input_len=96, horizon=96, seg_len=24, d_model=32)
-    config = FitConfig(epochs=1, batch_size=32, max_steps=200, lr=3e-3)
-    result = fit(model, data, train, val, config, log=lambda s: None)
+    config = hs.TrainConfig(epochs=1, lr=3e-3, loss="mae", clip=None, state_policy="batch", progress=False)
+    trainer = hs.Trainer(model, config)
+    history = trainer.fit(
+        ForecastWindows(model, data, train, batch_size=64, shuffle=True),
+        ForecastWindows(model, data, val, batch_size=1024),
+    )
+    scores = trainer.evaluate(ForecastWindows(model, data, val, batch_size=1024))
     baseline = ett.repeat_last_scores(data.numpy(), val, 96)
-    assert result.steps == 200
-    assert result.val_mse < 0.9 * baseline["mse"], (result.val_mse, baseline)
+    assert history.best_epoch == 1
+    assert scores["mse"] < 0.9 * baseline["mse"], (scores, baseline)
 
 
 def _raw_windows(values: np.ndarray, starts: np.ndarray, before: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,23 +192,23 @@ def _raw_windows(values: np.ndarray, starts: np.ndarray, before: int, horizon: i
 @needs_ett
 @pytest.mark.parametrize("protocol", ["fair", pytest.param("stateful", marks=pytest.mark.slow)])
 def test_saved_run_reproduces_the_reported_test_scores(tmp_path: Path, protocol: str) -> None:
-    """hs.load_run(...).forecast on raw test windows gives the numbers run_one reports."""
+    """load_run(...).forecast on raw test windows gives the numbers run_one reports."""
     torch.manual_seed(0)
+    logged: list[str] = []
     result = ett.run_one(
-        ETT_DIR / "ETTh1.csv",
-        96,
-        protocol,
-        out=tmp_path,
-        log=lambda s: None,
-        d_model=16,
-        seg_len=48,
-        epochs=1,
-        max_steps=3,
+        ETT_DIR / "ETTh1.csv", 96, protocol, out=tmp_path, log=logged.append, d_model=16, seg_len=48, epochs=2
     )
-    run = hs.load_run(result.run_dir)
+    run = load_run(result.run_dir)
     assert run.extra["test"] == {"mse": result.test_mse, "mae": result.test_mae}
+    # best_epoch counts from 1 in the result, the manifest and the log alike
+    val = [
+        float(re.search(r"epoch (\d+): .* val loss ([0-9.]+)", line).group(2)) for line in logged if " epoch " in line
+    ]
+    assert len(val) == result.epochs_run == 2
+    assert result.best_epoch == run.extra["best_epoch"] == 1 + int(np.argmin(val))
+    assert run.extra["val"]["mae"] == pytest.approx(min(val), abs=1e-4)
     name, values, _ = ett.load_ett(ETT_DIR / "ETTh1.csv")
-    _, _, test = ett.ett_borders(name, len(values), run.model.input_len)
+    _, _, test = hs.Split.ett(name, seq_len=run.model.input_len).borders
     scaler = run.scaler
     starts = window_starts(*test, run.model.input_len, 96) + run.model.input_len - 96  # first row of the 96-window
     if protocol == "fair":
@@ -142,10 +221,11 @@ def test_saved_run_reproduces_the_reported_test_scores(tmp_path: Path, protocol:
         picks = starts[[0, 1, 977, -1]]
         preds = np.concatenate([run.forecast(values[: s + 96], 96) for s in picks])
         data = torch.as_tensor(scaler.transform(values), dtype=torch.float32)
-        cache = context_cache(run.model, data)
+        windows = ForecastWindows(run.model, data, test)
+        scorer = _scorer(run.model)
         for i, s in enumerate(picks):
-            lo = s + 96 - run.model.input_len
-            want = evaluate(run.model, data, np.array([lo]), cache=cache)
+            windows.starts = np.array([s + 96 - run.model.input_len])
+            want = scorer.evaluate(windows)
             err = scaler.transform(preds[i : i + 1]) - scaler.transform(values[None, s + 96 : s + 192])
             assert float((err**2).mean()) == pytest.approx(want["mse"], rel=1e-4)
 
@@ -158,7 +238,7 @@ def test_full_benchmark_on_etth1_h96(tmp_path: Path) -> None:
     assert results[0].test_mse < 0.40  # DLinear 0.386, SegRNN 0.368 (published, input 96)
     assert "| ETTh1 | 96 |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.csv").read_text().startswith("dataset,horizon,protocol,val_mse")
-    run = hs.load_run(results[0].run_dir)
+    run = load_run(results[0].run_dir)
     assert run.extra["test"]["mse"] == results[0].test_mse
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -76,15 +77,16 @@ def _recording(**kw: Any) -> Recording:
         ({"loss": "l2"}, "TrainConfig.loss: expected one of mse, mae, huber, got 'l2'"),
         (
             {"state_policy": "keep"},
-            "TrainConfig.state_policy: expected one of carry, encode, carry+encode, zeros, got 'keep'",
+            "TrainConfig.state_policy: expected one of carry, encode, carry+encode, zeros, batch, got 'keep'",
         ),
         ({"optimizer": "sgd"}, "TrainConfig.optimizer: expected one of adam, adamw, got 'sgd'"),
-        ({"schedule": "linear"}, "TrainConfig.schedule: expected one of none, cosine, step, got 'linear'"),
+        ({"schedule": "linear"}, "TrainConfig.schedule: expected one of none, cosine, step, exponential, got 'linear'"),
         ({"epochs": 0}, "TrainConfig.epochs: expected an int >= 1, got 0"),
         ({"detach_every": 1.5}, "TrainConfig.detach_every: expected an int >= 1, got 1.5"),
         ({"patience": 0}, "TrainConfig.patience: expected an int >= 1, got 0"),
         ({"lr": -1.0}, "TrainConfig.lr: expected a number > 0, got -1.0"),
         ({"clip": 0}, "TrainConfig.clip: expected a number > 0, got 0"),
+        ({"max_minutes": 0}, "TrainConfig.max_minutes: expected a number > 0, got 0"),
         ({"gamma": 2.0}, "TrainConfig.gamma: expected a number in (0, 1], got 2.0"),
         ({"weight_decay": -0.1}, "TrainConfig.weight_decay: expected a number >= 0, got -0.1"),
         ({"device": "tpu"}, "TrainConfig.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
@@ -173,6 +175,58 @@ def test_zeros_policy_never_carries() -> None:
     for call in model.calls:
         assert all(int(torch.count_nonzero(t)) == 0 for t in call["state"].tensors())
         assert int(torch.count_nonzero(call["out"].layers[0].h)) > 0
+
+
+@dataclass(frozen=True)
+class _GivenBatch:
+    """A batch that brings its own starting state (``state_policy="batch"``)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mask: torch.Tensor
+    reset: torch.Tensor
+    state: hs.State | None
+
+
+def test_batch_policy_passes_each_batch_its_own_state_and_y_may_have_other_steps() -> None:
+    model = _recording()
+    spec = model.state_spec
+    torch.manual_seed(1)
+    batches = [
+        _GivenBatch(
+            torch.randn(3, 8, 2),
+            torch.randn(3, 5, 2),  # 5 target steps for 8 input steps: the model's last 5 outputs
+            torch.ones(3, 5, dtype=torch.bool),
+            torch.ones(3, dtype=torch.bool),
+            None
+            if k == 1
+            else hs.State.from_tensors(spec, [(torch.full((3, 8), 0.1 * k), torch.randn(3, 8)), torch.randn(3, 4)]),
+        )
+        for k in range(3)
+    ]
+
+    class LastSteps(torch.nn.Module):
+        def __init__(self, inner: Recording) -> None:
+            super().__init__()
+            self.inner, self.state_spec = inner, inner.state_spec
+
+        def forward(self, x, state):
+            y, out = self.inner(x, state)
+            return y[:, -5:], out
+
+    trainer = hs.Trainer(LastSteps(model), _config(epochs=1, state_policy="batch"))
+    trainer.fit(batches)
+    assert len(model.calls) == 3
+    for batch, call in zip(batches, model.calls, strict=True):
+        if batch.state is None:
+            assert call["state"] is None
+        else:
+            for got, want in zip(call["state"].tensors(), batch.state.tensors(), strict=True):
+                assert torch.equal(got, want)
+    scores = trainer.evaluate(batches)
+    with torch.no_grad():
+        want = torch.stack([(model(b.x, b.state)[0][:, -5:] - b.y).square().mean() for b in batches]).mean()
+    assert scores["mse"] == pytest.approx(float(want), rel=1e-6)
 
 
 def test_encode_policy_sets_state_from_cond_and_trains_the_encoder() -> None:
@@ -412,6 +466,23 @@ def test_metrics_csv_has_one_row_per_epoch(tmp_path) -> None:
     assert [float(r["val_loss"]) for r in rows] == history.val_loss
     assert all(float(r["sample_steps_per_s"]) > 0 and float(r["seconds"]) > 0 for r in rows)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0002", "epoch-0003"]
+
+
+def test_exponential_schedule_holds_step_size_epochs_then_decays_every_epoch() -> None:
+    data = _batches((50,), batch_size=2, steps=8)
+    cfg = _config(epochs=6, schedule="exponential", step_size=3, gamma=0.5)
+    history = hs.Trainer(_model(), cfg).fit(data)
+    assert [r["lr"] for r in history.rows] == [1e-2, 1e-2, 1e-2, 5e-3, 2.5e-3, 1.25e-3]
+
+
+def test_max_minutes_ends_the_epoch_in_progress_and_stops() -> None:
+    data = _batches((98,), batch_size=2, steps=8)  # 6 chunks per epoch
+    model = _recording()
+    trainer = hs.Trainer(model, _config(epochs=3, max_minutes=1e-9))
+    history = trainer.fit(data, data)
+    training_calls = len(model.calls) - len(data)  # the rest validated the partial epoch
+    assert training_calls == 1 and len(data) == 6
+    assert len(history.rows) == 1 and history.rows[0]["val_loss"] is not None and trainer.should_stop
 
 
 def test_fit_refuses_a_run_dir_with_checkpoints_and_resume_without_any(tmp_path) -> None:

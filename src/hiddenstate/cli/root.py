@@ -37,7 +37,8 @@ __all__ = [
 
 # Literal[tuple] is Literal of the tuple's items: typer offers them as the flag's choices.
 Cell = Literal[CELLS]  # type: ignore[valid-type]
-Policy = Literal[POLICIES]  # type: ignore[valid-type]
+# "batch" needs a data source that brings each batch's state, which the command line has not
+Policy = Literal[tuple(p for p in POLICIES if p != "batch")]  # type: ignore[valid-type]
 Method = Literal[METHODS]  # type: ignore[valid-type]
 Layout = Literal[LAYOUTS]  # type: ignore[valid-type]
 Loss = Literal[LOSSES]  # type: ignore[valid-type]

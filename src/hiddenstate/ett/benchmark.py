@@ -15,8 +15,11 @@ Two protocols, labelled in every table:
   (:class:`~hiddenstate.models.segrnn.SegRNN` with ``context > 0``); compare it with published
   longer-input results.
 
-Model selection (the epoch kept) uses the validation windows only; the test windows are scored
-once, after training.
+The model trains through :class:`~hiddenstate.train.trainer.Trainer` on
+:class:`~hiddenstate.ett.windows.ForecastWindows` (shuffled windows, MAE loss, the lr held for 3
+epochs then x 0.9 per epoch, early stopping on the validation loss, the best epoch's weights
+kept). Model selection uses the validation windows only; the test windows are scored once, after
+training. The borders are :meth:`hiddenstate.data.frames.Split.ett`'s.
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from hiddenstate.errors import ConfigError, DataError
-from hiddenstate.ett.segtrain import FitConfig, context_cache, evaluate, fit, window_starts
+from hiddenstate.data.frames import Split
+from hiddenstate.errors import ConfigError
+from hiddenstate.ett.windows import ForecastWindows, window_starts
 from hiddenstate.models.segrnn import SegRNN
+from hiddenstate.train.config import TrainConfig
+from hiddenstate.train.trainer import Trainer
 
 __all__ = [
     "PUBLISHED",
     "BenchmarkResult",
-    "ett_borders",
     "load_ett",
     "model_for",
     "register",
@@ -51,7 +56,7 @@ __all__ = [
 
 INPUT_LEN = 96
 HORIZONS = (96, 192, 336, 720)
-_MONTH_ROWS = {"h": 30 * 24, "m": 30 * 24 * 4}
+WINDOW_OPTIONS = ("batch_size", "context_grad")
 
 #: Published input-96 results (MSE, MAE) by dataset, model and horizon. H96 rows and the H720
 #: ETTm1 DLinear/PatchTST values are the ones quoted in the issue; the other horizons are from
@@ -79,18 +84,6 @@ PUBLISHED: dict[str, dict[str, dict[int, tuple[float, float]]]] = {
 PUBLISHED_LONG = {"DLinear, input 336": (0.299, 0.343), "PatchTST/42, input 336": (0.290, 0.342)}
 
 
-def ett_borders(name: str, n_rows: int, input_len: int = INPUT_LEN) -> tuple[tuple[int, int], ...]:
-    """(train, val, test) row ranges of the standard 12/4/4-month split; val/test start early."""
-    kind = name[3:4].lower() if name.upper().startswith("ETT") else ""
-    if kind not in _MONTH_ROWS:
-        raise DataError(f"{name}: not an ETT file name (expected ETTh1, ETTh2, ETTm1 or ETTm2)")
-    month = _MONTH_ROWS[kind]
-    b1, b2, b3 = 12 * month, 16 * month, 20 * month
-    if n_rows < b3:
-        raise DataError(f"{name}: has {n_rows} rows, the ETT split needs {b3}")
-    return (0, b1), (b1 - input_len, b2), (b2 - input_len, b3)
-
-
 def load_ett(path: str | Path) -> tuple[str, np.ndarray, tuple[str, ...]]:
     """``(name, values (rows, 7) float64, columns)`` from an ETT CSV (``date`` + 7 columns)."""
     from hiddenstate.data.frames import read_dataset
@@ -98,6 +91,20 @@ def load_ett(path: str | Path) -> tuple[str, np.ndarray, tuple[str, ...]]:
     p = Path(path)
     ds = read_dataset(p, time_col="date")
     return p.stem, ds.array(), tuple(ds.columns)
+
+
+def _borders(path: str | Path, input_len: int) -> tuple[str, np.ndarray, tuple[str, ...], Split]:
+    """The file's name, values and columns, and its ETT split (val/test start ``input_len`` early).
+
+    A ConfigError names a file that is not an ETT dataset, a DataError one too short for the split.
+    """
+    from hiddenstate.data.frames import read_dataset
+
+    p = Path(path)
+    split = Split.ett(p.name, seq_len=input_len)
+    ds = read_dataset(p, time_col="date")
+    ds.split(split)  # checks that the file holds every row of the split
+    return p.stem, ds.array(), tuple(ds.columns), split
 
 
 def repeat_last_scores(
@@ -116,8 +123,13 @@ def repeat_last_scores(
     return {"mse": se / n, "mae": ae / n}
 
 
-def model_for(name: str, horizon: int, protocol: str, **overrides: Any) -> tuple[dict[str, Any], FitConfig]:
-    """The model config and fit config the benchmark uses (chosen on validation; docs/benchmarks.md)."""
+def model_for(
+    name: str, horizon: int, protocol: str, **overrides: Any
+) -> tuple[dict[str, Any], TrainConfig, dict[str, int]]:
+    """The model config, train config and window options the benchmark uses (docs/benchmarks.md).
+
+    ``overrides`` set any of them by field name (None keeps the default).
+    """
     hourly = name[3:4].lower() == "h"
     model: dict[str, Any] = {
         "kind": "segrnn",
@@ -132,20 +144,40 @@ def model_for(name: str, horizon: int, protocol: str, **overrides: Any) -> tuple
         "decoder": "pmf",
         "context": 0,
     }
+    windows = {"batch_size": 256, "context_grad": 0}
     if protocol == "stateful":
         # A slow context GRU carries a state through every row before the window and sets the
         # encoder's initial state. Chosen on validation over also warming the encoder on the 336
         # rows before the window (input_len=432): ETTm1 H96 val 0.351 vs 0.362, ETTh1 0.640 vs 0.643.
         model["context"] = 64
-    fit_cfg = FitConfig(epochs=30 if hourly else 10, lr=1e-3, loss="mae", patience=5 if hourly else 3)
-    fit_fields = set(FitConfig.__dataclass_fields__)
-    fit_over = {k: v for k, v in overrides.items() if k in fit_fields and v is not None}
+        windows["context_grad"] = 4  # segments of history rerun with gradients
+    train = TrainConfig(
+        epochs=30 if hourly else 10,
+        lr=1e-3,
+        loss="mae",
+        clip=None,
+        schedule="exponential",  # SegRNN's "type3": 3 epochs at lr, then x 0.9 per epoch
+        step_size=3,
+        gamma=0.9,
+        patience=5 if hourly else 3,
+        state_policy="batch",
+        max_minutes=20.0,
+        progress=False,
+    )
+    train_fields = set(TrainConfig.__dataclass_fields__)
+    train_over: dict[str, Any] = {}
     for k, v in overrides.items():
-        if v is not None and k not in fit_fields:
-            if k not in model:
-                raise ConfigError(f"unknown benchmark option {k!r}")
+        if v is None:
+            continue
+        if k in train_fields:
+            train_over[k] = v
+        elif k in WINDOW_OPTIONS:
+            windows[k] = int(v)
+        elif k in model:
             model[k] = v
-    return model, replace(fit_cfg, **fit_over)
+        else:
+            raise ConfigError(f"unknown benchmark option {k!r}")
+    return model, replace(train, **train_over), windows
 
 
 @dataclass(frozen=True)
@@ -188,22 +220,47 @@ def run_one(
     log: Any = print,
     **overrides: Any,
 ) -> BenchmarkResult:
-    """Train and score one dataset, horizon and protocol; with ``out``, save a run directory there."""
+    """Train and score one dataset, horizon and protocol; with ``out``, save a run directory there.
+
+    ``best_epoch`` counts from 1, as :class:`~hiddenstate.train.trainer.History` does.
+    """
     if protocol not in ("fair", "stateful"):
         raise ConfigError(f"protocol {protocol!r}; expected 'fair' or 'stateful'")
-    name, values, columns = load_ett(path)
-    model_cfg, fit_cfg = model_for(name, horizon, protocol, **overrides)
+    name = Path(path).stem
+    overrides.setdefault("threads", None)
+    if overrides["threads"] is None:  # the torch threads the caller set (the CLI's --threads)
+        overrides["threads"] = torch.get_num_threads()
+    model_cfg, train_cfg, window_cfg = model_for(name, horizon, protocol, **overrides)
     # The stateful model reads the rows before the 96-step window too; its windows keep the same
     # targets as the fair protocol's (the first target is the first val/test row).
-    train, val, test = ett_borders(name, len(values), model_cfg["input_len"])
+    name, values, columns, split = _borders(path, model_cfg["input_len"])
+    train, val, test = split.borders  # type: ignore[misc]
     scaler = _scaler(values, train, columns)
     data = torch.as_tensor(scaler.transform(values), dtype=torch.float32)  # (rows, 7) scaled
-    torch.manual_seed(fit_cfg.seed)
+    torch.manual_seed(train_cfg.seed)
     model = SegRNN.from_config(model_cfg)
-    log(f"{name} H={horizon} {protocol}: {json.dumps(model_cfg)} {json.dumps(fit_cfg.to_json())}")
-    result = fit(model, data, train, val, fit_cfg, log=lambda s: log(f"  {name} H={horizon} {protocol} {s}"))
-    cache = context_cache(model, data) if model.context else None
-    scores = evaluate(model, data, window_starts(*test, model.input_len, horizon), cache=cache)
+    log(f"{name} H={horizon} {protocol}: {json.dumps(model_cfg)} {json.dumps(train_cfg.to_json())} {window_cfg}")
+    size = window_cfg["batch_size"]
+    train_windows = ForecastWindows(
+        model, data, train, batch_size=size, shuffle=True, seed=train_cfg.seed, context_grad=window_cfg["context_grad"]
+    )
+    val_windows = ForecastWindows(model, data, val, batch_size=4 * size)
+    trainer = Trainer(model, train_cfg)
+
+    def show(t: Trainer, row: dict[str, Any]) -> None:
+        log(
+            f"  {name} H={horizon} {protocol} epoch {row['epoch']}: train {row['train_loss']:.4f} "
+            f"val loss {row['val_loss']:.4f} lr {row['lr']:.2e} ({row['seconds']:.0f}s)"
+        )
+
+    started = time.perf_counter()
+    history = trainer.fit(train_windows, val_windows, callbacks=[show])
+    seconds = time.perf_counter() - started
+    val_scores = trainer.evaluate(val_windows)  # the kept (best) epoch's weights
+    scores = trainer.evaluate(ForecastWindows(model, data, test, batch_size=4 * size))
+    scores = {"mse": scores["mse"], "mae": scores["mae"]}
+    best_epoch = history.best_epoch if history.best_epoch is not None else len(history.rows)
+    model.eval()
     run_dir = None
     if out is not None:
         from hiddenstate.runs.run import save_run
@@ -215,7 +272,7 @@ def run_one(
             scaler=scaler,
             inputs=columns,
             targets=columns,
-            train_config=fit_cfg.to_json(),
+            train_config=train_cfg,
             extra={
                 "benchmark": "ett",
                 "dataset": name,
@@ -223,25 +280,27 @@ def run_one(
                 "protocol": protocol,
                 "borders": [list(train), list(val), list(test)],
                 "input_len": model.input_len,
-                "val": {"mse": result.val_mse, "mae": result.val_mae},
+                "windows": window_cfg,
+                "val": {"mse": val_scores["mse"], "mae": val_scores["mae"]},
                 "test": scores,
-                "best_epoch": result.best_epoch,
-                "seconds": result.seconds,
+                "best_epoch": best_epoch,
+                "epochs_run": len(history.rows),
+                "seconds": seconds,
             },
         )
     return BenchmarkResult(
         name,
         horizon,
         protocol,
-        result.val_mse,
-        result.val_mae,
+        val_scores["mse"],
+        val_scores["mae"],
         scores["mse"],
         scores["mae"],
-        result.seconds,
-        result.epochs_run,
-        result.best_epoch,
+        seconds,
+        len(history.rows),
+        best_epoch,
         model_cfg,
-        fit_cfg.to_json(),
+        {**train_cfg.to_json(), **window_cfg},
         run_dir,
     )
 

@@ -60,7 +60,10 @@ class SegRNN(nn.Module):
     ``forward(x, context=None) -> (y, State)``: ``x`` is ``(batch, L, n_vars)`` in globally scaled
     units, ``y`` is ``(batch, H, n_vars)``; the State is the encoder's final state, one row per
     lane (``batch*n_vars`` rows when channel-independent). ``context`` is the context GRU's State
-    for the history before the window (see :meth:`context_states`).
+    for the history before the window (see :meth:`context_states`). With a context GRU, ``x`` may
+    hold whole segments of history before the L-step window, ``(batch, k*seg_len + L, n_vars)``:
+    they advance ``context`` (zeros when None) with gradients before the window is encoded, which
+    is how training backpropagates through the last ``k`` segments of the carried state.
 
     >>> m = SegRNN(7, input_len=96, horizon=96, seg_len=48, d_model=16)
     >>> y, s = m(torch.zeros(4, 96, 7))
@@ -186,10 +189,20 @@ class SegRNN(nn.Module):
     # -- the model --------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, context: State | None = None) -> tuple[torch.Tensor, State]:
-        if x.dim() != 3 or x.shape[1] != self.input_len or x.shape[2] != self.n_vars:
+        before = x.shape[1] - self.input_len if x.dim() == 3 else 0  # history rows ahead of the window
+        if x.dim() != 3 or x.shape[2] != self.n_vars or before < 0 or (before and not self.context):
             raise ShapeError(
                 f"SegRNN x: expected shape (batch, steps={self.input_len}, vars={self.n_vars}), got {tuple(x.shape)}"
             )
+        if before % self.seg_len:
+            raise ShapeError(
+                f"SegRNN x: {before} steps before the {self.input_len}-step window; expected whole segments "
+                f"of seg_len={self.seg_len}"
+            )
+        if before:
+            segs = self.ctx_embed(self._to_segments(x[:, :before]))  # (batch*lanes, before/seg_len, context)
+            _, context = self.ctx_rnn(segs, context)
+            x = x[:, before:]  # (batch, L, vars)
         batch = x.shape[0]
         if self.norm == "last":
             shift, scale = x[:, -1:, :], None  # (batch, 1, vars)

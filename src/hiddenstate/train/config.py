@@ -15,10 +15,10 @@ from hiddenstate.train.precision import PRECISIONS
 
 __all__ = ["BACKENDS", "LOSSES", "METRICS_COLUMNS", "OPTIMIZERS", "POLICIES", "PRECISIONS", "SCHEDULES", "TrainConfig"]
 
-POLICIES = ("carry", "encode", "carry+encode", "zeros")
+POLICIES = ("carry", "encode", "carry+encode", "zeros", "batch")
 LOSSES = ("mse", "mae", "huber")
 OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("none", "cosine", "step")
+SCHEDULES = ("none", "cosine", "step", "exponential")
 BACKENDS = ("torch", "fused")
 METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "sample_steps_per_s")
 
@@ -42,8 +42,9 @@ class TrainConfig:
     loss: str = "mse"
     huber_delta: float = 1.0
     clip: float | None = 1.0  # max gradient norm; None turns clipping off
-    schedule: str = "none"  # per-epoch learning rate: "none", "cosine" (to 0) or "step"
-    step_size: int = 10  # "step": multiply the lr by gamma every step_size epochs
+    schedule: str = "none"  # per-epoch learning rate: "none", "cosine" (to 0), "step" or "exponential"
+    step_size: int = 10  # "step": multiply the lr by gamma every step_size epochs; "exponential": every
+    # epoch after the first step_size (SegRNN's "type3" is step_size=3, gamma=0.9)
     gamma: float = 0.5
     patience: int | None = None  # early stopping: epochs without a better val loss
     restore_best: bool = True  # with validation, end with the best epoch's weights
@@ -56,6 +57,7 @@ class TrainConfig:
     keep_checkpoints: int | None = 3  # newest per-epoch checkpoints kept in run_dir; None: all
     backend: str = "torch"  # "torch" (cuDNN/oneDNN) or "fused" (CPU LSTM kernel, small models)
     precision: str = "fp32"  # "bf16" or "fp16": mixed precision on CUDA (weights stay float32)
+    max_minutes: float | None = None  # wall-clock budget of fit(); when spent, the epoch ends early, training stops
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -72,8 +74,9 @@ class TrainConfig:
         _int("seed", self.seed, low=0)
         for name in ("lr", "huber_delta"):
             _positive(name, getattr(self, name))
-        if self.clip is not None:
-            _positive("clip", self.clip)
+        for name in ("clip", "max_minutes"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         if not isinstance(self.weight_decay, int | float) or not self.weight_decay >= 0:
             raise ConfigError(f"TrainConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}")
         if not isinstance(self.gamma, int | float) or not 0 < self.gamma <= 1:

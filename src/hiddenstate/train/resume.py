@@ -32,7 +32,7 @@ __all__ = ["MAY_CHANGE", "MAY_GROW", "Change", "batch_layout", "changes", "check
 
 #: TrainConfig fields that do not change what training computes: where and how fast it runs,
 #: what it shows, how many checkpoints it keeps.
-MAY_CHANGE = frozenset({"device", "threads", "progress", "keep_checkpoints"})
+MAY_CHANGE = frozenset({"device", "threads", "progress", "keep_checkpoints", "max_minutes"})
 #: TrainConfig fields that may grow when a run is resumed.
 MAY_GROW = frozenset({"epochs", "patience"})
 

@@ -18,6 +18,13 @@ chunk to chunk and cuts the graph every ``detach_every`` chunks::
   the chunk), before every chunk; the encoder trains through it.
 - ``"carry+encode"``: carry, and encode from ``batch.cond`` where a lane resets.
 - ``"zeros"``: zeros every chunk; nothing is carried.
+- ``"batch"``: the state each batch brings (``batch.state``; None gives the model's default), for
+  data sources that compute every window's starting state themselves, such as the ETT windows
+  whose context state is carried through all earlier rows (``hiddenstate.ett.windows``).
+
+A batch is a :class:`~hiddenstate.data.lanes.Batch` or anything with its ``x``, ``y``, ``mask``
+and ``reset`` (and ``cond`` for a StateEncoder, ``state`` for ``"batch"``); ``y`` and ``mask``
+may have other steps than ``x``, as for forecast windows that read L steps and predict H.
 
 The loop reads top to bottom in :meth:`Trainer.fit`. It keeps the loss on the device and
 synchronises once per epoch (or every few chunks when the progress bar shows).
@@ -141,6 +148,7 @@ class Trainer:
         self.should_stop = False
         self._best_weights: dict[str, torch.Tensor] | None = None
         self._zeros: State | None = None
+        self._deadline: float | None = None  # perf_counter() at which fit() stops (config.max_minutes)
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -174,6 +182,7 @@ class Trainer:
             self.epoch, self.history, self._best_weights, self.lane_state = 0, History(), None, None
         self.should_stop = False
         self._layout = batch_layout(train_batches)  # saved with each checkpoint, checked on resume
+        self._deadline = None if cfg.max_minutes is None else time.perf_counter() + cfg.max_minutes * 60
         with self._threads(), Progress(cfg.progress) as bar:
             while self.epoch < cfg.epochs and not self.history.stopped_early and not self.should_stop:
                 lr = self._set_lr(self.epoch)
@@ -214,6 +223,8 @@ class Trainer:
         bar.start_epoch(self.epoch + 1, cfg.epochs, _length(batches))
         for batch in batches:
             x, y, cond, reset, mask, valid = self._to_device(batch)
+            if cfg.state_policy == "batch":
+                state = self._batch_state(batch)
             n = valid * y.shape[-1]
             with self._autocast():
                 y_hat, state = self._forward(x, state, cond, reset)  # y_hat: (batch, steps, out)
@@ -228,6 +239,9 @@ class Trainer:
                 window = []
             if bar.due():  # the bar reads the loss off the device only every few chunks
                 bar.advance(_weighted_mean(losses, counts), sample_steps)
+            if self._deadline is not None and time.perf_counter() > self._deadline:
+                self.should_stop = True  # the partial epoch is still validated and recorded
+                break
         if window:
             self._step(window)
             state = state.detach() if state is not None else None
@@ -269,6 +283,8 @@ class Trainer:
         with torch.no_grad(), self._threads():
             for batch in batches:
                 x, y, cond, reset, mask, valid = self._to_device(batch)
+                if self.config.state_policy == "batch":
+                    state = self._batch_state(batch)
                 with self._autocast():
                     y_hat, state = self._forward(x, state, cond, reset)
                 y_hat = y_hat.to(y.dtype)
@@ -301,6 +317,10 @@ class Trainer:
         cond = batch.cond.to(dev, dtype, non_blocking=True) if self._encodes else None
         return x, y, cond, reset, mask_dev, valid
 
+    def _batch_state(self, batch: Any) -> State | None:
+        state: State | None = batch.state
+        return None if state is None else state.to(self.device, self._dtype())
+
     def _forward(
         self, x: torch.Tensor, state: State | None, cond: torch.Tensor | None, reset: torch.Tensor | None
     ) -> tuple[torch.Tensor, State]:
@@ -308,6 +328,8 @@ class Trainer:
         model: Any = self.model
         if getattr(model, "return_sequences", True) is False:  # a last-step (Keras) model trains on every step
             model = functools.partial(model, sequences=True)
+        if policy == "batch":
+            return model(x, state)  # type: ignore[no-any-return]
         if policy == "zeros":
             return model(x, self._zero_state(x))  # type: ignore[no-any-return]
         if policy == "encode":
@@ -356,6 +378,8 @@ class Trainer:
             factor = 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
         elif cfg.schedule == "step":
             factor = cfg.gamma ** (epoch // cfg.step_size)
+        elif cfg.schedule == "exponential":
+            factor = cfg.gamma ** max(0, epoch + 1 - cfg.step_size)
         lr = cfg.lr * factor
         for group in self.optimizer.param_groups:
             group["lr"] = lr
