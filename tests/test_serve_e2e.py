@@ -380,7 +380,7 @@ def test_register_adds_the_serve_command_to_a_typer_app() -> None:
     register(app)
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0
-    for flag in ("--host", "--port", "--store", "--sync", "--max-batch", "--max-wait-ms", "--ttl"):
+    for flag in ("--host", "--port", "--store", "--sync", "--durability", "--max-batch", "--max-wait-ms", "--ttl"):
         assert flag in result.output
 
 

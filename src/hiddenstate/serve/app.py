@@ -309,7 +309,11 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
 
 def _durability_lines(report: dict[str, Any]) -> str:
     """The store's durability as a Prometheus gauge: 1 when an acknowledged write survives a power cut."""
-    labels = ",".join(f'{k}="{v}"' for k, v in sorted(report.items()) if k != "durable")
+
+    def escape(value: object) -> str:
+        return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+    labels = ",".join(f'{k}="{escape(v)}"' for k, v in sorted(report.items()) if k != "durable")
     return (
         "# HELP hiddenstate_store_durable 1 when an acknowledged update survives a crash of the machine; "
         "mode is the --durability flag.\n"

@@ -126,8 +126,8 @@ def serve(
     from hiddenstate.serve.app import create_app
 
     torch.set_num_threads(threads)
-    options = {"sync": sync, "ttl": ttl, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_mb": max_body_mb}
-    options["durability"] = durability
+    options: dict[str, Any] = {"sync": sync, "ttl": ttl, "max_batch": max_batch, "max_wait_ms": max_wait_ms}
+    options.update(max_body_mb=max_body_mb, durability=durability)
     service = build_service(run_dir, store, **options)  # type: ignore[arg-type]
     report = service.durability_report()
     if not report["durable"]:
