@@ -399,3 +399,46 @@ def test_fuzzed_checkpoint_listings_raise_nothing_but_checkpoint_error(
             assert "\n" not in str(e)
     finally:
         listing.write_text(json.dumps(original))
+
+
+# -- the command line under the same fuzz: exit 0 or one line and exit 1, never a traceback --------
+
+_SETTING_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2000) | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hiddenstate.cli.commands import app
+
+    run = tmp_path_factory.mktemp("cli_fuzz") / "run"
+    args = ["train", "--out", str(run), "--epochs", "1", "--hidden", "8", "--steps", "24", "--batch-size", "4"]
+    result = CliRunner().invoke(app, [*args, "--horizon", "8", "--no-plots", "--synthetic-steps", "600"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_cli_settings_give_one_line_or_success(cli_run: Path, data: st.DataObject) -> None:
+    from hiddenstate.cli.commands import app
+
+    listing = cli_run / "manifest.json"
+    original = json.loads(listing.read_text())
+    crafted = copy.deepcopy(original)
+    names = sorted(crafted["extra"]["settings"])
+    for name in data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True)):
+        crafted["extra"]["settings"][name] = data.draw(_SETTING_VALUES)
+    listing.write_text(json.dumps(crafted))
+    try:
+        for command in (["evaluate", str(cli_run)], ["forecast", str(cli_run), "--horizon", "4"]):
+            result = CliRunner().invoke(app, command)
+            assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+            assert result.exit_code in (0, 1), result.output
+            if result.exit_code == 1:
+                assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    finally:
+        listing.write_text(json.dumps(original))

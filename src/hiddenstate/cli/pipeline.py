@@ -278,14 +278,81 @@ def read_args(run_dir: Path) -> dict[str, Any] | None:
     return data
 
 
+def _is(kind: str, value: Any) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ROWS
+    if kind == "seed":
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
+    if kind == "number":
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= 1e300
+        )  # finite, and an int a float can hold
+    if kind == "names":
+        return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    if kind == "split":
+        return value == "ett" or (isinstance(value, list) and len(value) == 3 and all(_is("number", v) for v in value))
+    if kind == "str?":
+        return value is None or isinstance(value, str)
+    return isinstance(value, str) and (kind == "str" or value in kind.split("|"))
+
+
+#: The most rows (or steps) a saved setting may name: a crafted manifest could otherwise make
+#: ``evaluate`` generate gigabytes of built-in data.
+MAX_ROWS = 10_000_000
+_EXPECTED = {
+    "int": f"an int in [1, {MAX_ROWS}]",
+    "seed": "an int in [0, 2**32)",
+    "number": "a finite number",
+    "names": "null or a list of column names",
+    "split": "'ett' or 3 fractions",
+    "str?": "null or a string",
+    "str": "a string",
+}
+
+# what each setting saved by `hiddenstate train` holds; a crafted manifest is refused before use
+_SETTINGS = {
+    "data": "str?",
+    "time_col": "str?",
+    "id_col": "str",
+    "ds_col": "str",
+    "layout": "auto|wide|long",
+    "fill": "ffill|error",
+    "inputs": "names",
+    "targets": "names",
+    "split": "split",
+    "synthetic_steps": "int",
+    "synthetic_seed": "seed",
+    "dropout": "number",
+    "steps": "int",
+    "batch_size": "int",
+    "state_policy": "carry|encode|carry+encode|zeros",
+    "horizon": "int",
+    "seed": "seed",
+    "lr": "number",
+    "loss": "str",
+    "plot_steps": "int",
+}
+
+
 def run_settings(run: Any) -> dict[str, Any]:
-    """The settings a run was trained with (saved by ``hiddenstate train``)."""
+    """The settings a run was trained with (saved by ``hiddenstate train``), each checked."""
+    listing = run.path / "manifest.json"
     settings = run.extra.get("settings")
     if not isinstance(settings, dict):
         raise CheckpointError(
-            f"{run.path / 'manifest.json'}: has no data settings (it was not saved by `hiddenstate train`); "
-            "pass the DATA file"
+            f"{listing}: has no data settings (it was not saved by `hiddenstate train`); pass the DATA file"
         )
+    for name, kind in _SETTINGS.items():
+        if name in settings and not _is(kind, settings[name]):
+            expected = _EXPECTED.get(kind) or "one of " + ", ".join(kind.split("|"))
+            raise CheckpointError(
+                f"{listing}: field 'extra.settings.{name}': expected {expected}, got {settings[name]!r:.40}"
+            )
+    if "layers" in settings:
+        try:
+            StateSpec.from_json(settings["layers"])
+        except HiddenStateError as e:
+            raise CheckpointError(f"{listing}: field 'extra.settings.layers': {e}") from None
     return settings
 
 
@@ -296,7 +363,8 @@ def load(run_dir: Path, data: Path | None, overrides: dict[str, Any]) -> tuple[A
 
     run = load_run(run_dir)
     set_threads(run.spec, None)
-    settings = dict(run_settings(run)) if data is None else {**run.extra.get("settings", {}), "data": str(data)}
+    saved = run_settings(run) if data is None or isinstance(run.extra.get("settings"), dict) else {}
+    settings = dict(saved) if data is None else {**saved, "data": str(data)}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     settings.setdefault("inputs", list(run.inputs))
     settings.setdefault("targets", list(run.targets))
