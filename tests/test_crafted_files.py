@@ -74,6 +74,11 @@ def _replace_file(folder: Path, name: str, data: bytes, listing: str) -> None:
         ("model/input_size", "3", "field 'model': cannot rebuild the model from it: input_size must be"),
         ("model/layers", 7, "field 'model': cannot rebuild the model from it: a StateSpec in JSON is a list"),
         ("spec", {"a": 1}, "field 'spec': a StateSpec in JSON is a list of layers, got dict"),
+        (
+            "spec",
+            [{"cell": "gru", "hidden_size": 8}, {"cell": "gru", "hidden_size": 4}],
+            "field 'spec' [gru 8, gru 4] differs from the model config's [lstm 8, gru 4]",
+        ),
         ("fingerprint", None, "field 'fingerprint': expected a state spec fingerprint string, got NoneType None"),
         ("scaler", "x", "field 'scaler': expected null or a scaler object, got str 'x'"),
         ("scaler/mean", [1, "2", 3], "field 'scaler.mean': expected a list of finite numbers, got list [1, '2', 3]"),
