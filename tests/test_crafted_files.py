@@ -111,8 +111,8 @@ def test_a_manifest_whose_lane_state_batch_disagrees_with_the_file_is_refused(tm
     with pytest.raises(
         hs.CheckpointError,
         match=re.escape(
-            f"{tmp_path / 'run' / 'lane_state.safetensors'}: a state of 3 lanes in torch.float32; the manifest's "
-            "field 'lane_state' records 5 lanes and the weights are torch.float32"
+            f"{tmp_path / 'run' / 'lane_state.safetensors'}: a state of 3 lanes in torch.float32; expected 5 lanes "
+            "(the listing's field 'lane_state') in torch.float32 (the weights' dtype)"
         ),
     ):
         hs.load_run(tmp_path / "run")
@@ -447,3 +447,18 @@ def test_fuzzed_cli_settings_give_one_line_or_success(cli_run: Path, data: st.Da
                 assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
     finally:
         listing.write_text(json.dumps(original))
+
+
+def test_a_checkpoint_lane_state_of_another_dtype_is_refused(tmp_path: Path) -> None:
+    folder = _checkpoint(tmp_path)
+    state = hs.State.zeros(_model().state_spec, 3, dtype=torch.float64)
+    data = save(state.to_dict(), metadata={"fingerprint": state.spec.fingerprint()})
+    _replace_file(folder, "lane_state.safetensors", data, "checkpoint.json")
+    path = folder / "lane_state.safetensors"
+    with pytest.raises(
+        hs.CheckpointError,
+        match="^"
+        + re.escape(f"{path}: a state of 3 lanes in torch.float64; expected 3 lanes ")
+        + r".* in torch.float32 ",
+    ):
+        load_checkpoint(folder, model=_model())
