@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -374,9 +375,21 @@ def test_fuzzed_manifests_raise_nothing_but_checkpoint_error(saved_run: Path, da
         listing.write_text(json.dumps(original))
 
 
+def _lanes() -> hs.StatefulBatches:
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    return hs.StatefulBatches([x], [x[:, :2]], batch_size=3, steps=8)
+
+
+FUZZ_CONFIG = {"progress": False, "keep_checkpoints": None, "threads": 1}
+
+
 @pytest.fixture(scope="module")
 def saved_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("fuzz_ckpt"))
+    """A checkpoint the Trainer wrote after one epoch, of a run meant to last two."""
+    run = tmp_path_factory.mktemp("fuzz_ckpt")
+    stop = [lambda trainer, row: setattr(trainer, "should_stop", True)]
+    hs.Trainer(_model(), hs.TrainConfig(epochs=2, **FUZZ_CONFIG)).fit(_lanes(), run_dir=run, callbacks=stop)
+    return list_checkpoints(run)[0]
 
 
 @FUZZ
@@ -398,12 +411,14 @@ def test_fuzzed_checkpoint_listings_raise_nothing_but_checkpoint_error(
                 load_checkpoint(saved_checkpoint, model=model)
             except hs.CheckpointError as e:
                 assert "\n" not in str(e)
-        try:
-            hs.Trainer(_model(), hs.TrainConfig(progress=False)).fit([], run_dir=run, resume=True)
+        try:  # resumed and trained for the second epoch, optimizer steps and all
+            hs.Trainer(_model(), hs.TrainConfig(epochs=2, **FUZZ_CONFIG)).fit(_lanes(), run_dir=run, resume=True)
         except (hs.CheckpointError, hs.ConfigError) as e:  # ConfigError: a refused change of the train config
             assert "\n" not in str(e)
     finally:
         listing.write_text(json.dumps(original))
+        for later in list_checkpoints(run)[1:]:
+            shutil.rmtree(later)
 
 
 # -- the command line under the same fuzz: exit 0 or one line and exit 1, never a traceback --------
@@ -462,3 +477,31 @@ def test_a_checkpoint_lane_state_of_another_dtype_is_refused(tmp_path: Path) -> 
         + r".* in torch.float32 ",
     ):
         load_checkpoint(folder, model=_model())
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "optimizer/param_groups/0/betas",
+            [0.5, 0.5],
+            "field 'optimizer.param_groups[0].betas': (0.5, 0.5) differs from the optimizer's (0.9, 0.999)",
+        ),
+        ("optimizer/param_groups/0/lr", -1, "field 'optimizer.param_groups[0].lr': expected a number > 0, got -1"),
+        ("optimizer/param_groups/0/params", [0], "field 'optimizer.param_groups': does not fit the optimizer: "),
+        (
+            "trainer/history/rows/0/val_loss",
+            "low",
+            "field 'trainer.history.rows[0].val_loss': expected a number or null, got str 'low'",
+        ),
+    ],
+)
+def test_optimizer_and_history_fields_are_checked_on_resume(
+    tmp_path: Path, path: str, value: Any, message: str
+) -> None:
+    stop = [lambda trainer, row: setattr(trainer, "should_stop", True)]
+    hs.Trainer(_model(), hs.TrainConfig(epochs=2, **FUZZ_CONFIG)).fit(_lanes(), run_dir=tmp_path, callbacks=stop)
+    listing = list_checkpoints(tmp_path)[0] / "checkpoint.json"
+    _edit(listing, _set(path, value))
+    with pytest.raises(hs.CheckpointError, match="^" + re.escape(f"{listing}: {message}")):
+        hs.Trainer(_model(), hs.TrainConfig(epochs=2, **FUZZ_CONFIG)).fit(_lanes(), run_dir=tmp_path, resume=True)
