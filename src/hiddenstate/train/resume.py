@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -97,7 +97,6 @@ def check_resume(
     training: ConfigError naming the first changed field and both values. The checkpoint's
     optimizer state must also be one ``optimizer`` can take (else CheckpointError)."""
     listing = Path(checkpoint.path) / "checkpoint.json"
-    _check_optimizer(checkpoint.optimizer_state, optimizer, listing)
     try:
         saved = TrainConfig.from_json(checkpoint.meta.get("train_config"))
     except (ConfigError, TypeError) as e:
@@ -119,12 +118,18 @@ def check_resume(
             f"{listing}: cannot resume with {change.field} {change.given!r}: the checkpoint was trained with "
             f"{change.saved!r}{why}; a resumed run continues the same training (only epochs and patience may grow)"
         )
+    _check_optimizer(checkpoint.optimizer_state, optimizer, listing)  # the same config: a crafted file if not
 
 
 def _same(saved: Any, now: Any) -> bool:
     if isinstance(now, tuple | list):
         return isinstance(saved, tuple | list) and len(saved) == len(now) and all(map(_same, saved, now))
-    return type(saved) is type(now) and saved == now
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (saved, now))
+    return (numbers or type(saved) is type(now)) and saved == now  # 0 and 0.0 alike; True and 1 not
+
+
+# set by the Trainer each epoch, or how the step is computed rather than what it computes
+_NOT_COMPARED = frozenset({"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable"})
 
 
 def _check_optimizer(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer, listing: Path) -> None:
@@ -134,7 +139,7 @@ def _check_optimizer(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer,
     state must hold exactly the tensors they keep."""
     current = optimizer.param_groups
     dummies = [{**g, "params": [torch.zeros(1, requires_grad=True) for _ in g["params"]]} for g in current]
-    probe = type(optimizer)(dummies)
+    probe = cast(Any, type(optimizer))(dummies)  # the same kind, its defaults from each group
     try:
         probe.load_state_dict({"state": {}, "param_groups": [dict(g) for g in saved["param_groups"]]})
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
@@ -148,7 +153,7 @@ def _check_optimizer(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer,
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
             raise CheckpointError(f"{where}.lr': expected a number > 0, got {lr!r:.40}")
         for key, value in now.items():
-            if key in ("params", "lr", "initial_lr"):
+            if key in _NOT_COMPARED:
                 continue
             if key not in group or not _same(group[key], value):
                 got = repr(group[key])[:40] if key in group else "nothing"
