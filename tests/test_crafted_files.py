@@ -441,6 +441,24 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+def test_the_cli_reports_a_crafted_checkpoint_in_one_line(cli_run: Path) -> None:
+    from hiddenstate.cli.commands import app
+
+    listing = cli_run / "checkpoints" / "epoch-0001" / "checkpoint.json"
+    original = listing.read_text()
+    _edit(listing, _set("optimizer/param_groups", {"lr": 1}))
+    try:
+        result = CliRunner().invoke(app, ["train", "--out", str(cli_run), "--resume", "--epochs", "2"])
+    finally:
+        listing.write_text(original)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {listing}: field 'optimizer.param_groups': expected a list of objects with int 'params', "
+        "got dict {'lr': 1}\n"
+    )
+    assert [p.name for p in list_checkpoints(cli_run)] == ["epoch-0001"]  # nothing trained or written
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_cli_settings_give_one_line_or_success(cli_run: Path, data: st.DataObject) -> None:
