@@ -8,6 +8,7 @@ import copy
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,11 @@ def _replace_file(folder: Path, name: str, data: bytes, listing: str) -> None:
         ("model/input_size", "3", "field 'model': cannot rebuild the model from it: input_size must be"),
         ("model/layers", 7, "field 'model': cannot rebuild the model from it: a StateSpec in JSON is a list"),
         ("spec", {"a": 1}, "field 'spec': a StateSpec in JSON is a list of layers, got dict"),
+        (
+            "spec",
+            [{"cell": "gru", "hidden_size": 8}, {"cell": "gru", "hidden_size": 4}],
+            "field 'spec' [gru 8, gru 4] differs from the model config's [lstm 8, gru 4]",
+        ),
         ("fingerprint", None, "field 'fingerprint': expected a state spec fingerprint string, got NoneType None"),
         ("scaler", "x", "field 'scaler': expected null or a scaler object, got str 'x'"),
         ("scaler/mean", [1, "2", 3], "field 'scaler.mean': expected a list of finite numbers, got list [1, '2', 3]"),
@@ -106,8 +112,8 @@ def test_a_manifest_whose_lane_state_batch_disagrees_with_the_file_is_refused(tm
     with pytest.raises(
         hs.CheckpointError,
         match=re.escape(
-            f"{tmp_path / 'run' / 'lane_state.safetensors'}: a state of 3 lanes in torch.float32; the manifest's "
-            "field 'lane_state' records 5 lanes and the weights are torch.float32"
+            f"{tmp_path / 'run' / 'lane_state.safetensors'}: a state of 3 lanes in torch.float32; expected 5 lanes "
+            "(the listing's field 'lane_state') in torch.float32 (the weights' dtype)"
         ),
     ):
         hs.load_run(tmp_path / "run")
@@ -369,9 +375,21 @@ def test_fuzzed_manifests_raise_nothing_but_checkpoint_error(saved_run: Path, da
         listing.write_text(json.dumps(original))
 
 
+def _lanes() -> hs.StatefulBatches:
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    return hs.StatefulBatches([x], [x[:, :2]], batch_size=3, steps=8)
+
+
+FUZZ_CONFIG = {"progress": False, "keep_checkpoints": None, "threads": 1}
+
+
 @pytest.fixture(scope="module")
 def saved_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("fuzz_ckpt"))
+    """A checkpoint the Trainer wrote after one epoch, of a run meant to last two."""
+    run = tmp_path_factory.mktemp("fuzz_ckpt")
+    stop = [lambda trainer, row: setattr(trainer, "should_stop", True)]
+    hs.Trainer(_model(), hs.TrainConfig(epochs=2, **FUZZ_CONFIG)).fit(_lanes(), run_dir=run, callbacks=stop)
+    return list_checkpoints(run)[0]
 
 
 @FUZZ
@@ -393,9 +411,115 @@ def test_fuzzed_checkpoint_listings_raise_nothing_but_checkpoint_error(
                 load_checkpoint(saved_checkpoint, model=model)
             except hs.CheckpointError as e:
                 assert "\n" not in str(e)
-        try:
-            hs.Trainer(_model(), hs.TrainConfig(progress=False)).fit([], run_dir=run, resume=True)
+        try:  # resumed and trained for the second epoch, optimizer steps and all
+            hs.Trainer(_model(), hs.TrainConfig(epochs=2, **FUZZ_CONFIG)).fit(_lanes(), run_dir=run, resume=True)
         except (hs.CheckpointError, hs.ConfigError) as e:  # ConfigError: a refused change of the train config
             assert "\n" not in str(e)
     finally:
         listing.write_text(json.dumps(original))
+        for later in list_checkpoints(run)[1:]:
+            shutil.rmtree(later)
+
+
+# -- the command line under the same fuzz: exit 0 or one line and exit 1, never a traceback --------
+
+_SETTING_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2000) | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hiddenstate.cli.commands import app
+
+    run = tmp_path_factory.mktemp("cli_fuzz") / "run"
+    args = ["train", "--out", str(run), "--epochs", "1", "--hidden", "8", "--steps", "24", "--batch-size", "4"]
+    result = CliRunner().invoke(app, [*args, "--horizon", "8", "--no-plots", "--synthetic-steps", "600"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_the_cli_reports_a_crafted_checkpoint_in_one_line(cli_run: Path) -> None:
+    from hiddenstate.cli.commands import app
+
+    listing = cli_run / "checkpoints" / "epoch-0001" / "checkpoint.json"
+    original = listing.read_text()
+    _edit(listing, _set("optimizer/param_groups", {"lr": 1}))
+    try:
+        result = CliRunner().invoke(app, ["train", "--out", str(cli_run), "--resume", "--epochs", "2"])
+    finally:
+        listing.write_text(original)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {listing}: field 'optimizer.param_groups': expected a list of objects with int 'params', "
+        "got dict {'lr': 1}\n"
+    )
+    assert [p.name for p in list_checkpoints(cli_run)] == ["epoch-0001"]  # nothing trained or written
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_cli_settings_give_one_line_or_success(cli_run: Path, data: st.DataObject) -> None:
+    from hiddenstate.cli.commands import app
+
+    listing = cli_run / "manifest.json"
+    original = json.loads(listing.read_text())
+    crafted = copy.deepcopy(original)
+    names = sorted(crafted["extra"]["settings"])
+    for name in data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True)):
+        crafted["extra"]["settings"][name] = data.draw(_SETTING_VALUES)
+    listing.write_text(json.dumps(crafted))
+    try:
+        for command in (["evaluate", str(cli_run)], ["forecast", str(cli_run), "--horizon", "4"]):
+            result = CliRunner().invoke(app, command)
+            assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+            assert result.exit_code in (0, 1), result.output
+            if result.exit_code == 1:
+                assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
+    finally:
+        listing.write_text(json.dumps(original))
+
+
+def test_a_checkpoint_lane_state_of_another_dtype_is_refused(tmp_path: Path) -> None:
+    folder = _checkpoint(tmp_path)
+    state = hs.State.zeros(_model().state_spec, 3, dtype=torch.float64)
+    data = save(state.to_dict(), metadata={"fingerprint": state.spec.fingerprint()})
+    _replace_file(folder, "lane_state.safetensors", data, "checkpoint.json")
+    path = folder / "lane_state.safetensors"
+    with pytest.raises(
+        hs.CheckpointError,
+        match="^"
+        + re.escape(f"{path}: a state of 3 lanes in torch.float64; expected 3 lanes ")
+        + r".* in torch.float32 ",
+    ):
+        load_checkpoint(folder, model=_model())
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (
+            "optimizer/param_groups/0/betas",
+            [0.5, 0.5],
+            "field 'optimizer.param_groups[0].betas': (0.5, 0.5) differs from the optimizer's (0.9, 0.999)",
+        ),
+        ("optimizer/param_groups/0/lr", -1, "field 'optimizer.param_groups[0].lr': expected a number > 0, got -1"),
+        ("optimizer/param_groups/0/params", [0], "field 'optimizer.param_groups': does not fit the optimizer: "),
+        (
+            "trainer/history/rows/0/val_loss",
+            "low",
+            "field 'trainer.history.rows[0].val_loss': expected a number or null, got str 'low'",
+        ),
+    ],
+)
+def test_optimizer_and_history_fields_are_checked_on_resume(
+    tmp_path: Path, path: str, value: Any, message: str
+) -> None:
+    stop = [lambda trainer, row: setattr(trainer, "should_stop", True)]
+    hs.Trainer(_model(), hs.TrainConfig(epochs=2, **FUZZ_CONFIG)).fit(_lanes(), run_dir=tmp_path, callbacks=stop)
+    listing = list_checkpoints(tmp_path)[0] / "checkpoint.json"
+    _edit(listing, _set(path, value))
+    with pytest.raises(hs.CheckpointError, match="^" + re.escape(f"{listing}: {message}")):
+        hs.Trainer(_model(), hs.TrainConfig(epochs=2, **FUZZ_CONFIG)).fit(_lanes(), run_dir=tmp_path, resume=True)

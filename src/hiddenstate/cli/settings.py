@@ -11,17 +11,20 @@ True
 >>> RunSettings.from_json({"steps": "24"})
 Traceback (most recent call last):
 ...
-hiddenstate.errors.ConfigError: run settings: steps: expected an int, got '24'
+hiddenstate.errors.ConfigError: run settings: steps: expected an int in [1, 10000000], got '24'
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from hiddenstate.errors import ConfigError
+from hiddenstate.data.frames import FILLS, LAYOUTS
+from hiddenstate.errors import ConfigError, HiddenStateError
 from hiddenstate.state import StateSpec
+from hiddenstate.train.config import LOSSES, POLICIES
 
 __all__ = ["RunSettings"]
 
@@ -90,24 +93,34 @@ class RunSettings:
         return cls(**values)
 
 
-_INTS = ("synthetic_steps", "synthetic_seed", "steps", "batch_size", "horizon", "seed", "plot_steps")
+_INTS = ("synthetic_steps", "steps", "batch_size", "horizon", "plot_steps")
+_SEEDS = ("synthetic_seed", "seed")
 _FLOATS = ("dropout", "lr")
-_STRS = ("id_col", "ds_col", "layout", "fill", "state_policy", "loss")
+_CHOICES = {"layout": LAYOUTS, "fill": FILLS, "state_policy": POLICIES, "loss": LOSSES}
+_STRS = ("id_col", "ds_col")
 _OPTIONAL_STRS = ("data", "time_col")
+#: The most rows (or steps) a saved setting may name: a crafted manifest could otherwise make
+#: ``evaluate`` generate gigabytes of built-in data.
+MAX_ROWS = 10_000_000
 
 
 def _coerce(name: str, value: Any) -> Any:
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"run settings: {name}: expected {expected}, got {value!r}")
+        return ConfigError(f"run settings: {name}: expected {expected}, got {value!r:.40}")
 
-    if name in _INTS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an int")
+    if name in _INTS or name in _SEEDS:
+        low, high = (0, 2**32 - 1) if name in _SEEDS else (1, MAX_ROWS)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise bad(f"an int in [{low}, {high}]")
         return value
     if name in _FLOATS:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("a number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise bad("a finite number")
         return float(value)
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
+            raise bad("one of " + ", ".join(_CHOICES[name]))
+        return value
     if name in _STRS or name in _OPTIONAL_STRS:
         if not isinstance(value, str) and not (value is None and name in _OPTIONAL_STRS):
             raise bad("a string")
@@ -121,11 +134,16 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "split":
         if value == "ett":
             return value
-        if not isinstance(value, list | tuple) or len(value) != 3 or not all(isinstance(v, int | float) for v in value):
+        ok = isinstance(value, list | tuple) and len(value) == 3
+        if not ok or not all(not isinstance(v, bool) and isinstance(v, int | float) and 0 <= v <= 1 for v in value):
             raise bad("three fractions or 'ett'")
         return tuple(float(v) for v in value)
     if name == "layers":
-        if not isinstance(value, list | tuple) or not value or not all(isinstance(v, dict) for v in value):
+        if not isinstance(value, list | tuple):
             raise bad("a list of layers")
+        try:
+            StateSpec.from_json(list(value))
+        except HiddenStateError as e:
+            raise ConfigError(f"run settings: layers: {e}") from None
         return tuple(value)
     raise bad("a known field")  # pragma: no cover - every field is handled above

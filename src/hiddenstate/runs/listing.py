@@ -187,11 +187,10 @@ def check_run_listing(manifest: Mapping[str, Any], listing: Path) -> None:
 
 def check_run_model(manifest: Mapping[str, Any], model: nn.Module, listing: Path) -> None:
     """The manifest's spec and columns against the model its config rebuilt."""
-    spec = _spec(listing, manifest)
-    if spec != getattr(model, "state_spec", None):
-        raise CheckpointError(
-            f"{listing}: field 'spec' {spec.describe()} differs from the model config's {model.state_spec.describe()}"  # type: ignore[union-attr]
-        )
+    spec, built = _spec(listing, manifest), getattr(model, "state_spec", None)
+    if spec != built:
+        theirs = built.describe() if isinstance(built, StateSpec) else repr(built)
+        raise CheckpointError(f"{listing}: field 'spec' {spec.describe()} differs from the model config's {theirs}")
     for name, size in (("inputs", "input_size"), ("targets", "output_size")):
         want = getattr(model, size, None)
         if isinstance(want, int) and len(manifest[name]) != want:

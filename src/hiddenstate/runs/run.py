@@ -27,7 +27,11 @@ save leaves a run that is refused as unsaved rather than one that loads half-wri
 
 Loading never unpickles: tensors come from safetensors (parsed from bytes whose sha256 was just
 checked) and everything else from JSON. A missing, truncated, tampered or mismatched file raises
-:class:`~hiddenstate.errors.CheckpointError` naming the file.
+:class:`~hiddenstate.errors.CheckpointError` naming the file. Before anything is built from a
+listing, :mod:`hiddenstate.runs.listing` checks each of its fields for type and shape, builds the
+model it describes on the ``meta`` device and compares that model's tensors (names, dtypes,
+shapes) with the verified weights, so a crafted listing gives one error naming the file and the
+field, and absurd declared sizes allocate nothing.
 
 The durable-write and verified-read primitives live in :mod:`hiddenstate.runs.files`, and the RNG
 and optimizer parts of a checkpoint in :mod:`hiddenstate.runs.snapshot`; ``atomic_write``,
@@ -288,8 +292,8 @@ def _check_lane_state(state: State, batch: int, model: nn.Module, path: Path) ->
     dtype = next((p.dtype for p in model.parameters()), state.dtype)
     if state.batch_size != batch or state.dtype != dtype:
         raise CheckpointError(
-            f"{path}: a state of {state.batch_size} lanes in {state.dtype}; the manifest's field 'lane_state' "
-            f"records {batch} lanes and the weights are {dtype}"
+            f"{path}: a state of {state.batch_size} lanes in {state.dtype}; expected {batch} lanes "
+            f"(the listing's field 'lane_state') in {dtype} (the weights' dtype)"
         )
 
 
@@ -444,6 +448,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module | None = N
     lane_state = None
     if "lane_state.safetensors" in blobs:
         lane_state = parse_state(folder / "lane_state.safetensors", blobs["lane_state.safetensors"], spec)
+        _check_lane_state(lane_state, lane_state.batch_size, shape, folder / "lane_state.safetensors")
     best = None
     if "best.safetensors" in blobs:
         best, _ = parse_tensors(folder / "best.safetensors", blobs["best.safetensors"])

@@ -2,7 +2,8 @@
 
 :class:`Trainer` (:mod:`.trainer`) is the only training loop in hiddenstate; :class:`TrainConfig`
 (:mod:`.config`) says how it runs; :mod:`.precision` holds autocast and the grad scaler;
-:mod:`.progress` the terminal progress bar (rich, optional).
+:mod:`.progress` the terminal progress bar (rich, optional); :mod:`.resume` what a resumed run may
+change (epochs and patience may grow; what changes the results may not).
 """
 
 from __future__ import annotations

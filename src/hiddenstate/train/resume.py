@@ -21,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import torch
 from torch import nn
 
 from hiddenstate.errors import CheckpointError, ConfigError
@@ -89,9 +90,12 @@ def batch_layout(batches: Any) -> dict[str, Any]:
     return layout
 
 
-def check_resume(checkpoint: Any, config: TrainConfig, model: nn.Module, batches: Any) -> None:
+def check_resume(
+    checkpoint: Any, config: TrainConfig, model: nn.Module, batches: Any, optimizer: torch.optim.Optimizer
+) -> None:
     """Refuse to resume ``checkpoint`` (a :class:`~hiddenstate.runs.run.Checkpoint`) with another
-    training: ConfigError naming the first changed field and both values."""
+    training: ConfigError naming the first changed field and both values. The checkpoint's
+    optimizer state must also be one ``optimizer`` can take (else CheckpointError)."""
     listing = Path(checkpoint.path) / "checkpoint.json"
     try:
         saved = TrainConfig.from_json(checkpoint.meta.get("train_config"))
@@ -114,9 +118,69 @@ def check_resume(checkpoint: Any, config: TrainConfig, model: nn.Module, batches
             f"{listing}: cannot resume with {change.field} {change.given!r}: the checkpoint was trained with "
             f"{change.saved!r}{why}; a resumed run continues the same training (only epochs and patience may grow)"
         )
+    _check_optimizer(checkpoint.optimizer_state, optimizer, listing)  # the same config: a crafted file if not
 
 
-_ROW = {"epoch": "an int", "train_loss": "a number", "val_loss": "a number or null", "lr": "a number"}
+def _same(saved: Any, now: Any) -> bool:
+    if isinstance(now, tuple | list):
+        return isinstance(saved, tuple | list) and len(saved) == len(now) and all(map(_same, saved, now))
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (saved, now))
+    return (numbers or type(saved) is type(now)) and saved == now  # 0 and 0.0 alike; True and 1 not
+
+
+# set by the Trainer each epoch, or how the step is computed rather than what it computes
+_NOT_COMPARED = frozenset({"params", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable"})
+
+
+def _check_optimizer(saved: Mapping[str, Any], optimizer: torch.optim.Optimizer, listing: Path) -> None:
+    """The checkpoint's param groups, as ``load_state_dict`` would put them in place (tried on a
+    throwaway optimizer of the same kind), must keep every hyperparameter of ``optimizer``'s but
+    the learning rate, which the Trainer sets each epoch; for Adam and AdamW, each parameter's
+    state must hold exactly the tensors they keep."""
+    current = optimizer.param_groups
+    dummies = [{**g, "params": [torch.zeros(1, requires_grad=True) for _ in g["params"]]} for g in current]
+    probe = cast(Any, type(optimizer))(dummies)  # the same kind, its defaults from each group
+    try:
+        probe.load_state_dict({"state": {}, "param_groups": [dict(g) for g in saved["param_groups"]]})
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as e:
+        detail = " ".join(str(e).split())
+        raise CheckpointError(
+            f"{listing}: field 'optimizer.param_groups': does not fit the optimizer: {detail}"
+        ) from None
+    for i, (group, now) in enumerate(zip(probe.param_groups, current, strict=True)):
+        where = f"{listing}: field 'optimizer.param_groups[{i}]"
+        lr = group.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
+            raise CheckpointError(f"{where}.lr': expected a number > 0, got {lr!r:.40}")
+        for key, value in now.items():
+            if key in _NOT_COMPARED:
+                continue
+            if key not in group or not _same(group[key], value):
+                got = repr(group[key])[:40] if key in group else "nothing"
+                raise CheckpointError(f"{where}.{key}': {got} differs from the optimizer's {value!r}")
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        return
+    keep = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if current[0].get("amsgrad") else set())
+    count = sum(len(g["params"]) for g in current)
+    for index, entries in saved["state"].items():
+        names = set(entries)
+        if not 0 <= index < count or names != keep or not all(isinstance(v, torch.Tensor) for v in entries.values()):
+            raise CheckpointError(
+                f"{listing}: field 'optimizer.state.{index}': expected the tensors {', '.join(sorted(keep))} "
+                f"of one of {count} parameters, got {', '.join(sorted(map(str, names))) or 'nothing'}"
+            )
+        if entries["step"].dim() != 0:
+            raise CheckpointError(f"{listing}: field 'optimizer.state.{index}.step': expected a scalar tensor")
+
+
+_ROW = {
+    "epoch": "an int",
+    "train_loss": "a number",
+    "val_loss": "a number or null",
+    "lr": "a number",
+    "seconds": "a number",
+    "sample_steps_per_s": "a number",
+}
 _HISTORY = {"rows", "best_epoch", "best_val_loss", "bad_epochs", "stopped_early"}
 
 
@@ -143,8 +207,8 @@ def check_history(data: Any, epoch: int, listing: Path) -> None:
         raise fail(".rows", f"a list of {epoch} row objects, one per epoch", rows)
     for i, row in enumerate(rows):
         for key, kind in _ROW.items():
-            if not _ok(kind, row.get(key)):
-                raise fail(f".rows[{i}].{key}", kind, row.get(key))
+            if key not in row or not _ok(kind, row[key]):
+                raise fail(f".rows[{i}].{key}", kind, row.get(key, "nothing"))
     for key, kind in (
         ("best_epoch", "an int or null"),
         ("best_val_loss", "a number or null"),

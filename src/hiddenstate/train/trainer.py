@@ -417,7 +417,7 @@ class Trainer:
         if not found:
             raise CheckpointError(f"{run / 'checkpoints'}: no checkpoint to resume from")
         ckpt = checkpoint.load_checkpoint(found[-1], model=self.model)
-        check_resume(ckpt, self.config, self.model, train_batches)
+        check_resume(ckpt, self.config, self.model, train_batches, self.optimizer)
         check_history(ckpt.trainer.get("history"), ckpt.epoch, ckpt.path / "checkpoint.json")
         self.model.load_state_dict(ckpt.model_state)
         try:
