@@ -55,6 +55,7 @@ _LAZY = {
     "load_run": "hiddenstate.runs",
     "save_run": "hiddenstate.runs",
     "metrics": "hiddenstate.forecast",
+    "export_onnx": "hiddenstate.interop.onnx",
 }
 
 

@@ -13,6 +13,8 @@ The hierarchy::
     ├── CheckpointError               a run directory that is missing, tampered, truncated
     │                                 or does not match the model; names the file
     ├── MissingExtraError(ImportError) an optional dependency is absent; names the extra
+    ├── ExportError                   an exported graph that does not match its model; names
+    │                                 the tensor, the check and the difference
     └── ServeError                    the streaming service's failures
         ├── SequenceGapError          an observe whose seq is not the next one
         ├── StreamNotFoundError       a stream the store does not hold
@@ -28,6 +30,7 @@ __all__ = [
     "ConfigError",
     "ContinuityError",
     "DataError",
+    "ExportError",
     "HiddenStateError",
     "MissingExtraError",
     "SequenceGapError",
@@ -100,3 +103,7 @@ class StreamNotFoundError(ServeError):
 
 class VersionConflictError(ServeError):
     """A compare-and-set found another version than the one it read."""
+
+
+class ExportError(HiddenStateError):
+    """An exported graph does not reproduce its model; names the tensor, the check and by how much."""

@@ -1,0 +1,429 @@
+"""ONNX export with the state as explicit graph inputs and outputs, and a torch-free runner.
+
+onnxruntime keeps no state between calls, so the graph takes it in and hands it back::
+
+    inputs   x                       (batch, steps, input_size)   float32
+             state_in.layers.{i}.h   (batch, hidden_i)            float32, one per state tensor
+             state_in.layers.{i}.c   (batch, hidden_i)            LSTM layers only
+             reset                   (batch,)                     bool: rows that start afresh
+             cond                    (batch, cond_size)           models with a state encoder
+    outputs  y                       (batch, steps, output_size)  (batch, output_size) for last-step models
+             state_out.layers.{i}.h / .c
+
+Feed each call's ``state_out.*`` back as the next call's ``state_in.*`` and a stream runs on in
+chunks of any length, exactly as the model does. Where ``reset`` is true the row starts from the
+model's initial state (zeros, the learned one, or the state encoder's from ``cond``) through
+``Where(reset, initial, state_in)``, so whatever ``state_in`` holds there (uninitialised memory,
+NaN) never reaches the result.
+
+:func:`export_onnx` proves the file before writing it: onnxruntime against the model on random
+data in chunks of 1, 7, 96, 3 and 50 steps chained through the state, at batch 1 and batch 7.
+:class:`OnnxStream` runs an exported file with onnxruntime and numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hiddenstate._extras import require
+from hiddenstate.errors import ConfigError, ExportError, ShapeError
+
+__all__ = ["CHUNKS", "DEFAULT_OPSET", "TOLERANCE", "ExportReport", "OnnxStream", "export_onnx", "model_bytes"]
+
+DEFAULT_OPSET = 17
+#: The chunk lengths the export check streams through, chained by the state.
+CHUNKS = (1, 7, 96, 3, 50)
+VERIFY_BATCHES = (1, 7)
+TOLERANCE = 1e-5
+#: The first onnxscript release whose GRU export sets linear_before_reset=1 (torch's GRU).
+ONNXSCRIPT_GRU_FIXED = (0, 7, 1)
+FORMAT = "hiddenstate-onnx/1"
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote and how closely onnxruntime matched the model.
+
+    ``max_abs_diff`` maps ``y`` and each ``state_out.*`` to the largest difference over every
+    check (``y`` in normalised units: divided by each target's scale when scalers are folded in);
+    ``checks`` lists each batch size's chunks and figure.
+    """
+
+    path: Path | None
+    opset: int
+    units: str
+    inputs: dict[str, list[str | int]]
+    outputs: dict[str, list[str | int]]
+    metadata: dict[str, str]
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    verified: bool = False
+    seconds: float = 0.0
+
+    @property
+    def worst(self) -> float:
+        return max(self.max_abs_diff.values(), default=float("nan"))
+
+    def summary(self) -> str:
+        where = self.path if self.path is not None else "(not written)"
+        check = f"max |onnxruntime - model| {self.worst:.2e}" if self.verified else "not verified"
+        return f"{where}: opset {self.opset}, units {self.units}, {check}"
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "absent"
+
+
+def onnxscript_version() -> str:
+    """The installed onnxscript's version (tests replace this to check the GRU refusal)."""
+    return _version("onnxscript")
+
+
+def _release(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def _refuse_buggy_gru(cells: Sequence[Any]) -> None:
+    for i, cell in enumerate(cells):
+        if cell[0] != "gru":
+            continue
+        have = onnxscript_version()
+        if have == "absent" or _release(have) < ONNXSCRIPT_GRU_FIXED:
+            raise ConfigError(
+                f"layer {i} (gru): onnxscript {have} exports GRU with linear_before_reset=0, wrong by up to 0.1; "
+                "pip install 'onnxscript>=0.7.1'"
+            )
+
+
+def model_bytes(model_or_run: Any, *, opset: int | None = None, units: str = "original", reset: bool = True,
+                reset_dims: tuple[str | int, ...] = ("batch",)) -> tuple[bytes, Any]:
+    """The serialised ONNX model and its plan, unchecked (:func:`export_onnx` checks and writes)."""
+    onnx = require("onnx", "onnx")
+    import torch
+
+    import hiddenstate
+    from hiddenstate.interop._onnx_graph import build_graph
+    from hiddenstate.interop._onnx_plan import make_plan, source_of
+
+    source = source_of(model_or_run)
+    opset = DEFAULT_OPSET if opset is None else opset
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 14 <= opset <= onnx.defs.onnx_opset_version():
+        raise ConfigError(f"opset {opset!r}: expected an int from 14 to {onnx.defs.onnx_opset_version()}")
+    plan = make_plan(source, units=units, reset=reset)
+    plan.reset_dims = reset_dims
+    _refuse_buggy_gru(plan.cells)
+    spec = source.model.rnn.state_spec
+    folded = plan.x_shift is not None
+    plan.metadata = {
+        "hiddenstate.format": FORMAT,
+        "hiddenstate.state_names": json.dumps(list(spec.names)),
+        "hiddenstate.state_shapes": json.dumps({n: ["batch", h] for n, h in plan.state_names()}),
+        "hiddenstate.spec": json.dumps(spec.to_json()),
+        "hiddenstate.fingerprint": spec.fingerprint(),
+        "hiddenstate.units": "original" if folded else "normalised",
+        "hiddenstate.inputs": json.dumps(list(source.inputs)),
+        "hiddenstate.targets": json.dumps(list(source.targets)),
+        "hiddenstate.reset": "true" if reset else "false",
+        "hiddenstate.initial_state": "cond" if plan.encoder is not None else ("learned" if plan.initial else "zeros"),
+        "hiddenstate.cond_size": str(plan.cond_size),
+        "hiddenstate.last_step": "true" if plan.last_step else "false",
+        "hiddenstate.version": hiddenstate.__version__,
+        "torch.version": torch.__version__,
+        "onnxscript.version": onnxscript_version(),
+        "onnx.version": onnx.__version__,
+        "opset": str(opset),
+    }
+    proto = build_graph(plan, opset)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString(), plan
+
+
+def export_onnx(
+    model_or_run: Any,
+    path: str | os.PathLike[str],
+    *,
+    opset: int | None = None,
+    units: str = "original",
+    verify: bool = True,
+    reset: bool = True,
+) -> ExportReport:
+    """Write ``model_or_run`` as an ONNX file whose state is explicit inputs and outputs.
+
+    ``model_or_run`` is a SequenceModel, a loaded Run or a run directory. ``units="original"``
+    folds a run's scalers into the graph (``x`` and ``y`` in the data's units);
+    ``"normalised"`` leaves them out. The state tensors are always the model's own. ``reset``
+    adds the ``reset`` input (required for a state-encoder model). With ``verify`` (the
+    default) the graph is run in onnxruntime against the model first and nothing is written
+    when any output or state differs by more than 1e-5; the :class:`ExportError` names the
+    tensor, the check, the step and the row.
+
+    >>> import tempfile, hiddenstate as hs
+    >>> model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.GRU(4)])
+    >>> report = hs.export_onnx(model, tempfile.mkdtemp() + "/model.onnx")
+    >>> report.worst < 1e-5, sorted(report.outputs)[:2]
+    (True, ['state_out.layers.0.c', 'state_out.layers.0.h'])
+    """
+    started = time.perf_counter()
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{target}: is a folder; give the path of the .onnx file to write")
+    parent = target.parent
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"{parent}: the output folder is a file")
+    data, plan = model_bytes(model_or_run, opset=opset, units=units, reset=reset)
+    report = _describe(data, plan, units)
+    if verify:
+        from hiddenstate.interop._onnx_plan import source_of
+
+        verify_bytes(data, plan, source_of(model_or_run).model, report)
+    from hiddenstate.runs.files import atomic_write
+
+    parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, data)
+    report.path = target
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _describe(data: bytes, plan: Any, units: str) -> ExportReport:
+    onnx = require("onnx", "onnx")
+    proto = onnx.load_from_string(data)
+
+    def dims(vi: Any) -> list[str | int]:
+        return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+    return ExportReport(
+        path=None,
+        opset=int(plan.metadata["opset"]),
+        units=plan.metadata["hiddenstate.units"],
+        inputs={vi.name: dims(vi) for vi in proto.graph.input},
+        outputs={vi.name: dims(vi) for vi in proto.graph.output},
+        metadata=dict(plan.metadata),
+    )
+
+
+def _session(data: bytes | str, threads: int | None = 1) -> Any:
+    ort = require("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def verify_bytes(data: bytes, plan: Any, model: Any, report: ExportReport, seed: int = 0) -> None:
+    """Stream random data through onnxruntime and the model in chained chunks; fill ``report``
+    or raise :class:`ExportError` at the first tensor past :data:`TOLERANCE`."""
+    import torch
+
+    session = _session(data)
+    names = [n for n, _ in plan.state_names()]
+    y_scale = np.asarray(plan.y_shift[1], np.float64) if plan.y_shift is not None else 1.0
+    worst: dict[str, float] = {"y": 0.0, **{f"state_out.{n}": 0.0 for n in names}}
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in VERIFY_BATCHES:
+            rng = np.random.default_rng(seed + batch)
+            feeds_state = {n: np.full((batch, h), np.nan if plan.reset else 0.0, np.float32) for n, h in plan.state_names()}
+            state = None
+            if not plan.reset:  # no reset input: both sides start from the model's initial state
+                with torch.no_grad():
+                    state = model.initial_state(batch)
+                feeds_state = {n: t.numpy().astype(np.float32) for n, t in zip(names, state.tensors(), strict=True)}
+            cond = rng.standard_normal((batch, plan.cond_size)).astype(np.float32) if plan.encoder is not None else None
+            if cond is not None and plan.cond_shift is not None:
+                cond = (cond * plan.cond_shift[1] + plan.cond_shift[0]).astype(np.float32)
+            batch_worst = 0.0
+            for k, steps in enumerate(CHUNKS):
+                x = rng.standard_normal((batch, steps, plan.input_size)).astype(np.float32)
+                if plan.x_shift is not None:
+                    x = (x * plan.x_shift[1] + plan.x_shift[0]).astype(np.float32)
+                # every row starts afresh in the first chunk (from NaN state_in), row 0 again in the fourth
+                reset = np.zeros(batch, bool)
+                if k == 0:
+                    reset[:] = True
+                elif k == 3:
+                    reset[0] = True
+                feeds = {"x": x, **{f"state_in.{n}": v for n, v in feeds_state.items()}}
+                if plan.reset:
+                    feeds["reset"] = reset.reshape(plan_reset_shape(plan, batch))
+                if cond is not None:
+                    feeds["cond"] = cond
+                got = session.run(None, feeds)
+                want_y, state = _reference(model, plan, x, state, cond, reset if plan.reset else None)
+                pairs = [("y", got[0], want_y)] + [
+                    (f"state_out.{n}", got[1 + j], t.numpy()) for j, (n, t) in enumerate(zip(names, state.tensors(), strict=True))
+                ]
+                for name, a, b in pairs:
+                    if a.shape != b.shape:
+                        raise ExportError(
+                            f"verification: {name} has shape {a.shape} in onnxruntime and {b.shape} in the model "
+                            f"(batch {batch}, chunk {k} of {steps} steps); no file written"
+                        )
+                    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+                    if name == "y":
+                        diff = diff / y_scale
+                    if not np.isfinite(diff).all():
+                        diff = np.where(np.isfinite(diff), diff, np.inf)
+                    top = float(diff.max(initial=0.0))
+                    if top > TOLERANCE:
+                        idx = np.unravel_index(int(np.argmax(diff)), diff.shape)
+                        where = f"row {idx[0]}" + (f", step {idx[1]}" if name == "y" and diff.ndim == 3 else "")
+                        raise ExportError(
+                            f"verification: {name} differs by {top:.3g} > {TOLERANCE:g} at batch {batch}, chunk {k} "
+                            f"({steps} steps), {where}, unit {idx[-1]}: onnxruntime {float(a[idx]):.7g} vs model "
+                            f"{float(b[idx]):.7g}; no file written"
+                        )
+                    worst[name] = max(worst[name], top)
+                    batch_worst = max(batch_worst, top)
+                feeds_state = {n: got[1 + j] for j, n in enumerate(names)}
+            report.checks.append({"batch": batch, "chunks": list(CHUNKS), "max_abs_diff": batch_worst})
+    finally:
+        model.train(was_training)
+    report.max_abs_diff = worst
+    report.verified = True
+
+
+def plan_reset_shape(plan: Any, batch: int) -> tuple[int, ...]:
+    return (batch,) if len(plan.reset_dims) == 1 else (batch, 1)
+
+
+def _reference(model: Any, plan: Any, x: np.ndarray, state: Any, cond: Any, reset: Any) -> tuple[np.ndarray, Any]:
+    """The model's ``y`` (in the graph's units) and state for one chunk, from ``state``."""
+    import torch
+
+    xt = torch.from_numpy(x)
+    if plan.x_shift is not None:  # the graph's arithmetic, in float32
+        xt = (xt - torch.from_numpy(plan.x_shift[0].astype(np.float32))) / torch.from_numpy(plan.x_shift[1].astype(np.float32))
+    ct = None
+    if cond is not None:
+        ct = torch.from_numpy(cond)
+        if plan.cond_shift is not None:
+            ct = (ct - torch.from_numpy(plan.cond_shift[0].astype(np.float32))) / torch.from_numpy(
+                plan.cond_shift[1].astype(np.float32)
+            )
+    with torch.no_grad():
+        if state is None:  # the first chunk: every row resets, as in the graph
+            y, state = model(xt, None, cond=ct)
+        else:
+            mask = None if reset is None or not reset.any() else torch.from_numpy(reset)
+            y, state = model(xt, state, cond=ct, reset=mask)
+        if plan.y_shift is not None:
+            y = y * torch.from_numpy(plan.y_shift[1].astype(np.float32)) + torch.from_numpy(plan.y_shift[0].astype(np.float32))
+    return y.numpy(), state
+
+
+class OnnxStream:
+    """Run an exported model with onnxruntime and numpy alone, carrying the state between calls.
+
+    Args:
+        path: a file written by :func:`export_onnx`.
+        batch_size: the number of lanes (rows) carried.
+        threads: onnxruntime's intra-op threads (None: its default).
+
+    ``step(x, cond=None)`` takes ``x`` ``(batch, steps, input_size)`` (or ``(batch, input_size)``
+    for one step) and returns ``y``; the state moves on. ``reset(rows)`` makes those rows start
+    afresh at the next step (all rows when None); a fresh stream starts with every row reset.
+    ``state`` is a dict of ``(batch, hidden_i)`` arrays by name (``layers.0.h``, ...); assign
+    one to continue from a stored state.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, batch_size: int = 1, threads: int | None = 1) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ConfigError(f"{self.path}: ONNX file not found")
+        self._session = _session(str(self.path), threads)
+        meta = self._session.get_modelmeta().custom_metadata_map
+        if meta.get("hiddenstate.format") != FORMAT:
+            raise ConfigError(f"{self.path}: not written by hiddenstate's export_onnx (no {FORMAT} metadata)")
+        self.metadata = dict(meta)
+        shapes = json.loads(meta["hiddenstate.state_shapes"])
+        self.state_names = tuple(json.loads(meta["hiddenstate.state_names"]))
+        self._hidden = {n: int(shapes[n][1]) for n in self.state_names}
+        graph_inputs = {i.name: i for i in self._session.get_inputs()}
+        self.input_size = int(graph_inputs["x"].shape[2])
+        self.cond_size = int(graph_inputs["cond"].shape[1]) if "cond" in graph_inputs else 0
+        self._reset_shape = None
+        if "reset" in graph_inputs:
+            self._reset_shape = (batch_size,) if len(graph_inputs["reset"].shape) == 1 else (batch_size, 1)
+        self._outputs = ["y"] + [f"state_out.{n}" for n in self.state_names]
+        self.batch_size = batch_size
+        self._state = {n: np.zeros((batch_size, h), np.float32) for n, h in self._hidden.items()}
+        self._fresh = np.ones(batch_size, bool)
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        return {n: v.copy() for n, v in self._state.items()}
+
+    @state.setter
+    def state(self, values: dict[str, Any]) -> None:
+        new = {}
+        for n, h in self._hidden.items():
+            if n not in values:
+                raise ShapeError(f"state: {n} is missing; expected {', '.join(self.state_names)}")
+            v = np.asarray(values[n], dtype=np.float32)
+            if v.shape != (self.batch_size, h):
+                raise ShapeError(f"state {n}: expected shape (batch={self.batch_size}, hidden={h}), got {v.shape}")
+            new[n] = v.copy()
+        self._state = new
+        self._fresh[:] = False
+
+    def reset(self, rows: Sequence[int] | np.ndarray | None = None) -> None:
+        """Rows (all when None) start from the model's initial state at the next step."""
+        if rows is None:
+            self._fresh[:] = True
+        else:
+            self._fresh[np.asarray(rows, dtype=np.int64)] = True
+        if self._reset_shape is None:  # no reset input: the initial state is zeros
+            for v in self._state.values():
+                v[self._fresh] = 0.0
+            self._fresh[:] = False
+
+    def step(self, x: Any, cond: Any = None) -> np.ndarray:
+        """``y`` for ``x`` ``(batch, steps, input_size)`` or ``(batch, input_size)``; the state moves on."""
+        arr = np.asarray(x, dtype=np.float32)
+        one = arr.ndim == 2
+        if one:
+            arr = arr[:, None, :]
+        if arr.ndim != 3 or arr.shape[0] != self.batch_size or arr.shape[2] != self.input_size:
+            raise ShapeError(
+                f"x: expected shape (batch={self.batch_size}, steps, input={self.input_size}), got {np.shape(x)}"
+            )
+        feeds: dict[str, np.ndarray] = {"x": arr, **{f"state_in.{n}": v for n, v in self._state.items()}}
+        if self._reset_shape is not None:
+            feeds["reset"] = self._fresh.reshape(self._reset_shape)
+        if self.cond_size:
+            if cond is None:
+                if self._fresh.any():
+                    raise ShapeError(f"cond: rows starting afresh need cond of shape (batch={self.batch_size}, cond={self.cond_size})")
+                cond = np.zeros((self.batch_size, self.cond_size), np.float32)
+            cond = np.asarray(cond, dtype=np.float32)
+            if cond.shape != (self.batch_size, self.cond_size):
+                raise ShapeError(f"cond: expected shape (batch={self.batch_size}, cond={self.cond_size}), got {cond.shape}")
+            feeds["cond"] = cond
+        out = self._session.run(self._outputs, feeds)
+        self._state = dict(zip(self.state_names, out[1:], strict=True))
+        self._fresh[:] = False
+        y = out[0]
+        return y[:, 0] if one and y.ndim == 3 else y
