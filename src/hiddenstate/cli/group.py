@@ -27,7 +27,11 @@ __all__ = ["LAZY_COMMANDS", "OneLineErrors"]
 
 #: Commands that live with their subsystems, each module offering ``register(app)``. They load
 #: on first use, so ``hiddenstate train`` does not import the web service.
-LAZY_COMMANDS = {"serve": "hiddenstate.serve.command", "benchmark": "hiddenstate.ett.benchmark"}
+LAZY_COMMANDS = {
+    "serve": "hiddenstate.serve.command",
+    "benchmark": "hiddenstate.ett.benchmark",
+    "export": "hiddenstate.cli.export",
+}
 
 
 def _lazy_command(name: str) -> Any:

@@ -132,7 +132,9 @@ def build_graph(plan: GraphPlan, opset: int) -> Any:
     for i, (kind, hidden, w_ih, w_hh, b_ih, b_hh) in enumerate(plan.cells):
         w = b.const(f"layers.{i}.W", _f32(_reorder(kind, w_ih, hidden))[None])
         r = b.const(f"layers.{i}.R", _f32(_reorder(kind, w_hh, hidden))[None])
-        bias = b.const(f"layers.{i}.B", _f32(np.concatenate([_reorder(kind, b_ih, hidden), _reorder(kind, b_hh, hidden)]))[None])
+        bias = b.const(
+            f"layers.{i}.B", _f32(np.concatenate([_reorder(kind, b_ih, hidden), _reorder(kind, b_hh, hidden)]))[None]
+        )
         h0 = b.op("Unsqueeze", [starts[f"layers.{i}.h"], axis0])  # (1, batch, hidden)
         node_in = [seq, w, r, bias, "", h0]
         attrs: dict[str, Any] = {"hidden_size": hidden}
@@ -151,9 +153,21 @@ def build_graph(plan: GraphPlan, opset: int) -> Any:
             b.op("Squeeze", [outs[2], axis0], [f"state_out.layers.{i}.c"])
 
     if plan.last_step:  # (batch, hidden) of the last step
-        seq = b.op("Squeeze", [b.op("Slice", [seq, b.const("last_start", np.array([-1], np.int64)),
-                                             b.const("last_end", np.array([np.iinfo(np.int64).max], np.int64)),
-                                             axis0]), axis0])
+        seq = b.op(
+            "Squeeze",
+            [
+                b.op(
+                    "Slice",
+                    [
+                        seq,
+                        b.const("last_start", np.array([-1], np.int64)),
+                        b.const("last_end", np.array([np.iinfo(np.int64).max], np.int64)),
+                        axis0,
+                    ],
+                ),
+                axis0,
+            ],
+        )
     out = _head(b, plan, seq)
     if plan.y_shift is not None:
         mean, std = plan.y_shift
@@ -164,7 +178,9 @@ def build_graph(plan: GraphPlan, opset: int) -> Any:
     else:
         b.op("Transpose", [out], ["y"], perm=[1, 0, 2])  # (batch, steps, output)
         y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "steps", plan.output_size])
-    outputs = [y_info] + [helper.make_tensor_value_info(f"state_out.{n}", TensorProto.FLOAT, ["batch", h]) for n, h in states]
+    outputs = [y_info] + [
+        helper.make_tensor_value_info(f"state_out.{n}", TensorProto.FLOAT, ["batch", h]) for n, h in states
+    ]
     graph = helper.make_graph(b.nodes, "hiddenstate", inputs, outputs, initializer=b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="hiddenstate")
     model.ir_version = min(model.ir_version, 9)  # readable by ONNX Runtime releases of the last two years
@@ -206,15 +222,35 @@ def _encoder_states(b: _Builder, plan: GraphPlan) -> dict[str, str]:
         mean, std = plan.cond_shift
         z = b.op("Div", [b.op("Sub", [z, b.const("cond_mean", _f32(mean))]), b.const("cond_std", _f32(std))])
     if trunk is not None:
-        z = b.op("Tanh", [b.op("Add", [b.op("MatMul", [z, b.const("encoder.trunk.weight_t", _f32(trunk[0]).T.copy())]),
-                                        b.const("encoder.trunk.bias", _f32(trunk[1]))])])
+        z = b.op(
+            "Tanh",
+            [
+                b.op(
+                    "Add",
+                    [
+                        b.op("MatMul", [z, b.const("encoder.trunk.weight_t", _f32(trunk[0]).T.copy())]),
+                        b.const("encoder.trunk.bias", _f32(trunk[1])),
+                    ],
+                )
+            ],
+        )
     states: dict[str, str] = {}
     for i, (weight, bias) in enumerate(h_heads):
-        lin = b.op("Add", [b.op("MatMul", [z, b.const(f"encoder.h.{i}.weight_t", _f32(weight).T.copy())]),
-                           b.const(f"encoder.h.{i}.bias", _f32(bias))])
+        lin = b.op(
+            "Add",
+            [
+                b.op("MatMul", [z, b.const(f"encoder.h.{i}.weight_t", _f32(weight).T.copy())]),
+                b.const(f"encoder.h.{i}.bias", _f32(bias)),
+            ],
+        )
         states[f"layers.{i}.h"] = b.op("Tanh", [lin])
         if i in c_heads:
             weight, bias = c_heads[i]
-            states[f"layers.{i}.c"] = b.op("Add", [b.op("MatMul", [z, b.const(f"encoder.c.{i}.weight_t", _f32(weight).T.copy())]),
-                                                   b.const(f"encoder.c.{i}.bias", _f32(bias))])
+            states[f"layers.{i}.c"] = b.op(
+                "Add",
+                [
+                    b.op("MatMul", [z, b.const(f"encoder.c.{i}.weight_t", _f32(weight).T.copy())]),
+                    b.const(f"encoder.c.{i}.bias", _f32(bias)),
+                ],
+            )
     return states

@@ -31,6 +31,8 @@ def source_of(model_or_run: Any) -> Source:
     """A :class:`Source` from a SequenceModel, a loaded Run, or a run directory's path."""
     import os
 
+    if isinstance(model_or_run, Source):
+        return model_or_run
     if isinstance(model_or_run, (str, os.PathLike)):
         from hiddenstate.runs.run import load_run
 
@@ -49,7 +51,7 @@ def _head_steps(model: Any) -> list[tuple[Any, ...]]:
     """The head as ``("linear", W, b)`` / ``("act", name)`` steps, from the head modules themselves."""
     from torch import nn
 
-    acts = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.ReLU: "relu"}
+    acts: dict[type, str] = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.ReLU: "relu"}
     head = getattr(model, "head", None)
     modules = list(head) if isinstance(head, nn.Sequential) else [head]
     steps: list[tuple[Any, ...]] = []
@@ -116,7 +118,14 @@ def make_plan(source: Source, *, units: str, reset: bool) -> GraphPlan:
     cells = []
     for ls, cell in zip(spec.layers, model.rnn.cells, strict=True):
         cells.append(
-            (ls.cell, ls.hidden_size, _np(cell.weight_ih_l0), _np(cell.weight_hh_l0), _np(cell.bias_ih_l0), _np(cell.bias_hh_l0))
+            (
+                ls.cell,
+                ls.hidden_size,
+                _np(cell.weight_ih_l0),
+                _np(cell.weight_hh_l0),
+                _np(cell.bias_ih_l0),
+                _np(cell.bias_hh_l0),
+            )
         )
     encoder = getattr(model, "encoder", None)
     learned = getattr(model, "learned", None)
@@ -158,7 +167,9 @@ def _shifts(source: Source) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nda
     scaler = source.scaler
     mean, std = getattr(scaler, "mean", None), getattr(scaler, "std", None)
     if mean is None or std is None:
-        raise ConfigError(f"the run's scaler {type(scaler).__name__} is not a StandardScaler; export units='normalised'")
+        raise ConfigError(
+            f"the run's scaler {type(scaler).__name__} is not a StandardScaler; export units='normalised'"
+        )
     target = source.target_scaler
     if target is None:
         missing = [t for t in source.targets if t not in source.inputs]

@@ -112,8 +112,14 @@ def _refuse_buggy_gru(cells: Sequence[Any]) -> None:
             )
 
 
-def model_bytes(model_or_run: Any, *, opset: int | None = None, units: str = "original", reset: bool = True,
-                reset_dims: tuple[str | int, ...] = ("batch",)) -> tuple[bytes, Any]:
+def model_bytes(
+    model_or_run: Any,
+    *,
+    opset: int | None = None,
+    units: str = "original",
+    reset: bool = True,
+    reset_dims: tuple[str | int, ...] = ("batch",),
+) -> tuple[bytes, Any]:
     """The serialised ONNX model and its plan, unchecked (:func:`export_onnx` checks and writes)."""
     onnx = require("onnx", "onnx")
     import torch
@@ -187,12 +193,13 @@ def export_onnx(
     parent = target.parent
     if parent.exists() and not parent.is_dir():
         raise ConfigError(f"{parent}: the output folder is a file")
-    data, plan = model_bytes(model_or_run, opset=opset, units=units, reset=reset)
+    from hiddenstate.interop._onnx_plan import source_of
+
+    source = source_of(model_or_run)
+    data, plan = model_bytes(source, opset=opset, units=units, reset=reset)
     report = _describe(data, plan, units)
     if verify:
-        from hiddenstate.interop._onnx_plan import source_of
-
-        verify_bytes(data, plan, source_of(model_or_run).model, report)
+        verify_bytes(data, plan, source.model, report)
     from hiddenstate.runs.files import atomic_write
 
     parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +250,9 @@ def verify_bytes(data: bytes, plan: Any, model: Any, report: ExportReport, seed:
     try:
         for batch in VERIFY_BATCHES:
             rng = np.random.default_rng(seed + batch)
-            feeds_state = {n: np.full((batch, h), np.nan if plan.reset else 0.0, np.float32) for n, h in plan.state_names()}
+            feeds_state = {
+                n: np.full((batch, h), np.nan if plan.reset else 0.0, np.float32) for n, h in plan.state_names()
+            }
             state = None
             if not plan.reset:  # no reset input: both sides start from the model's initial state
                 with torch.no_grad():
@@ -271,7 +280,8 @@ def verify_bytes(data: bytes, plan: Any, model: Any, report: ExportReport, seed:
                 got = session.run(None, feeds)
                 want_y, state = _reference(model, plan, x, state, cond, reset if plan.reset else None)
                 pairs = [("y", got[0], want_y)] + [
-                    (f"state_out.{n}", got[1 + j], t.numpy()) for j, (n, t) in enumerate(zip(names, state.tensors(), strict=True))
+                    (f"state_out.{n}", got[1 + j], t.numpy())
+                    for j, (n, t) in enumerate(zip(names, state.tensors(), strict=True))
                 ]
                 for name, a, b in pairs:
                     if a.shape != b.shape:
@@ -313,7 +323,9 @@ def _reference(model: Any, plan: Any, x: np.ndarray, state: Any, cond: Any, rese
 
     xt = torch.from_numpy(x)
     if plan.x_shift is not None:  # the graph's arithmetic, in float32
-        xt = (xt - torch.from_numpy(plan.x_shift[0].astype(np.float32))) / torch.from_numpy(plan.x_shift[1].astype(np.float32))
+        xt = (xt - torch.from_numpy(plan.x_shift[0].astype(np.float32))) / torch.from_numpy(
+            plan.x_shift[1].astype(np.float32)
+        )
     ct = None
     if cond is not None:
         ct = torch.from_numpy(cond)
@@ -328,7 +340,9 @@ def _reference(model: Any, plan: Any, x: np.ndarray, state: Any, cond: Any, rese
             mask = None if reset is None or not reset.any() else torch.from_numpy(reset)
             y, state = model(xt, state, cond=ct, reset=mask)
         if plan.y_shift is not None:
-            y = y * torch.from_numpy(plan.y_shift[1].astype(np.float32)) + torch.from_numpy(plan.y_shift[0].astype(np.float32))
+            y = y * torch.from_numpy(plan.y_shift[1].astype(np.float32)) + torch.from_numpy(
+                plan.y_shift[0].astype(np.float32)
+            )
     return y.numpy(), state
 
 
@@ -406,9 +420,9 @@ class OnnxStream:
         one = arr.ndim == 2
         if one:
             arr = arr[:, None, :]
-        if arr.ndim != 3 or arr.shape[0] != self.batch_size or arr.shape[2] != self.input_size:
+        if arr.ndim != 3 or arr.shape[0] != self.batch_size or arr.shape[1] < 1 or arr.shape[2] != self.input_size:
             raise ShapeError(
-                f"x: expected shape (batch={self.batch_size}, steps, input={self.input_size}), got {np.shape(x)}"
+                f"x: expected shape (batch={self.batch_size}, steps>=1, input={self.input_size}), got {np.shape(x)}"
             )
         feeds: dict[str, np.ndarray] = {"x": arr, **{f"state_in.{n}": v for n, v in self._state.items()}}
         if self._reset_shape is not None:
@@ -416,11 +430,16 @@ class OnnxStream:
         if self.cond_size:
             if cond is None:
                 if self._fresh.any():
-                    raise ShapeError(f"cond: rows starting afresh need cond of shape (batch={self.batch_size}, cond={self.cond_size})")
+                    raise ShapeError(
+                        f"cond: rows starting afresh need cond of shape "
+                        f"(batch={self.batch_size}, cond={self.cond_size})"
+                    )
                 cond = np.zeros((self.batch_size, self.cond_size), np.float32)
             cond = np.asarray(cond, dtype=np.float32)
             if cond.shape != (self.batch_size, self.cond_size):
-                raise ShapeError(f"cond: expected shape (batch={self.batch_size}, cond={self.cond_size}), got {cond.shape}")
+                raise ShapeError(
+                    f"cond: expected shape (batch={self.batch_size}, cond={self.cond_size}), got {cond.shape}"
+                )
             feeds["cond"] = cond
         out = self._session.run(self._outputs, feeds)
         self._state = dict(zip(self.state_names, out[1:], strict=True))
