@@ -293,3 +293,15 @@ def test_onnx_stream_does_not_touch_torch() -> None:
     runner = source[source.index("class OnnxStream") :]
     assert "torch" not in runner
     assert "\nimport torch" not in source and "\nfrom torch" not in source
+
+
+def test_the_export_benchmark_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from benchmarks.export import SCENARIOS, main
+
+    results = main(["--tiny"])
+    assert set(results) == {f"tiny|{s}" for s in SCENARIOS}
+    for engines in results.values():
+        assert {"torch backend", "onnxruntime"} <= set(engines)
+        assert all(r["seconds"] > 0 and r["diff"] < 1e-5 for r in engines.values())
+    assert "| tiny   | 1 stream, 1 step " in capsys.readouterr().out
