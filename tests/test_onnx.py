@@ -305,3 +305,39 @@ def test_the_export_benchmark_runs(monkeypatch: pytest.MonkeyPatch, capsys: pyte
         assert {"torch backend", "onnxruntime"} <= set(engines)
         assert all(r["seconds"] > 0 and r["diff"] < 1e-5 for r in engines.values())
     assert "| tiny   | 1 stream, 1 step " in capsys.readouterr().out
+
+
+class _LastStepOnly(hs.SequenceModel):
+    """A model whose y is the last step only, as a Keras ``return_sequences=False`` import."""
+
+    return_sequences = False
+
+    def forward(self, x, state=None, *, cond=None, reset=None):  # type: ignore[no-untyped-def]
+        y, state = super().forward(x, state, cond=cond, reset=reset)
+        return y[:, -1], state
+
+
+class _SilentLastStep(_LastStepOnly):
+    return_sequences = True  # says nothing of its last-step output
+
+
+def test_a_last_step_model_exports_and_an_unannounced_one_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _LastStepOnly(2, 2, [hs.LSTM(6)], state_encoder="learned").eval()
+    report = export_onnx(model, tmp_path / "m.onnx")
+    assert report.outputs["y"] == ["batch", 2] and report.worst < 1e-5
+    x = np.random.default_rng(13).standard_normal((3, 9, 2)).astype(np.float32)
+    y, _ = _stream(_session(tmp_path / "m.onnx"), model, x, [9])
+    with torch.no_grad():
+        want, _ = model(torch.from_numpy(x))
+    assert y.shape == (3, 2) and float(np.abs(y - want.numpy()).max()) < 1e-5
+    silent = _SilentLastStep(2, 2, [hs.LSTM(6)], state_encoder="learned").eval()
+    with pytest.raises(ExportError, match=r"^verification: y has shape \(1, 1, 2\) in onnxruntime and \(1, 2\)"):
+        export_onnx(silent, tmp_path / "s.onnx")
+    assert not (tmp_path / "s.onnx").exists()
+
+
+def test_a_float64_model_is_checked_in_float32_and_left_as_it_was(tmp_path: Path) -> None:
+    model = _model([hs.GRU(5)]).double()
+    assert export_onnx(model, tmp_path / "m.onnx").worst < 1e-5
+    assert next(model.parameters()).dtype == torch.float64 and not model.training

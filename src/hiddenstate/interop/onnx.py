@@ -242,6 +242,11 @@ def verify_bytes(data: bytes, plan: Any, model: Any, report: ExportReport, seed:
     import torch
 
     session = _session(data)
+    param = next(model.parameters())
+    if param.device.type != "cpu" or param.dtype != torch.float32:  # the reference runs as the graph does
+        import copy
+
+        model = copy.deepcopy(model).to("cpu", torch.float32)
     names = [n for n, _ in plan.state_names()]
     y_scale = np.asarray(plan.y_shift[1], np.float64) if plan.y_shift is not None else 1.0
     worst: dict[str, float] = {"y": 0.0, **{f"state_out.{n}": 0.0 for n in names}}
