@@ -4,6 +4,7 @@ learned initial state, GRU exactness, folded scalers, metadata, OnnxStream and o
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -288,11 +289,14 @@ def test_onnx_stream_gives_the_library_numbers(tmp_path: Path) -> None:
 
 
 def test_onnx_stream_does_not_touch_torch() -> None:
-    """The runner's module imports no torch of its own: deploy targets run it with numpy alone."""
-    source = Path(hs_onnx.__file__).read_text()
-    runner = source[source.index("class OnnxStream") :]
-    assert "torch" not in runner
-    assert "\nimport torch" not in source and "\nfrom torch" not in source
+    """The runner's module imports no torch and no exporter: deploy targets run it with numpy alone."""
+    from hiddenstate.interop import _onnx_stream
+
+    source = Path(_onnx_stream.__file__).read_text()
+    assert not re.search(r"^\s*(import|from) (torch|hiddenstate\.interop\.onnx)\b", source, re.M)
+    assert "torch." not in source
+    assert "import " not in source[source.index("class OnnxStream") :]  # nothing imported on first use either
+    assert hs_onnx.OnnxStream is _onnx_stream.OnnxStream
 
 
 def test_the_export_benchmark_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -93,7 +93,7 @@ def write_triton_repository(
         raise ConfigError(f"{root}: the output folder is a file")
     source = source_of(model_or_run)
     data, plan = model_bytes(source, opset=opset, units=units, reset=True, reset_dims=("batch", 1))
-    report = _describe(data, plan, units)
+    report = _describe(data, plan)
     if verify:
         verify_bytes(data, plan, source.model, report)
     states = plan.state_names()

@@ -82,6 +82,6 @@ def onnx_engine(model: Any, threads: int | None = None) -> OnnxEngineModel:
 
     model = model.to("cpu", torch.float32).eval()
     data, plan = model_bytes(model, units="normalised", reset=True)
-    report = _describe(data, plan, "normalised")
+    report = _describe(data, plan)
     verify_bytes(data, plan, model, report)
     return OnnxEngineModel(model, _session(data, threads or torch.get_num_threads()), report)
