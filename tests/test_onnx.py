@@ -345,3 +345,16 @@ def test_a_float64_model_is_checked_in_float32_and_left_as_it_was(tmp_path: Path
     model = _model([hs.GRU(5)]).double()
     assert export_onnx(model, tmp_path / "m.onnx").worst < 1e-5
     assert next(model.parameters()).dtype == torch.float64 and not model.training
+
+
+def test_without_the_reset_input(tmp_path: Path) -> None:
+    model = _model([hs.LSTM(6)], state_encoder="learned")
+    report = export_onnx(model, tmp_path / "m.onnx", reset=False)
+    assert "reset" not in report.inputs and report.worst < 1e-5
+    with pytest.raises(ConfigError, match=r"^a model with a state encoder needs the reset input"):
+        export_onnx(_model([hs.LSTM(6)], state_encoder="cond:2"), tmp_path / "c.onnx", reset=False)
+    stream = OnnxStream(tmp_path / "m.onnx", batch_size=2)  # no reset input: lanes start from zeros
+    x = np.random.default_rng(14).standard_normal((2, 5, 2)).astype(np.float32)
+    with torch.no_grad():
+        want, _ = model(torch.from_numpy(x), hs.State.zeros(model.state_spec, 2))
+    assert float(np.abs(stream.step(x) - want.numpy()).max()) < 1e-5

@@ -152,3 +152,18 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, args: list[str], code: int, m
     lines = result.output.strip().splitlines()
     assert lines == [message.format(tmp=tmp_path)]
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_a_gru_run_with_old_onnxscript_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hiddenstate.interop import onnx as hs_onnx
+
+    monkeypatch.setattr(hs_onnx, "onnxscript_version", lambda: "0.6.2")
+    run_dir = _run(tmp_path, [hs.GRU(4)])
+    for extra in ([], ["--triton"]):
+        result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "o"), *extra])
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            "Error: layer 0 (gru): onnxscript 0.6.2 exports GRU with linear_before_reset=0, wrong by up to 0.1; "
+            "pip install 'onnxscript>=0.7.1'"
+        ]
+    assert not (tmp_path / "o").exists()

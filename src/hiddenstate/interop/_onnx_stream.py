@@ -45,7 +45,8 @@ class OnnxStream:
     for one step) and returns ``y``; the state moves on. ``reset(rows)`` makes those rows start
     afresh at the next step (all rows when None); a fresh stream starts with every row reset.
     ``state`` is a dict of ``(batch, hidden_i)`` arrays by name (``layers.0.h``, ...); assign
-    one to continue from a stored state.
+    one to continue from a stored state. A file exported without the ``reset`` input starts and
+    resets lanes to zeros.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, batch_size: int = 1, threads: int | None = 1) -> None:

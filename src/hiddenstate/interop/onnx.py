@@ -252,7 +252,9 @@ def verify_bytes(data: bytes, plan: Any, model: Any, report: ExportReport, seed:
             if not plan.reset:  # no reset input: both sides start from the model's initial state
                 with torch.no_grad():
                     state = model.initial_state(batch)
-                feeds_state = {n: t.numpy().astype(np.float32) for n, t in zip(names, state.tensors(), strict=True)}
+                feeds_state = {
+                    n: t.detach().numpy().astype(np.float32) for n, t in zip(names, state.tensors(), strict=True)
+                }
             cond = rng.standard_normal((batch, plan.cond_size)).astype(np.float32) if plan.encoder is not None else None
             if cond is not None and plan.cond_shift is not None:
                 cond = (cond * plan.cond_shift[1] + plan.cond_shift[0]).astype(np.float32)
