@@ -10,6 +10,7 @@ onnxruntime, torch, ...) so a burst of load from other programs hits all three a
 Before timing, the three engines' outputs are compared on the same inputs and states.
 
     python -m benchmarks.export                 # seed and wide, 7 repeats
+    python -m benchmarks.export --serve 500     # and one stream's observe latency through the service
     python -m benchmarks.export --tiny          # proves it runs
 """
 
@@ -119,6 +120,66 @@ def run(configs: Sequence[Config], repeats: int, tiny: bool) -> dict[str, dict[s
     return results
 
 
+def _run_dir(cfg: Config, path: Path) -> Path:
+    """A run of the configuration's model at torch's default initialisation, with a fitted scaler.
+
+    (Not ``serve.testing.demo_run``: its weights, of std 0.4, make the wide stack chaotic, so
+    float32 rounding alone moves it by more than the export check's 1e-5; see docs/export.md.)
+    """
+    import torch
+
+    import hiddenstate as hs
+    from hiddenstate.data.scaling import StandardScaler
+    from hiddenstate.runs.run import save_run
+
+    torch.manual_seed(0)
+    model = hs.SequenceModel(cfg.n_in, cfg.n_in, [hs.LSTM(h) for h in cfg.layers]).eval()
+    columns = [f"x{i}" for i in range(cfg.n_in)]
+    data = 50 + 10 * np.random.default_rng(0).standard_normal((500, cfg.n_in))
+    save_run(path, model, scaler=StandardScaler.fit(data, columns=columns), inputs=columns, targets=columns)
+    return path
+
+
+def serve_latency(cfg: Config, observes: int, tiny: bool) -> dict[str, dict[str, float]]:
+    """One stream's one-row observes over HTTP (a real uvicorn server in this process, SQLite with
+    ``sync normal``), the torch and onnx engines alternating in blocks of 25: median and p99 ms."""
+    import httpx
+
+    from hiddenstate.serve.app import create_app
+    from hiddenstate.serve.command import build_service
+    from hiddenstate.serve.testing import ThreadServer
+
+    latencies: dict[str, list[float]] = {"torch": [], "onnx": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = _run_dir(cfg, Path(tmp) / "run")
+        servers, clients, seqs = {}, {}, {}
+        try:
+            for engine in latencies:
+                service = build_service(run_dir, f"sqlite://{Path(tmp) / engine}.db", sync="normal", engine=engine)
+                servers[engine] = ThreadServer(create_app(service)).__enter__()
+                clients[engine] = httpx.Client(base_url=servers[engine].url, timeout=30)
+                seqs[engine] = 0
+            rng = np.random.default_rng(0)
+            block = 2 if tiny else 25
+            for _ in range(max(1, observes // block)):
+                for engine, client in clients.items():
+                    for _ in range(block):
+                        seqs[engine] += 1
+                        body = {"seq": seqs[engine], "values": (50 + 10 * rng.standard_normal((1, cfg.n_in))).tolist()}
+                        start = time.perf_counter()
+                        r = client.post("/v1/streams/s1/observe", json=body)
+                        latencies[engine].append(time.perf_counter() - start)
+                        r.raise_for_status()
+        finally:
+            for engine in list(servers):
+                clients[engine].close()
+                servers[engine].__exit__(None, None, None)
+    return {
+        engine: {"median_ms": 1e3 * float(np.median(t)), "p99_ms": 1e3 * float(np.percentile(t, 99)), "n": len(t)}
+        for engine, t in latencies.items()
+    }
+
+
 def _fmt_time(s: float) -> str:
     return f"{s * 1e6:.0f} µs" if s < 1e-2 else f"{s * 1e3:.1f} ms"
 
@@ -132,6 +193,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
     p.add_argument("--configs", default="seed,wide", help="comma-separated, of seed, wide")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per engine (median reported)")
     p.add_argument("--tiny", action="store_true", help="minimal sizes, one repeat: proves it runs")
+    p.add_argument(
+        "--serve",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N one-row observes per engine through the HTTP service",
+    )
     args = p.parse_args(argv)
     configs = [TINY] if args.tiny else [{"seed": SEED, "wide": WIDE}[n] for n in args.configs.split(",")]
     results = run(configs, 1 if args.tiny else args.repeats, args.tiny)
@@ -153,6 +221,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, flo
                 ]
             )
     print(table(["config", "scenario", "engine", "per call", "stream-steps/s", "vs torch", "max |y - torch|"], rows))
+    if args.serve:
+        print("\nOne stream's one-row observe over HTTP (uvicorn in-process, SQLite sync normal):")
+        rows = []
+        for cfg in configs:
+            found = serve_latency(cfg, args.serve, args.tiny)
+            base = found["torch"]["median_ms"]
+            rows += [
+                [
+                    cfg.name,
+                    e,
+                    r["n"],
+                    f"{r['median_ms']:.2f} ms",
+                    f"{r['p99_ms']:.2f} ms",
+                    f"{base / r['median_ms']:.2f}x",
+                ]
+                for e, r in found.items()
+            ]
+            results[f"serve|{cfg.name}"] = found
+        print(table(["config", "engine", "observes", "median", "p99", "vs torch"], rows))
     return results
 
 

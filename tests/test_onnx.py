@@ -143,8 +143,9 @@ def test_gru_exactness_and_the_linear_before_reset_trap(tmp_path: Path, monkeypa
     assert _max_diff([wrong[0], *wrong[1]], [want[0], *want[1]]) > 1e-3
     with pytest.raises(
         ExportError, match=r"^verification: (y|state_out\.layers\.\d\.h) differs by .* at batch 1, chunk"
-    ):
+    ) as info:
         export_onnx(model, tmp_path / "bad.onnx")
+    assert "the model's float32 and float64 agree to" in str(info.value)  # the graph is at fault, not rounding
     assert not (tmp_path / "bad.onnx").exists()
 
 
@@ -303,8 +304,9 @@ def test_the_export_benchmark_runs(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     from benchmarks.export import SCENARIOS, main
 
-    results = main(["--tiny"])
-    assert set(results) == {f"tiny|{s}" for s in SCENARIOS}
+    results = main(["--tiny", "--serve", "4"])
+    assert set(results) == {f"tiny|{s}" for s in SCENARIOS} | {"serve|tiny"}
+    assert {e: r["n"] for e, r in results.pop("serve|tiny").items()} == {"torch": 4, "onnx": 4}
     for engines in results.values():
         assert {"torch backend", "onnxruntime"} <= set(engines)
         assert all(r["seconds"] > 0 and r["diff"] < 1e-5 for r in engines.values())
@@ -358,3 +360,16 @@ def test_without_the_reset_input(tmp_path: Path) -> None:
     with torch.no_grad():
         want, _ = model(torch.from_numpy(x), hs.State.zeros(model.state_spec, 2))
     assert float(np.abs(stream.step(x) - want.numpy()).max()) < 1e-5
+
+
+def test_a_model_that_amplifies_rounding_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """Large random weights make a chaotic stack: torch's own float32 and float64 part by more
+    than 1e-5 within the check's 157 steps, so no float32 runtime can pass it, and the error says so."""
+    torch.manual_seed(0)
+    model = hs.SequenceModel(2, 2, [hs.LSTM(128), hs.LSTM(64)]).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.4)
+    with pytest.raises(ExportError, match=r"the model itself moves by .* between float32 and float64"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

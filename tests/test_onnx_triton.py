@@ -167,3 +167,23 @@ def test_cli_refuses_a_gru_run_with_old_onnxscript_in_one_line(tmp_path: Path, m
             "pip install 'onnxscript>=0.7.1'"
         ]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_trained_run_exports_and_onnx_stream_gives_its_numbers_in_original_units(tmp_path: Path) -> None:
+    from hiddenstate.interop.onnx import OnnxStream
+
+    args = ["train", "--out", str(tmp_path / "run"), "--synthetic-steps", "600", "--epochs", "1", "--hidden", "8"]
+    trained = runner.invoke(app, [*args, "--steps", "24", "--batch-size", "4", "--horizon", "8", "--no-plots"])
+    assert trained.exit_code == 0, trained.output
+    result = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "run")
+    rng = np.random.default_rng(3)
+    x = (run.scaler.mean + run.scaler.std * rng.standard_normal((2, 30, len(run.inputs)))).astype(np.float32)
+    stream = OnnxStream(tmp_path / "out" / "model.onnx", batch_size=2)
+    got = np.concatenate([stream.step(x[:, :11]), stream.step(x[:, 11:12]), stream.step(x[:, 12:])], axis=1)
+    with torch.no_grad():
+        y_norm, _ = run.model(torch.from_numpy(run.scaler.transform(x.astype(np.float64)).astype(np.float32)))
+    tidx = [run.inputs.index(t) for t in run.targets]
+    want = run.scaler.select(tidx).inverse_transform(y_norm.double().numpy())
+    assert float((np.abs(got - want) / run.scaler.select(tidx).std).max()) < 1e-5

@@ -8,7 +8,8 @@ config) is the torch model's own. The graph is checked against the model when th
 built, as every export is, so both engines give the same answers to 1e-5.
 
 Measured (docs/performance.md, "ONNX export"): onnxruntime takes one stream's step several times
-faster than torch, but a step of 1,000 streams somewhat slower, so it is an option, not the default.
+faster than torch, but a step of 1,000 streams no faster (and behind the fused kernel), so it is an
+option, not the default.
 """
 
 from __future__ import annotations
