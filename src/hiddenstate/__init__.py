@@ -14,6 +14,7 @@ from hiddenstate.errors import (
     ConfigError,
     ContinuityError,
     DataError,
+    ExportError,
     HiddenStateError,
     MissingExtraError,
     SequenceGapError,
@@ -57,6 +58,7 @@ _LAZY = {
     "save_run": "hiddenstate.runs",
     "metrics": "hiddenstate.forecast",
     "keras": "hiddenstate.interop",  # the subpackage hiddenstate.interop.keras (Keras itself loads on use)
+    "export_onnx": "hiddenstate.interop.onnx",
 }
 
 _SUBPACKAGES = {"keras"}
@@ -88,6 +90,7 @@ __all__ = [
     "ConfigError",
     "ContinuityError",
     "DataError",
+    "ExportError",
     "HiddenStateError",
     "MissingExtraError",
     "SequenceGapError",

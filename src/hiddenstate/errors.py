@@ -13,6 +13,8 @@ The hierarchy::
     ├── CheckpointError               a run directory that is missing, tampered, truncated
     │                                 or does not match the model; names the file
     ├── MissingExtraError(ImportError) an optional dependency is absent; names the extra
+    ├── ExportError                   an exported graph that does not match its model; names
+    │                                 the tensor, the check and the difference
     └── ServeError                    the streaming service's failures
         ├── MalformedRequestError     a body that is not JSON, or nested too deeply
         ├── BodyTooLargeError         a body over the service's limit
@@ -49,6 +51,7 @@ __all__ = [
     "ConfigError",
     "ContinuityError",
     "DataError",
+    "ExportError",
     "HiddenStateError",
     "MalformedRequestError",
     "MissingExtraError",
@@ -183,6 +186,12 @@ class VersionConflictError(ServeError):
     """A compare-and-set found another version than the one it read."""
 
     code = "version_conflict"
+
+
+class ExportError(HiddenStateError):
+    """An exported graph does not reproduce its model; names the tensor, the check and by how much."""
+
+    code = "export_failed"
 
 
 class StoreUnavailableError(ServeError):

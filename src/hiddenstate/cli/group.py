@@ -32,6 +32,7 @@ LAZY_COMMANDS = {
     "serve": "hiddenstate.serve.command",
     "benchmark": "hiddenstate.ett.benchmark",
     "import": "hiddenstate.cli.imports",
+    "export": "hiddenstate.cli.export",
 }
 
 
