@@ -45,6 +45,7 @@ TABLE = {  # class: (http status, code, exit code), as docs/serving.md lists the
     "StoreUnavailableError": (503, "store_unavailable", 1),
     "StoreBusyError": (503, "store_busy", 1),
     "RequestError": (409, "conflict", 1),
+    "ExportError": (500, "export_failed", 1),
 }
 
 
