@@ -187,3 +187,26 @@ def test_cli_damaged_file_one_line(keras_file: tuple[Path, Any], tmp_path: Path,
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"Error: {bad}: not a readable Keras model file"), result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_serve_an_imported_run(keras_file: tuple[Path, Any], tmp_path: Path) -> None:
+    """The service of `hiddenstate serve`, built from the imported run directory and run by a real
+    uvicorn server: an observe answers Keras's prediction for the stream's rows (no scaler, so
+    original units are the model's)."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from hiddenstate.cli.commands import app
+    from hiddenstate.serve.app import create_app
+    from hiddenstate.serve.command import build_service
+    from hiddenstate.serve.testing import ThreadServer
+
+    path, kmodel = keras_file
+    out = tmp_path / "run"
+    assert CliRunner().invoke(app, ["import", "keras", str(path), "--out", str(out)]).exit_code == 0
+    rows = np.random.default_rng(5).normal(size=(7, 2)).astype("float32")
+    want = kmodel.predict(rows[None], verbose=0)[0]  # (targets,): the last step of the window
+    with ThreadServer(create_app(build_service(out))) as server:
+        answer = httpx.post(f"{server.url}/v1/streams/s1/observe", json={"seq": 1, "values": rows.tolist()}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert float(np.abs(np.asarray(answer.json()["prediction"]) - want).max()) < 1e-5
