@@ -210,3 +210,24 @@ def test_serve_an_imported_run(keras_file: tuple[Path, Any], tmp_path: Path) -> 
         answer = httpx.post(f"{server.url}/v1/streams/s1/observe", json={"seq": 1, "values": rows.tolist()}, timeout=30)
     assert answer.status_code == 200, answer.text
     assert float(np.abs(np.asarray(answer.json()["prediction"]) - want).max()) < 1e-5
+
+
+def test_cli_import_with_a_scaler(keras_file: tuple[Path, Any], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hiddenstate.cli.commands import app
+
+    scaler = tmp_path / "scaler.json"
+    scaler.write_text(json.dumps({"kind": "standard", "mean": [1.0, 2.0], "std": [2.0, 4.0]}))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["import", "keras", str(keras_file[0]), "--out", str(out), "--scaler", str(scaler)]
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "manifest.json").read_text())["scaler"]
+    assert saved["mean"] == [1.0, 2.0] and saved["std"] == [2.0, 4.0]
+    wrong = CliRunner().invoke(
+        app, ["import", "keras", str(keras_file[0]), "--out", str(tmp_path / "r2"), "--inputs", "a"]
+    )
+    assert wrong.exit_code == 1
+    assert wrong.output.strip() == "Error: --inputs: 1 names given for a model with 2 inputs"
