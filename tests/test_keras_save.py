@@ -231,3 +231,19 @@ def test_cli_import_with_a_scaler(keras_file: tuple[Path, Any], tmp_path: Path) 
     )
     assert wrong.exit_code == 1
     assert wrong.output.strip() == "Error: --inputs: 1 names given for a model with 2 inputs"
+
+
+def test_rollout_forecast_of_a_last_step_model(keras_file: tuple[Path, Any]) -> None:
+    """A return_sequences=False model rolls out: each step's prediction is Keras's prediction for
+    the window ending there, fed back as the next input."""
+    from hiddenstate.forecast import forecast
+
+    path, kmodel = keras_file
+    model = hs.keras.load(path)
+    history = np.random.default_rng(6).normal(size=(2, 8, 2)).astype("float32")
+    got = forecast(model, history, 3, method="rollout")  # (batch, horizon, targets)
+    window = history
+    for step in range(3):
+        want = kmodel.predict(window, verbose=0)  # (batch, targets)
+        assert float(np.abs(np.asarray(got[:, step]) - want).max()) < 1e-5, step
+        window = np.concatenate([window, want[:, None].astype("float32")], axis=1)
