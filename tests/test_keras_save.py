@@ -187,3 +187,63 @@ def test_cli_damaged_file_one_line(keras_file: tuple[Path, Any], tmp_path: Path,
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"Error: {bad}: not a readable Keras model file"), result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_serve_an_imported_run(keras_file: tuple[Path, Any], tmp_path: Path) -> None:
+    """The service of `hiddenstate serve`, built from the imported run directory and run by a real
+    uvicorn server: an observe answers Keras's prediction for the stream's rows (no scaler, so
+    original units are the model's)."""
+    import httpx
+    from typer.testing import CliRunner
+
+    from hiddenstate.cli.commands import app
+    from hiddenstate.serve.app import create_app
+    from hiddenstate.serve.command import build_service
+    from hiddenstate.serve.testing import ThreadServer
+
+    path, kmodel = keras_file
+    out = tmp_path / "run"
+    assert CliRunner().invoke(app, ["import", "keras", str(path), "--out", str(out)]).exit_code == 0
+    rows = np.random.default_rng(5).normal(size=(7, 2)).astype("float32")
+    want = kmodel.predict(rows[None], verbose=0)[0]  # (targets,): the last step of the window
+    with ThreadServer(create_app(build_service(out))) as server:
+        answer = httpx.post(f"{server.url}/v1/streams/s1/observe", json={"seq": 1, "values": rows.tolist()}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert float(np.abs(np.asarray(answer.json()["prediction"]) - want).max()) < 1e-5
+
+
+def test_cli_import_with_a_scaler(keras_file: tuple[Path, Any], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hiddenstate.cli.commands import app
+
+    scaler = tmp_path / "scaler.json"
+    scaler.write_text(json.dumps({"kind": "standard", "mean": [1.0, 2.0], "std": [2.0, 4.0]}))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["import", "keras", str(keras_file[0]), "--out", str(out), "--scaler", str(scaler)]
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "manifest.json").read_text())["scaler"]
+    assert saved["mean"] == [1.0, 2.0] and saved["std"] == [2.0, 4.0]
+    wrong = CliRunner().invoke(
+        app, ["import", "keras", str(keras_file[0]), "--out", str(tmp_path / "r2"), "--inputs", "a"]
+    )
+    assert wrong.exit_code == 1
+    assert wrong.output.strip() == "Error: --inputs: 1 names given for a model with 2 inputs"
+
+
+def test_rollout_forecast_of_a_last_step_model(keras_file: tuple[Path, Any]) -> None:
+    """A return_sequences=False model rolls out: each step's prediction is Keras's prediction for
+    the window ending there, fed back as the next input."""
+    from hiddenstate.forecast import forecast
+
+    path, kmodel = keras_file
+    model = hs.keras.load(path)
+    history = np.random.default_rng(6).normal(size=(2, 8, 2)).astype("float32")
+    got = forecast(model, history, 3, method="rollout")  # (batch, horizon, targets)
+    window = history
+    for step in range(3):
+        want = kmodel.predict(window, verbose=0)  # (batch, targets)
+        assert float(np.abs(np.asarray(got[:, step]) - want).max()) < 1e-5, step
+        window = np.concatenate([window, want[:, None].astype("float32")], axis=1)
