@@ -47,6 +47,14 @@ def _np(t: Any) -> np.ndarray:
     return np.asarray(t.detach().cpu().double().numpy())
 
 
+def _bias(cell: Any, name: str) -> np.ndarray:
+    """A recurrent layer's bias, or zeros for one built without (Keras ``use_bias=False``)."""
+    if getattr(cell, "bias", True):
+        return _np(getattr(cell, name))
+    rows = cell.weight_ih_l0.shape[0]  # (gates * hidden, input)
+    return np.zeros(rows, dtype=np.float64)
+
+
 def _head_steps(model: Any) -> list[tuple[Any, ...]]:
     """The head as ``("linear", W, b)`` / ``("act", name)`` steps, from the head modules themselves."""
     from torch import nn
@@ -55,6 +63,15 @@ def _head_steps(model: Any) -> list[tuple[Any, ...]]:
     head = getattr(model, "head", None)
     modules = list(head) if isinstance(head, nn.Sequential) else [head]
     steps: list[tuple[Any, ...]] = []
+    # Dense layers before the head (a Keras import's hidden Dense stack), each with its activation
+    for k, (layer, (_, activation, _)) in enumerate(
+        zip(getattr(model, "dense", ()), getattr(model, "dense_sizes", ()), strict=True)
+    ):
+        steps.append(("linear", _np(layer.weight), None if layer.bias is None else _np(layer.bias)))
+        if activation is not None:
+            if activation not in ("tanh", "sigmoid", "relu", "softmax"):
+                raise ConfigError(f"model.dense[{k}] activation {activation!r} has no ONNX export here")
+            steps.append(("act", activation))
     for k, m in enumerate(modules):
         if isinstance(m, nn.Linear):
             steps.append(("linear", _np(m.weight), None if m.bias is None else _np(m.bias)))
@@ -95,8 +112,6 @@ def _refuse_unsupported(model: Any) -> None:
     for i, cell in enumerate(rnn.cells):
         if getattr(cell, "nonlinearity", "tanh") != "tanh" or getattr(cell, "proj_size", 0):
             raise ConfigError(f"layer {i}: only tanh RNN cells and LSTMs without projection export")
-        if not getattr(cell, "bias", True):
-            raise ConfigError(f"layer {i}: a recurrent layer without biases has no ONNX export here")
 
 
 def _last_step(model: Any) -> bool:
@@ -123,8 +138,8 @@ def make_plan(source: Source, *, units: str, reset: bool) -> GraphPlan:
                 ls.hidden_size,
                 _np(cell.weight_ih_l0),
                 _np(cell.weight_hh_l0),
-                _np(cell.bias_ih_l0),
-                _np(cell.bias_hh_l0),
+                _bias(cell, "bias_ih_l0"),
+                _bias(cell, "bias_hh_l0"),
             )
         )
     encoder = getattr(model, "encoder", None)
