@@ -201,7 +201,7 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-CORE = ("hiddenstate.state", "hiddenstate.model", "hiddenstate.stateful", "hiddenstate.errors")
+CORE = ("hiddenstate.spec", "hiddenstate.state", "hiddenstate.model", "hiddenstate.stateful", "hiddenstate.errors")
 
 
 def test_dependencies_point_one_way_from_the_core() -> None:
