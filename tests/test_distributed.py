@@ -43,7 +43,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _torchrun(nproc: int, *args: str, max_restarts: int = 0) -> list[str]:
+def _torchrun(nproc: int, *args: str, max_restarts: int = 0, program: tuple[str, ...] = (str(WORKER),)) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -60,7 +60,7 @@ def _torchrun(nproc: int, *args: str, max_restarts: int = 0) -> list[str]:
         str(max_restarts),
         "--monitor-interval",
         "0.2",
-        str(WORKER),
+        *program,
         *args,
     ]
 
@@ -252,3 +252,39 @@ def test_nccl_ranks_equal_one_process_on_cuda(tmp_path: Path) -> None:
     _run(_torchrun(nproc, "--result", str(tmp_path / "r.st"), "--epochs", str(EPOCHS), "--ragged", "--device", "cuda"))
     diff = _max_diff(_load(tmp_path / "r.st"), _load(one))
     assert max(diff.values()) < 1e-4, diff  # cuDNN's kernels and nccl's sums add up in their own order
+
+
+@pytest.mark.slow
+def test_resume_two_ranks_on_three(tmp_path: Path, one_process: dict) -> None:
+    run = tmp_path / "run"
+    _run(_torchrun(2, "--result", str(tmp_path / "half.st"), "--epochs", "2", "--ragged", "--run-dir", str(run)))
+    args = ("--result", str(tmp_path / "r.st"), "--epochs", str(EPOCHS), "--ragged", "--run-dir", str(run), "--resume")
+    _run(_torchrun(3, *args))  # 5 lanes: blocks of 2, 2 and 1 (+ a padding row)
+    diff = _max_diff(_load(tmp_path / "r.st"), one_process["ragged"])
+    assert max(diff.values()) < TOL, diff
+    assert hs.load_run(run).manifest["distributed"]["blocks"] == [[0, 2], [2, 4], [4, 5]]
+
+
+@pytest.mark.slow
+def test_the_command_line_trains_under_torchrun(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ("--synthetic-steps", "600", "--epochs", "2", "--hidden", "8", "--batch-size", "4", "--steps", "16")
+    args += ("--horizon", "4", "--no-plots", "--out", str(out))
+    done = _run(_torchrun(2, *args, program=("-m", "hiddenstate", "train")), timeout=240)
+    assert done.stdout.count("trained to epoch 2") == 1  # rank 0 alone prints
+    run = hs.load_run(out)
+    assert run.manifest["distributed"]["world_size"] == 2 and run.lane_state.batch_size == 4
+    assert (out / "evaluation.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_benchmark_runs() -> None:
+    sys.path.insert(0, str(HERE.parent))
+    try:
+        from benchmarks.distributed import main
+
+        runs = main(["--tiny"])
+    finally:
+        sys.path.remove(str(HERE.parent))
+    assert [len(runs["tiny"][n]) for n in ("1", "2")] == [1, 1]
+    assert all(r["rate"] > 0 and r["world_size"] == int(n) for n in ("1", "2") for r in runs["tiny"][n])
