@@ -94,15 +94,15 @@ def _launch(nproc: int, names: list[str], epochs: int, timeout: float) -> dict:
         env["PYTHONPATH"] = os.pathsep.join([str(src / "src"), str(src), env.get("PYTHONPATH", "")])
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
-            raise SystemExit(f"torchrun --nproc-per-node {nproc} failed:\n{done.stderr[-3000:]}")
+            raise SystemExit(f"torchrun --nproc-per-node {nproc} failed:\n{done.stdout[-2000:]}{done.stderr[-6000:]}")
         return json.loads(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, list[dict]]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="seed,wide", help=f"comma-separated, of {', '.join(CONFIGS)}")
-    p.add_argument("--repeats", type=int, default=2, help="launches of each size, interleaved (default 2)")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per launch; the first is not timed")
+    p.add_argument("--repeats", type=int, default=3, help="launches of each size, interleaved (default 3)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per launch; the first is not timed")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -409,9 +409,18 @@ def setup(config: Any) -> Distributed | None:
     return Distributed(device)
 
 
+_failed = False  # set when this rank dies of an exception: then no rank is waited for at exit
+
+
 def _destroy() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """At exit: wait for the other ranks, then leave the group. A rank that leaves while another
+    still talks to it makes gloo abort that other process."""
+    if not dist.is_initialized():
+        return
+    if not _failed:
+        with contextlib.suppress(Exception):  # a lost rank: the barrier times out, the exit goes on
+            dist.barrier()
+    dist.destroy_process_group()
 
 
 def _install_failure_report() -> None:
@@ -420,6 +429,8 @@ def _install_failure_report() -> None:
     previous = sys.excepthook
 
     def report(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+        global _failed
+        _failed = True
         where = f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}"
         message = "".join(traceback.format_exception_only(kind, error)).strip()
         print(f"hiddenstate: {where} failed: {message}", file=sys.stderr, flush=True)
