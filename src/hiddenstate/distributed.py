@@ -437,10 +437,10 @@ def _install_failure_report() -> None:
         error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")  # torchrun shows it in its failure summary
         if error_file:
             stack = "".join(traceback.format_exception(kind, error, tb))
-            record = {"message": f"{kind.__name__}: {error}", "extraInfo": {"py_callstack": stack, "timestamp": "0"}}
-            record["extraInfo"]["timestamp"] = str(int(time.time()))
+            info = {"py_callstack": stack, "timestamp": str(int(time.time()))}
+            record = {"message": {"message": f"{kind.__name__}: {error}", "extraInfo": info}}
             with contextlib.suppress(OSError):  # the report must not hide the error itself
-                Path(error_file).write_text(json.dumps({"message": record}))
+                Path(error_file).write_text(json.dumps(record))
         previous(kind, error, tb)
 
     sys.excepthook = report

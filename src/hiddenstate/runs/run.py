@@ -451,7 +451,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module | None = N
 
 
 def _rank_rng(folder: Path, blobs: Mapping[str, bytes]) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     while (name := f"rng-rank-{len(out)}.safetensors") in blobs:
         tensors, metadata = parse_tensors(folder / name, blobs[name])
         try:
