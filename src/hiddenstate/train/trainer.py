@@ -20,7 +20,9 @@ chunk to chunk and cuts the graph every ``detach_every`` chunks::
 - ``"zeros"``: zeros every chunk; nothing is carried.
 
 The loop reads top to bottom in :meth:`Trainer.fit`. It keeps the loss on the device and
-synchronises once per epoch (or every few chunks when the progress bar shows).
+synchronises once per epoch (or every few chunks when the progress bar shows). Under ``torchrun``
+the same loop trains data-parallel, each rank on its own block of lanes
+(:mod:`hiddenstate.distributed`, docs/distributed.md).
 """
 
 from __future__ import annotations
