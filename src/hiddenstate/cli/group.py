@@ -10,6 +10,7 @@ lists and loads the commands of :data:`LAZY_COMMANDS`, which live with their sub
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -97,5 +98,7 @@ class OneLineErrors(TyperGroup):
 
 def _fail(message: str, code: int) -> int:
     text = " ".join(str(message).split()).replace("Value error, ", "")  # pydantic's prefix, via typer
+    if os.environ.get("WORLD_SIZE") and os.environ.get("RANK"):  # under torchrun: which rank failed
+        text = f"rank {os.environ['RANK']}: {text}"
     typer.echo(f"Error: {text}", err=True)
     return code

@@ -239,14 +239,18 @@ def train_run(
 ) -> tuple[Trainer, History]:
     """Train ``job`` into the run directory ``out`` (continuing it with ``resume``), fit the direct
     head, and save the run with the settings in ``extra``; returns the Trainer and its History."""
+    from hiddenstate.distributed import rank
     from hiddenstate.forecast import fit_direct_head
     from hiddenstate.runs.run import atomic_write, save_run
     from hiddenstate.train.trainer import Trainer
 
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / ARGS_FILE, (json.dumps(job.settings.to_json(), indent=1) + "\n").encode())
+    if rank() == 0:  # under torchrun rank 0 alone writes the run directory
+        atomic_write(out / ARGS_FILE, (json.dumps(job.settings.to_json(), indent=1) + "\n").encode())
     trainer = Trainer(job.model, job.config)
     history = trainer.fit(job.train_batches, job.val_batches, run_dir=out, resume=resume, callbacks=callbacks)
+    if rank() != 0:
+        return trainer, history
     job.model.eval()
     fit_direct_head(job.model, job.train_x, job.train_y)
     save_run(
@@ -259,6 +263,7 @@ def train_run(
         train_config=job.config,
         lane_state=trainer.lane_state,
         extra={"settings": job.settings.to_json(), "best_epoch": history.best_epoch},
+        distributed=trainer.distributed.layout() if trainer.distributed is not None else None,
     )
     return trainer, history
 

@@ -122,10 +122,17 @@ def train(
 
     Prints test metrics next to a repeat-last-value baseline; writes weights and plots into the run.
     """
+    from hiddenstate.distributed import launched, rank, restarted
     from hiddenstate.runs.run import load_run
 
     console = new_console()
+    console.quiet = rank() != 0  # under torchrun rank 0 alone prints
+    if out is None and launched():
+        raise typer.BadParameter(
+            "under torchrun every rank and every restart needs the same run directory", param_hint="--out"
+        )
     out = out if out is not None else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    resume = resume or (restarted() and pipeline.holds_run(out))  # torchrun restarted the group: continue
     settings = RunSettings(
         data=str(data) if data is not None else None,
         time_col=time_col,
@@ -185,6 +192,8 @@ def train(
 
     started = time.perf_counter()
     trainer, _ = pipeline.train_run(job, out, resume=resume, callbacks=[show])
+    if rank() != 0:
+        return  # rank 0 evaluates every series on the test split and writes the files
     console.print(f"trained to epoch {trainer.epoch} in {time.perf_counter() - started:.1f}s")
     run = load_run(out)
     evaluation = report(console, run, dataset, settings, settings.horizon, method)

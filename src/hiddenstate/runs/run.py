@@ -40,6 +40,7 @@ and optimizer parts of a checkpoint in :mod:`hiddenstate.runs.snapshot`; ``atomi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -190,13 +191,15 @@ def save_run(
     lane_state: State | None = None,
     target_scaler: Any = None,
     extra: Mapping[str, Any] | None = None,
+    distributed: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` and its context into ``run_dir``; returns the manifest's path.
 
     ``scaler`` (over the input columns) and ``target_scaler`` (for targets that are not inputs)
     have ``to_json()`` or are None; ``train_config`` is a TrainConfig or a dict; ``lane_state`` is
     the carried State of every lane (``Trainer.lane_state``); ``extra`` is any JSON-safe dict
-    (data settings the CLI needs to rebuild its batches). Safe to call again on the same run.
+    (data settings the CLI needs to rebuild its batches); ``distributed`` is the lane layout of a
+    distributed run (``world_size``, ``lane_ranks``, ``blocks``). Safe to call again on the same run.
     """
     run = Path(run_dir)
     spec = _model_spec(model)
@@ -223,6 +226,7 @@ def save_run(
         "train_config": dict(tc) if tc is not None else None,
         "lane_state": None if lane_state is None else {"batch": lane_state.batch_size},
         "extra": dict(extra or {}),
+        "distributed": dict(distributed) if distributed is not None else None,
         "files": {},
     }
     run.mkdir(parents=True, exist_ok=True)
@@ -324,6 +328,8 @@ class Checkpoint:
     lane_state: State | None
     best_weights: dict[str, torch.Tensor] | None
     trainer: dict[str, Any]
+    rank_rng: list[dict[str, Any]] | None = None  # every rank's generators, for a distributed run
+    distributed: dict[str, Any] | None = None  # world_size, lane_ranks, blocks
 
 
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
@@ -346,11 +352,15 @@ def save_checkpoint(
     lane_state: State | None = None,
     best_weights: Mapping[str, torch.Tensor] | None = None,
     keep: int | None = None,
+    rank_rng: Sequence[bytes] | None = None,
+    distributed: Mapping[str, Any] | None = None,
 ) -> Path:
     """Commit the training state after ``epoch`` to ``run_dir/checkpoints/epoch-NNNN``.
 
     ``trainer`` is the Trainer's JSON-safe bookkeeping (history, early stopping). The global RNG
-    states are captured here. With ``keep``, only the newest ``keep`` checkpoints stay.
+    states are captured here. With ``keep``, only the newest ``keep`` checkpoints stay. A
+    distributed run adds every rank's generators (``rank_rng``: safetensors bytes per rank, written
+    as ``rng-rank-N.safetensors``) and its lane layout (``distributed``).
     """
     spec = _model_spec(model)
     folder = Path(run_dir) / "checkpoints"
@@ -369,6 +379,8 @@ def save_checkpoint(
         files["lane_state.safetensors"] = state_bytes(lane_state)
     if best_weights is not None:
         files["best.safetensors"] = tensor_bytes(best_weights, {"fingerprint": spec.fingerprint()})
+    for r, blob in enumerate(rank_rng or ()):
+        files[f"rng-rank-{r}.safetensors"] = blob
     meta = {
         "format": CHECKPOINT_FORMAT,
         "version": _version(),
@@ -380,6 +392,7 @@ def save_checkpoint(
         "optimizer": opt_meta,
         "rng": rng_meta,
         "trainer": dict(trainer),
+        "distributed": dict(distributed) if distributed is not None else None,
         "files": {name: file_entry(data) for name, data in files.items()},
     }
     try:
@@ -463,7 +476,20 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module | None = N
         lane_state=lane_state,
         best_weights=best,
         trainer=dict(meta.get("trainer") or {}),
+        rank_rng=_rank_rng(folder, blobs) or None,
+        distributed=meta.get("distributed"),
     )
+
+
+def _rank_rng(folder: Path, blobs: Mapping[str, bytes]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while (name := f"rng-rank-{len(out)}.safetensors") in blobs:
+        tensors, metadata = parse_tensors(folder / name, blobs[name])
+        try:
+            out.append(rng_from_parts(tensors, json.loads(metadata["rng"])))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{folder / name}: malformed RNG state: {e}") from None
+    return out
 
 
 def _spec_from(meta: Mapping[str, Any], listing: Path) -> StateSpec:

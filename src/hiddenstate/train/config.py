@@ -20,6 +20,7 @@ LOSSES = ("mse", "mae", "huber")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("none", "cosine", "step", "exponential")
 BACKENDS = ("torch", "fused")
+DISTRIBUTED = ("auto", "off")
 METRICS_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "seconds", "sample_steps_per_s")
 
 
@@ -58,6 +59,7 @@ class TrainConfig:
     backend: str = "torch"  # "torch" (cuDNN/oneDNN) or "fused" (CPU LSTM kernel, small models)
     precision: str = "fp32"  # "bf16" or "fp16": mixed precision on CUDA (weights stay float32)
     max_minutes: float | None = None  # wall-clock budget of fit(); when spent, the epoch ends early, training stops
+    distributed: str = "auto"  # "auto": data-parallel when launched by torchrun; "off": never
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -66,6 +68,7 @@ class TrainConfig:
         _choice("state_policy", self.state_policy, POLICIES)
         _choice("backend", self.backend, BACKENDS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("distributed", self.distributed, DISTRIBUTED)
         for name in ("epochs", "step_size", "detach_every"):
             _int(name, getattr(self, name), low=1)
         for name in ("patience", "threads", "keep_checkpoints"):

@@ -27,7 +27,9 @@ and ``reset`` (and ``cond`` for a StateEncoder, ``state`` for ``"batch"``); ``y`
 may have other steps than ``x``, as for forecast windows that read L steps and predict H.
 
 The loop reads top to bottom in :meth:`Trainer.fit`. It keeps the loss on the device and
-synchronises once per epoch (or every few chunks when the progress bar shows).
+synchronises once per epoch (or every few chunks when the progress bar shows). Under ``torchrun``
+the same loop trains data-parallel, each rank on its own block of lanes
+(:mod:`hiddenstate.distributed`, docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import nn
 
+from hiddenstate import distributed
 from hiddenstate.data.lanes import Batch
 from hiddenstate.errors import CheckpointError, ConfigError
 from hiddenstate.runs import run as checkpoint
@@ -114,7 +117,9 @@ class Trainer:
         self.config = config if config is not None else TrainConfig()
         if not isinstance(self.config, TrainConfig):
             raise ConfigError(f"Trainer config: expected a TrainConfig, got {type(self.config).__name__}")
-        self.device = _resolve_device(self.config.device)
+        # Under torchrun: this rank's place in the group and its device; None in one process.
+        self.distributed = distributed.setup(self.config)
+        self.device = self.distributed.device if self.distributed else _resolve_device(self.config.device)
         self.model = model.to(self.device)
         self._encodes = getattr(model, "encoder", None) is not None
         policy = self.config.state_policy
@@ -149,6 +154,7 @@ class Trainer:
         self._best_weights: dict[str, torch.Tensor] | None = None
         self._zeros: State | None = None
         self._deadline: float | None = None  # perf_counter() at which fit() stops (config.max_minutes)
+        self._net = self.distributed.wrap(self.model) if self.distributed else self.model  # trains through DDP
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -166,8 +172,11 @@ class Trainer:
 
         ``train_batches`` and ``val_batches`` are re-iterable (iterated once per epoch).
         """
-        cfg = self.config
+        cfg, dist = self.config, self.distributed
         run = Path(run_dir) if run_dir is not None else None
+        if dist is not None:  # this rank's lanes; after a torchrun restart, resume by itself
+            train_batches = dist.shard(train_batches, training=True)
+            resume = dist.should_resume(run, resume)
         if resume:
             if run is None:
                 raise ConfigError("fit(resume=True) needs the run_dir to resume from")
@@ -179,11 +188,13 @@ class Trainer:
                     "pass resume=True to continue it, or use a new run_dir"
                 )
             _seed_everything(cfg.seed)
+            if dist is not None:
+                dist.seed(cfg.seed)
             self.epoch, self.history, self._best_weights, self.lane_state = 0, History(), None, None
         self.should_stop = False
         self._layout = batch_layout(train_batches)  # saved with each checkpoint, checked on resume
         self._deadline = None if cfg.max_minutes is None else time.perf_counter() + cfg.max_minutes * 60
-        with self._threads(), Progress(cfg.progress) as bar:
+        with self._threads(), Progress(cfg.progress and (dist is None or dist.is_main)) as bar:
             while self.epoch < cfg.epochs and not self.history.stopped_early and not self.should_stop:
                 lr = self._set_lr(self.epoch)
                 start = time.perf_counter()
@@ -206,18 +217,20 @@ class Trainer:
                     self._save(run)
                 for callback in callbacks:
                     callback(self, row)
+                if dist is not None:  # a callback's stop on one rank stops them all
+                    self.should_stop = dist.any(self.should_stop)
         if self._best_weights is not None and cfg.restore_best:
             self.model.load_state_dict(self._best_weights)
         return self.history
 
     def _train_epoch(self, batches: Iterable[Any], bar: Progress) -> tuple[float, int]:
-        cfg, model = self.config, self.model
+        cfg, model, dist = self.config, self.model, self.distributed
         model.train()
         losses: list[torch.Tensor] = []  # each chunk's mean loss, detached; summed once per epoch
         counts: list[int] = []  # valid elements per chunk
         sample_steps = 0
         state: State | None = None
-        window: list[tuple[torch.Tensor, int]] = []  # the chunks since the last optimizer step
+        window: list[tuple[torch.Tensor, int, int]] = []  # (loss, valid, every rank's valid) since the last step
         if hasattr(batches, "set_epoch"):  # a shuffling sampler reshuffles by epoch; resume stays exact
             batches.set_epoch(self.epoch)
         bar.start_epoch(self.epoch + 1, cfg.epochs, _length(batches))
@@ -229,7 +242,7 @@ class Trainer:
             with self._autocast():
                 y_hat, state = self._forward(x, state, cond, reset)  # y_hat: (batch, steps, out)
                 loss = self._loss(y_hat, y, mask, n)  # mean over the chunk's valid elements
-            window.append((loss, n))
+            window.append((loss, n, batch.global_valid * y.shape[-1] if dist else n))
             losses.append(loss.detach())
             counts.append(n)
             sample_steps += x.shape[0] * x.shape[1]
@@ -247,20 +260,22 @@ class Trainer:
             state = state.detach() if state is not None else None
         if state is not None and cfg.precision != "fp32":  # kept, saved and resumed in the weights' dtype
             state = state.to(dtype=self._dtype())
-        self.lane_state = state
+        self.lane_state = state if dist is None or state is None else dist.gather_state(state)  # every lane
         train_loss = _weighted_mean(losses, counts)  # the epoch's one sync when the bar is off
         bar.end_epoch(train_loss, sample_steps)
         return train_loss, sample_steps
 
-    def _step(self, window: list[tuple[torch.Tensor, int]]) -> None:
+    def _step(self, window: list[tuple[torch.Tensor, int, int]]) -> None:
         """One backward pass through the window's chunks and one optimizer step."""
-        total = sum(n for _, n in window)
+        total = sum(every for *_, every in window)  # valid elements of the window on every rank
         if total == 0:  # nothing but padding: no gradient to follow
             return
-        if len(window) == 1:
+        if len(window) == 1 and window[0][1] == total:
             loss = window[0][0]
-        else:  # the mean over every valid element of the window
-            loss = torch.stack([chunk * (n / total) for chunk, n in window]).sum()
+        else:  # the mean over every valid element of the window (of every rank)
+            loss = torch.stack([chunk * (n / total) for chunk, n, _ in window]).sum()
+        if self.distributed is not None:  # DDP averages the ranks' gradients: undo the 1/world_size
+            loss = loss * self.distributed.world_size
         self.optimizer.zero_grad(set_to_none=True)
         # The scaler is a pass-through except for fp16, where it scales the loss against underflow,
         # unscales before clipping and skips the step when the gradients overflowed.
@@ -280,6 +295,8 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, squared error, absolute error
         count = 0
         state: State | None = None
+        if self.distributed is not None:  # each rank its own lanes; the sums are added up below
+            batches = self.distributed.shard(batches)
         with torch.no_grad(), self._threads():
             for batch in batches:
                 x, y, cond, reset, mask, valid = self._to_device(batch)
@@ -294,6 +311,9 @@ class Trainer:
                 sums += torch.stack([self._loss_fn(y_hat, y, "sum"), diff.square().sum(), diff.abs().sum()])
                 count += valid * y.shape[-1]
         model.train(was_training)
+        if self.distributed is not None:
+            every = self.distributed.sum(torch.cat([sums, sums.new_tensor([count])]))
+            sums, count = every[:3], int(every[3].item())
         loss, mse, mae = (sums / max(count, 1)).tolist()
         return {"loss": loss, "mse": mse, "mae": mae}
 
@@ -325,19 +345,19 @@ class Trainer:
         self, x: torch.Tensor, state: State | None, cond: torch.Tensor | None, reset: torch.Tensor | None
     ) -> tuple[torch.Tensor, State]:
         policy = self.config.state_policy
-        model: Any = self.model
-        if getattr(model, "return_sequences", True) is False:  # a last-step (Keras) model trains on every step
-            model = functools.partial(model, sequences=True)
+        net: Any = self._net if torch.is_grad_enabled() else self.model  # DDP only where gradients flow
+        if getattr(self.model, "return_sequences", True) is False:  # a last-step (Keras) model trains on every step
+            net = functools.partial(net, sequences=True)
         if policy == "batch":
-            return model(x, state)  # type: ignore[no-any-return]
+            return net(x, state)  # type: ignore[no-any-return]
         if policy == "zeros":
-            return model(x, self._zero_state(x))  # type: ignore[no-any-return]
+            return net(x, self._zero_state(x))  # type: ignore[no-any-return]
         if policy == "encode":
-            return model(x, None, cond=cond)  # type: ignore[no-any-return]
+            return net(x, None, cond=cond)  # type: ignore[no-any-return]
         kwargs: dict[str, Any] = {"cond": cond} if self._encodes else {}
         if state is not None and reset is not None:
             kwargs["reset"] = reset  # reset rows go to the model's initial state (encoded from cond)
-        return model(x, state, **kwargs)  # type: ignore[no-any-return]
+        return net(x, state, **kwargs)  # type: ignore[no-any-return]
 
     def _loss(self, y_hat: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, n: int) -> torch.Tensor:
         """The mean loss over the ``n`` valid elements; ``mask`` None means all are valid."""
@@ -398,6 +418,10 @@ class Trainer:
             h.stopped_early = True
 
     def _save(self, run: Path) -> None:
+        dist = self.distributed
+        rank_rng = dist.rank_rng() if dist is not None else None  # a collective: every rank takes part
+        if dist is not None and not dist.is_main:
+            return  # rank 0 alone writes the run directory
         run.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write(run / "metrics.csv", _metrics_csv(self.history.rows))
         checkpoint.save_checkpoint(
@@ -410,6 +434,8 @@ class Trainer:
             lane_state=self.lane_state,
             best_weights=self._best_weights,
             keep=self.config.keep_checkpoints,
+            rank_rng=rank_rng,
+            distributed=dist.layout() if dist is not None else None,
         )
 
     def _resume(self, run: Path, train_batches: Iterable[Any]) -> None:
@@ -429,11 +455,18 @@ class Trainer:
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{ckpt.path / 'checkpoint.json'}: malformed trainer history: {e}") from None
         self.epoch = ckpt.epoch
+        if self.distributed is not None:
+            self.distributed.check_epoch(ckpt.epoch, ckpt.path)
         self.lane_state = None if ckpt.lane_state is None else ckpt.lane_state.to(self.device)
         self._best_weights = (
             None if ckpt.best_weights is None else {k: v.to(self.device) for k, v in ckpt.best_weights.items()}
         )
-        checkpoint.restore_rng(ckpt.rng)
+        if self.distributed is not None:  # this rank's own generators when the ranks are as many
+            self.distributed.restore_rng(ckpt.rank_rng, ckpt.rng, self.config.seed)
+            if not self.distributed.is_main:
+                return
+        else:
+            checkpoint.restore_rng(ckpt.rng)
         checkpoint.remove_stale_temp_files(run, "metrics.csv")
         checkpoint.atomic_write(run / "metrics.csv", _metrics_csv(self.history.rows))
 
@@ -445,6 +478,8 @@ class Trainer:
         n = self.config.threads
         if n is None and spec is not None:
             n = default_threads(spec)
+            if self.distributed is not None:  # the ranks of a node share its cores
+                n = self.distributed.threads(n)
         previous = torch.get_num_threads()
         if self.device.type != "cpu" or n is None or n == previous:
             yield
