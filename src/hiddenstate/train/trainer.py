@@ -174,13 +174,15 @@ class Trainer:
         """
         cfg, dist = self.config, self.distributed
         run = Path(run_dir) if run_dir is not None else None
+        # the global layout, before sharding: a run resumed under another number of ranks continues it
+        layout_of = train_batches
         if dist is not None:  # this rank's lanes; after a torchrun restart, resume by itself
             train_batches = dist.shard(train_batches, training=True)
             resume = dist.should_resume(run, resume)
         if resume:
             if run is None:
                 raise ConfigError("fit(resume=True) needs the run_dir to resume from")
-            self._resume(run, train_batches)
+            self._resume(run, layout_of)
         else:
             if run is not None and checkpoint.list_checkpoints(run):
                 raise CheckpointError(
@@ -192,7 +194,7 @@ class Trainer:
                 dist.seed(cfg.seed)
             self.epoch, self.history, self._best_weights, self.lane_state = 0, History(), None, None
         self.should_stop = False
-        self._layout = batch_layout(train_batches)  # saved with each checkpoint, checked on resume
+        self._layout = batch_layout(layout_of)  # saved with each checkpoint, checked on resume
         self._deadline = None if cfg.max_minutes is None else time.perf_counter() + cfg.max_minutes * 60
         with self._threads(), Progress(cfg.progress and (dist is None or dist.is_main)) as bar:
             while self.epoch < cfg.epochs and not self.history.stopped_early and not self.should_stop:
