@@ -240,7 +240,7 @@ def _checkpoint(run: Path) -> Path:
         ("optimizer/state", {"x": {}}, "field 'optimizer.state': expected an object of per-parameter objects"),
         ("optimizer/param_groups", [{"params": "0"}], "field 'optimizer.param_groups': expected a list of objects"),
         ("rng/python", 1, "field 'rng.python': expected [version, [ints], gauss], got int 1"),
-        ("rng/numpy", ["MT19937", [1.5], 0, 0, 0.0], "field 'rng.numpy': expected [kind, [ints], pos"),
+        ("rng/numpy", ["MT19937", [1.5], 0, 0, 0.0], "field 'rng.numpy': expected [kind, [624 ints], pos"),
         ("rng/python/1", [1, 2, 3], "field 'rng': not a valid generator state: "),
         ("trainer", [], "field 'trainer': expected an object, got list []"),
         ("train_config", None, "field 'train_config': expected an object, got NoneType None"),

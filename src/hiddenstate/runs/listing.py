@@ -226,8 +226,14 @@ def check_checkpoint_listing(meta: Mapping[str, Any], listing: Path, required: S
     py, npy = rng.get("python"), rng.get("numpy")
     if not (isinstance(py, list) and len(py) == 3 and isinstance(py[1], list) and all(_is_int(v) for v in py[1])):
         raise _fail(listing, "rng.python", "[version, [ints], gauss]", py)
-    if not (isinstance(npy, list) and len(npy) == 5 and isinstance(npy[1], list) and all(_is_int(v) for v in npy[1])):
-        raise _fail(listing, "rng.numpy", "[kind, [ints], pos, has_gauss, cached]", npy)
+    if not (
+        isinstance(npy, list)
+        and len(npy) == 5
+        and isinstance(npy[1], list)
+        and len(npy[1]) == 624  # MT19937's key
+        and all(_is_int(v) for v in npy[1])
+    ):
+        raise _fail(listing, "rng.numpy", "[kind, [624 ints], pos, has_gauss, cached]", npy)
     _need(listing, meta, "trainer", dict, "an object")  # its contents are the Trainer's to check
     _files(listing, meta, required)
 
@@ -238,7 +244,7 @@ def check_rng(rng: Mapping[str, Any], listing: Path) -> None:
         random.Random().setstate(rng["python"])
         np.random.RandomState().set_state(rng["numpy"])
         torch.Generator().set_state(rng["torch"])
-    except (TypeError, ValueError, OverflowError, RuntimeError) as e:
+    except (TypeError, ValueError, OverflowError, RuntimeError, IndexError) as e:  # numpy: IndexError on short keys
         detail = " ".join(str(e).split())
         raise CheckpointError(f"{listing}: field 'rng': not a valid generator state: {detail}") from None
 

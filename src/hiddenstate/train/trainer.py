@@ -99,6 +99,9 @@ class History:
 Callback = Callable[["Trainer", dict[str, Any]], None]
 
 
+_HOW_STEPPED = ("foreach", "fused", "capturable", "differentiable")
+
+
 class Trainer:
     """Truncated-BPTT training of a stateful model over lane-ordered chunks.
 
@@ -448,10 +451,14 @@ class Trainer:
         check_resume(ckpt, self.config, self.model, train_batches, self.optimizer)
         check_history(ckpt.trainer.get("history"), ckpt.epoch, ckpt.path / "checkpoint.json")
         self.model.load_state_dict(ckpt.model_state)
+        # how this process computes the step (fused, foreach, ...) is its own, not the checkpoint's
+        how = [{k: g[k] for k in _HOW_STEPPED if k in g} for g in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(ckpt.optimizer_state)
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"{ckpt.path / 'optimizer.safetensors'}: does not fit the optimizer: {e}") from None
+        for group, own in zip(self.optimizer.param_groups, how, strict=True):
+            group.update(own)
         try:
             self.history = History.from_json(ckpt.trainer["history"])
         except (KeyError, TypeError) as e:
