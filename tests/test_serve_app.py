@@ -302,6 +302,29 @@ def test_unknown_streams_and_bad_ids(api: Api) -> None:
     assert api.store.checksum() == before
 
 
+def test_stream_ids_longer_than_the_limit_are_refused_everywhere(api: Api) -> None:
+    longest = "L" * 250 + uuid.uuid4().hex[:6]  # 256 characters: the longest id there may be
+    assert observe(api, longest, 1, [[50.0, 40.0]]).status_code == 200
+    assert state_of(api, longest)["seq"] == 1
+    before = api.store.checksum()
+    for too_long in (longest + "x", "y" * 1000):
+        pattern = "String should match pattern '^[!-.0-~]{1,256}$'"
+        for method, path, body in [
+            ("POST", f"/v1/streams/{too_long}/observe", {"seq": 1, "values": [[1.0, 2.0]]}),
+            ("POST", f"/v1/streams/{too_long}/forecast", {"horizon": 2}),
+            ("GET", f"/v1/streams/{too_long}/state", None),
+            ("PUT", f"/v1/streams/{too_long}/state", {"state": {}}),
+            ("DELETE", f"/v1/streams/{too_long}/state", None),
+        ]:
+            r = api.http.request(method, path, json=body)
+            assert r.status_code == 422, (method, path, r.text)
+            assert r.json()["detail"].startswith(f"path.stream_id: {pattern}, got '{too_long[:20]}"), r.text
+        item = {"id": too_long, "seq": 1, "values": [[1.0, 2.0]]}
+        r = api.http.post("/v1/observe", json={"streams": [{"id": sid(), "seq": 1, "values": [[1.0, 2.0]]}, item]})
+        assert r.status_code == 422 and r.json()["detail"].startswith(f"body.streams[1].id: {pattern}"), r.text
+    assert api.store.checksum() == before
+
+
 def test_bodies_over_the_limit_get_413_counted_on_the_bytes_received(api: Api) -> None:
     stream = sid()
     observe(api, stream, 1, [[50.0, 40.0]])
