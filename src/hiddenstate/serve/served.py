@@ -133,6 +133,15 @@ class ServedModel:
         """Rows a new stream spends on its initial state: 1 for a state-encoder model, else 0."""
         return 1 if self._initial is None else 0
 
+    @property
+    def input_bound(self) -> float:
+        """The largest magnitude of an input value (original units) that stays within float32 once
+        normalised, in every column; the service refuses larger ones."""
+        if self._shift is None:
+            return _FLOAT32_MAX
+        mean, std = self._shift
+        return float(np.min(_FLOAT32_MAX * std - np.abs(mean)))
+
     def to_state(self, flat: torch.Tensor) -> State:
         """``(batch, state_width)`` float32 rows to a State (trusted: these rows came from the model)."""
         layers, at = [], 0

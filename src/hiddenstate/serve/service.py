@@ -203,12 +203,7 @@ class Service:
                 raise ShapeError(f"stream {sid!r}: {steps} rows in one request; at most {lim.max_steps}")
         if sum(lengths) > lim.max_total_steps:
             raise ShapeError(f"{sum(lengths)} rows in one request; at most {lim.max_total_steps}")
-        if len(items) > 1 and len({item[0] for item in items}) < len(items):
-            seen: set[str] = set()
-            for sid, _, _, _ in items:
-                if sid in seen:
-                    raise ShapeError(f"stream {sid!r} appears twice in one request; send its rows in one item")
-                seen.add(sid)
+        # A stream may appear more than once: the batcher takes its items in order, one per batch.
         rows = items[0][2] if len(items) == 1 else [row for _, _, values, _ in items for row in values]
         try:
             raw = np.array(rows, dtype=np.float64)  # (all rows, n_in)
@@ -227,8 +222,9 @@ class Service:
         offsets = [0]
         for steps in lengths:
             offsets.append(offsets[-1] + steps)
-        if not np.isfinite(x).all():
-            r, c = (int(v) for v in np.argwhere(~np.isfinite(x))[0])
+        bound = served.input_bound  # checked on the float64 values, so that it is exactly what /openapi.json states
+        if not np.isfinite(x).all() or np.abs(raw).max(initial=0.0) > bound:
+            r, c = (int(v) for v in np.argwhere(~np.isfinite(x) | (np.abs(raw) > bound))[0])
             k = int(np.searchsorted(offsets, r, side="right")) - 1
             raise ShapeError(
                 f"stream {items[k][0]!r}: values row {r - offsets[k]} column {served.inputs[c]!r} "
