@@ -259,21 +259,24 @@ def test_bad_observes_are_4xx_with_a_clear_message_and_change_nothing(
     assert api.store.checksum() == before
 
 
-def test_a_stream_twice_in_one_bulk_request_advances_in_the_order_given(api: Api) -> None:
-    stream, first, second = sid(), [[51.0, 41.0]], [[52.0, 39.0], [50.0, 40.0]]
+def test_a_stream_twice_in_one_bulk_request_is_applied_once(api: Api) -> None:
+    stream, other, first, second = sid(), sid(), [[51.0, 41.0]], [[52.0, 39.0], [50.0, 40.0]]
     twice = [
         {"id": stream, "seq": 1, "values": first},
+        {"id": other, "seq": 1, "values": second},
         {"id": stream, "seq": 2, "values": second},
-        {"id": stream, "seq": 2, "values": second},  # a repeat, as if sent again: the stored answer
-        {"id": stream, "seq": 2, "values": first},  # the same seq with other values: a conflict
     ]
     results = api.http.post("/v1/observe", json={"streams": twice}).json()["results"]
-    assert [r["status"] for r in results] == [200, 200, 200, 409]
-    assert results[0]["prediction"] == replay(api.run, [first])[0].tolist()
-    assert results[1]["prediction"] == replay(api.run, [first, second])[0].tolist() == results[2]["prediction"]
-    assert results[3]["error"] == "replay_conflict"
-    assert state_of(api, stream)["seq"] == 2
-    assert_state_equals(state_of(api, stream)["state"], replay(api.run, [first, second])[1])
+    assert results[0] == {"status": 200, "id": stream, "seq": 1, "prediction": replay(api.run, [first])[0].tolist()}
+    assert results[1]["status"] == 200 and results[1]["prediction"] == replay(api.run, [second])[0].tolist()
+    assert results[2] == {
+        "id": stream,
+        "status": 422,
+        "detail": f"stream '{stream}' appears twice in one request; send its rows in one item",
+        "error": "invalid",
+    }
+    assert state_of(api, stream)["seq"] == 1
+    assert_state_equals(state_of(api, stream)["state"], replay(api.run, [first])[1])
 
 
 def test_too_many_steps_and_streams_are_refused(api: Api) -> None:

@@ -84,7 +84,7 @@ class BulkItem(ObserveBody):
 
 class BulkBody(_Strict):
     streams: list[BulkItem] = Field(
-        min_length=1, description="One item per stream and seq; items of one stream are applied in the order given."
+        min_length=1, description="One item per stream; a stream's second item is not applied and gets status 422."
     )
 
 
@@ -187,6 +187,11 @@ def _bulk_part(stream_id: str, o: Outcome) -> dict[str, Any]:
     return body
 
 
+def _twice(stream_id: str) -> dict[str, Any]:
+    detail = f"stream {stream_id!r} appears twice in one request; send its rows in one item"
+    return {"id": stream_id, "status": 422, "detail": detail, "error": "invalid"}
+
+
 def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     """The FastAPI application around ``service`` (started and stopped with the app's lifespan)."""
 
@@ -229,9 +234,15 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     )
     async def observe_bulk(request: Request) -> Response:
         body = await parse_body(request, BulkBody)
-        items = service.observations([(i.id, i.seq, i.values, i.horizon) for i in body.streams])
-        outcomes = await service.observe(items)
-        return _answer_json({"results": [_bulk_part(i.stream_id, o) for i, o in zip(items, outcomes, strict=True)]})
+        # A stream's second item is refused on its own (JSON Schema cannot say "unique by id").
+        first = {i.id: k for k, i in reversed(list(enumerate(body.streams)))}
+        unique = [i for k, i in enumerate(body.streams) if first[i.id] == k]
+        items = service.observations([(i.id, i.seq, i.values, i.horizon) for i in unique])
+        outcomes = iter(await service.observe(items))
+        results = [
+            _bulk_part(i.id, next(outcomes)) if first[i.id] == k else _twice(i.id) for k, i in enumerate(body.streams)
+        ]
+        return _answer_json({"results": results})
 
     @app.post(
         "/v1/streams/{stream_id}/forecast",

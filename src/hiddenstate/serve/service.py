@@ -203,7 +203,12 @@ class Service:
                 raise ShapeError(f"stream {sid!r}: {steps} rows in one request; at most {lim.max_steps}")
         if sum(lengths) > lim.max_total_steps:
             raise ShapeError(f"{sum(lengths)} rows in one request; at most {lim.max_total_steps}")
-        # A stream may appear more than once: the batcher takes its items in order, one per batch.
+        if len(items) > 1 and len({item[0] for item in items}) < len(items):
+            seen: set[str] = set()
+            for sid, _, _, _ in items:
+                if sid in seen:
+                    raise ShapeError(f"stream {sid!r} appears twice in one request; send its rows in one item")
+                seen.add(sid)
         rows = items[0][2] if len(items) == 1 else [row for _, _, values, _ in items for row in values]
         try:
             raw = np.array(rows, dtype=np.float64)  # (all rows, n_in)
