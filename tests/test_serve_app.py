@@ -339,6 +339,21 @@ def test_stream_ids_longer_than_the_limit_are_refused_everywhere(api: Api) -> No
     assert api.store.checksum() == before
 
 
+def test_a_405_names_every_method_of_the_path_in_allow(api: Api) -> None:
+    for method, path, allow in [
+        ("OPTIONS", "/v1/streams/x/state", "DELETE, GET, PUT"),
+        ("POST", "/v1/streams/x/state", "DELETE, GET, PUT"),
+        ("GET", "/v1/streams/x/observe", "POST"),
+        ("POST", "/healthz", "GET"),
+        ("PATCH", "/v1/observe", "POST"),
+    ]:
+        r = api.http.request(method, path)
+        assert (r.status_code, r.headers.get("allow")) == (405, allow), (method, path)
+        detail = f"method {method} is not allowed on {path}; it takes {allow}"
+        assert r.json() == {"detail": detail, "error": "method_not_allowed"}
+    assert api.http.get("/nowhere").status_code == 404  # other HTTP errors keep their handling
+
+
 def test_bodies_over_the_limit_get_413_counted_on_the_bytes_received(api: Api) -> None:
     stream = sid()
     observe(api, stream, 1, [[50.0, 40.0]])

@@ -350,7 +350,7 @@ def _document_bodies(app: FastAPI, service: Service) -> None:
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             found.update(js.pop("$defs", {}))
             found[model.__name__] = js
-        _contract(found, service)
+        _contract(found, schema["paths"], service)
         app.openapi_schema = schema
         return schema
 
@@ -384,19 +384,28 @@ def _longest_horizon(service: Service) -> int:
     return 0
 
 
-def _contract(found: dict[str, Any], service: Service) -> None:
-    """The served model's constraints, written into the body schemas: so that the document is the
+def _contract(found: dict[str, Any], paths: dict[str, Any], service: Service) -> None:
+    """The served model's constraints, written into the schemas: so that the document is the
     contract and a request that validates against it is one the server takes (seq and version
-    aside, which depend on what the store holds).
+    aside, which depend on what the store holds; a 404 or 409 then says so).
 
-    A row has exactly one number per input column, each within the range that stays finite in
-    float32 once normalised; a request brings at most ``max_steps`` rows per stream and
-    ``max_streams`` streams; a horizon is at most the longest the model forecasts within
-    ``max_horizon``; a state has exactly the model's tensors, each one row of its layer's width.
-    A bulk request's rows, all streams together, and the body's bytes have their own limits
+    - a stream id matches its pattern and has 1 to 256 characters;
+    - a row has exactly one number per input column, each within the range that stays finite
+      in float32 once normalised;
+    - a request brings at most ``max_steps`` rows per stream and ``max_streams`` streams;
+    - a horizon is at most the longest the model forecasts within ``max_horizon``;
+    - a state has exactly the model's tensors, each one row of its layer's width.
+
+    A bulk request's rows, all streams together, and the body's bytes have limits of their own
     (``max_total_steps``, ``max_body_bytes``), given in the description: JSON Schema cannot say them.
     """
     served, limits = service.served, service.limits
+    found["BulkItem"]["properties"]["id"].update(minLength=1, maxLength=256)
+    for path in paths.values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", ()):
+                if parameter["name"] == "stream_id":
+                    parameter["schema"].update(minLength=1, maxLength=256)
     bound = served.input_bound
     number = {"type": "number", "minimum": -bound, "maximum": bound}
     row = {"type": "array", "items": number, "minItems": served.n_inputs, "maxItems": served.n_inputs}
