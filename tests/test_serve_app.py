@@ -60,7 +60,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _serve(run_dir: Path, url: str, **kw: Any) -> Iterator[Api]:
     run = load_run(run_dir)
     store = open_store(url, ttl=kw.pop("ttl", None))
-    service = Service(ServedModel.from_run(run), store, limits=LIMITS, max_wait=0.001, **kw)
+    # The library's default backend on both sides, so that answers can be compared bit for bit.
+    service = Service(ServedModel.from_run(run, backend="torch"), store, limits=LIMITS, max_wait=0.001, **kw)
     with ThreadServer(create_app(service)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         yield Api(http, service, store, run, server.url)
 
