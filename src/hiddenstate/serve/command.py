@@ -9,7 +9,9 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,6 +32,7 @@ def build_service(
     max_batch: int = 1024,
     max_wait_ms: float = 2.0,
     max_body_mb: float = 16.0,
+    metrics: Any = None,
 ) -> Any:
     """Load the run, open the store (checking its fingerprint) and build the :class:`~.service.Service`."""
     import sqlite3
@@ -51,7 +54,7 @@ def build_service(
     except (sqlite3.Error, redis.RedisError) as e:
         raise ServeError(f"store {url}: cannot be opened: {e}") from None
     try:
-        return Service(served, states, max_batch=max_batch, max_wait=max_wait_ms / 1000, limits=limits)
+        return Service(served, states, max_batch=max_batch, max_wait=max_wait_ms / 1000, limits=limits, metrics=metrics)
     except (sqlite3.Error, redis.RedisError) as e:
         states.close()
         raise ServeError(f"store {states.url}: cannot be used: {e}") from None
@@ -93,7 +96,7 @@ def serve(
             min=1,
             max=64,
             help="Server processes sharing the port and the store (each with its own batcher); "
-            "more use more cores. Each answers /metrics with its own counters.",
+            "more use more cores. /metrics sums every worker's counters.",
         ),
     ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
@@ -113,6 +116,7 @@ def serve(
     import uvicorn
 
     from hiddenstate.serve.app import create_app
+    from hiddenstate.serve.metrics import MULTIPROC_ENV
     from hiddenstate.serve.stores.redis import RedisStore
 
     torch.set_num_threads(threads)
@@ -138,10 +142,19 @@ def serve(
         service.store.close()
         worker = {"run_dir": str(Path(run_dir).resolve()), "store": url, "threads": threads, **options}
         os.environ[_WORKER_ENV] = json.dumps(worker)
-        uvicorn.run(
-            f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
-            access_log=False,
-        )  # fmt: skip
+        # The workers' metrics go to prometheus_client's multiprocess files, in a fresh folder
+        # unless one is given; /metrics sums them (SharedMetrics).
+        own_folder = None if os.environ.get(MULTIPROC_ENV) else tempfile.mkdtemp(prefix="hiddenstate-metrics-")
+        if own_folder is not None:
+            os.environ[MULTIPROC_ENV] = own_folder
+        try:
+            uvicorn.run(
+                f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
+                access_log=False,
+            )  # fmt: skip
+        finally:
+            if own_folder is not None:
+                shutil.rmtree(own_folder, ignore_errors=True)
         return
     app = create_app(service)
     _tune_process()
@@ -159,10 +172,12 @@ def worker_app() -> Any:
     import torch
 
     from hiddenstate.serve.app import create_app
+    from hiddenstate.serve.metrics import MULTIPROC_ENV, SharedMetrics
 
     options = json.loads(os.environ[_WORKER_ENV])
     torch.set_num_threads(options.pop("threads"))
-    service = build_service(options.pop("run_dir"), options.pop("store"), **options)
+    metrics = SharedMetrics() if os.environ.get(MULTIPROC_ENV) else None
+    service = build_service(options.pop("run_dir"), options.pop("store"), metrics=metrics, **options)
     app = create_app(service)
     _tune_process()
     return app
