@@ -328,7 +328,7 @@ def _serving_backend(model: Any, backend: str) -> None:
         backend = os.environ.get("HIDDENSTATE_SERVE_BACKEND", "auto")
     if backend not in ("auto", "torch", "fused"):
         raise ConfigError(f"unknown serving backend {backend!r}; expected 'auto', 'torch' or 'fused'")
-    rnn = getattr(model, "rnn", None)
+    rnn: Any = getattr(model, "rnn", None)
     if not hasattr(rnn, "set_backend"):
         if backend == "fused":
             raise ConfigError(f"{type(model).__name__} has no backend to choose; serve it with backend 'torch'")
