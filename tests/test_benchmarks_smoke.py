@@ -82,3 +82,9 @@ def test_keras_candidates_run() -> None:
     pytest.importorskip("tensorflow")
     results = _main("train_throughput")(["--tiny", "--no-fused"])["tiny"]
     assert results["Keras 3 / TF, stateful"].rate > 0
+
+
+def test_serve_backend_prints_both_backends(capsys: pytest.CaptureFixture[str]) -> None:
+    _main("serve_backend")(["--tiny"])
+    row = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert row[:2] == ["8", "4"] and row[-1].endswith("x") and float(row[2]) > 0

@@ -60,7 +60,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _serve(run_dir: Path, url: str, **kw: Any) -> Iterator[Api]:
     run = load_run(run_dir)
     store = open_store(url, ttl=kw.pop("ttl", None))
-    service = Service(ServedModel.from_run(run), store, limits=LIMITS, max_wait=0.001, **kw)
+    # The library's default backend on both sides, so that answers can be compared bit for bit.
+    service = Service(ServedModel.from_run(run, backend="torch"), store, limits=LIMITS, max_wait=0.001, **kw)
     with ThreadServer(create_app(service)) as server, httpx.Client(base_url=server.url, timeout=30) as http:
         yield Api(http, service, store, run, server.url)
 
@@ -259,6 +260,26 @@ def test_bad_observes_are_4xx_with_a_clear_message_and_change_nothing(
     assert api.store.checksum() == before
 
 
+def test_a_stream_twice_in_one_bulk_request_is_applied_once(api: Api) -> None:
+    stream, other, first, second = sid(), sid(), [[51.0, 41.0]], [[52.0, 39.0], [50.0, 40.0]]
+    twice = [
+        {"id": stream, "seq": 1, "values": first},
+        {"id": other, "seq": 1, "values": second},
+        {"id": stream, "seq": 2, "values": second},
+    ]
+    results = api.http.post("/v1/observe", json={"streams": twice}).json()["results"]
+    assert results[0] == {"status": 200, "id": stream, "seq": 1, "prediction": replay(api.run, [first])[0].tolist()}
+    assert results[1]["status"] == 200 and results[1]["prediction"] == replay(api.run, [second])[0].tolist()
+    assert results[2] == {
+        "id": stream,
+        "status": 422,
+        "detail": f"stream '{stream}' appears twice in one request; send its rows in one item",
+        "error": "invalid",
+    }
+    assert state_of(api, stream)["seq"] == 1
+    assert_state_equals(state_of(api, stream)["state"], replay(api.run, [first])[1])
+
+
 def test_too_many_steps_and_streams_are_refused(api: Api) -> None:
     stream = sid()
     before = api.store.checksum()
@@ -270,12 +291,6 @@ def test_too_many_steps_and_streams_are_refused(api: Api) -> None:
     heavy = [{"id": sid(), "seq": 1, "values": [[1.0, 2.0]] * 60} for _ in range(9)]
     r = api.http.post("/v1/observe", json={"streams": heavy})
     assert (r.status_code, r.json()["detail"]) == (422, "540 rows in one request; at most 500")
-    twice = [{"id": stream, "seq": 1, "values": [[1.0, 2.0]]}, {"id": stream, "seq": 2, "values": [[1.0, 2.0]]}]
-    r = api.http.post("/v1/observe", json={"streams": twice})
-    assert (r.status_code, r.json()["detail"]) == (
-        422,
-        f"stream '{stream}' appears twice in one request; send its rows in one item",
-    )
     bad_row = [{"id": sid(), "seq": 1, "values": [[1.0, 2.0]]}, {"id": stream, "seq": 1, "values": [[1.0]]}]
     r = api.http.post("/v1/observe", json={"streams": bad_row})  # the good item is not applied either
     assert (r.status_code, r.json()["detail"]) == (
@@ -300,6 +315,44 @@ def test_unknown_streams_and_bad_ids(api: Api) -> None:
     r = api.http.post("/v1/streams/x/forecast", json={"horizon": 99})
     assert (r.status_code, r.json()["detail"]) == (422, "horizon 99 is above the limit of 24")
     assert api.store.checksum() == before
+
+
+def test_stream_ids_longer_than_the_limit_are_refused_everywhere(api: Api) -> None:
+    longest = "L" * 250 + uuid.uuid4().hex[:6]  # 256 characters: the longest id there may be
+    assert observe(api, longest, 1, [[50.0, 40.0]]).status_code == 200
+    assert state_of(api, longest)["seq"] == 1
+    before = api.store.checksum()
+    for too_long in (longest + "x", "y" * 1000):
+        pattern = "String should match pattern '^[!-.0-~]{1,256}$'"
+        for method, path, body in [
+            ("POST", f"/v1/streams/{too_long}/observe", {"seq": 1, "values": [[1.0, 2.0]]}),
+            ("POST", f"/v1/streams/{too_long}/forecast", {"horizon": 2}),
+            ("GET", f"/v1/streams/{too_long}/state", None),
+            ("PUT", f"/v1/streams/{too_long}/state", {"state": {}}),
+            ("DELETE", f"/v1/streams/{too_long}/state", None),
+        ]:
+            r = api.http.request(method, path, json=body)
+            assert r.status_code == 422, (method, path, r.text)
+            assert r.json()["detail"].startswith(f"path.stream_id: {pattern}, got '{too_long[:20]}"), r.text
+        item = {"id": too_long, "seq": 1, "values": [[1.0, 2.0]]}
+        r = api.http.post("/v1/observe", json={"streams": [{"id": sid(), "seq": 1, "values": [[1.0, 2.0]]}, item]})
+        assert r.status_code == 422 and r.json()["detail"].startswith(f"body.streams[1].id: {pattern}"), r.text
+    assert api.store.checksum() == before
+
+
+def test_a_405_names_every_method_of_the_path_in_allow(api: Api) -> None:
+    for method, path, allow in [
+        ("OPTIONS", "/v1/streams/x/state", "DELETE, GET, PUT"),
+        ("POST", "/v1/streams/x/state", "DELETE, GET, PUT"),
+        ("GET", "/v1/streams/x/observe", "POST"),
+        ("POST", "/healthz", "GET"),
+        ("PATCH", "/v1/observe", "POST"),
+    ]:
+        r = api.http.request(method, path)
+        assert (r.status_code, r.headers.get("allow")) == (405, allow), (method, path)
+        detail = f"method {method} is not allowed on {path}; it takes {allow}"
+        assert r.json() == {"detail": detail, "error": "method_not_allowed"}
+    assert api.http.get("/nowhere").status_code == 404  # other HTTP errors keep their handling
 
 
 def test_bodies_over_the_limit_get_413_counted_on_the_bytes_received(api: Api) -> None:

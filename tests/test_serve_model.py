@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import hiddenstate as hs
+from hiddenstate._kernels.fused import fused_available
 from hiddenstate.data.scaling import StandardScaler
 from hiddenstate.forecast import forecast, target_indices, warm
-from hiddenstate.serve.served import ServedModel
+from hiddenstate.serve.served import FUSED_MAX_HIDDEN, ServedModel
 
 INPUTS = ("a", "b", "c")
 
@@ -152,3 +153,62 @@ def test_models_that_cannot_be_served_step_by_step_are_refused() -> None:
     scaler = StandardScaler.fit(np.ones((4, 3)))
     with pytest.raises(hs.ConfigError, match=r"^a target is not among the inputs, so the run's input scaler cannot"):
         ServedModel.build(model, scaler, INPUTS, ("a", "b", "zz"))
+
+
+# -- the served copy and its backend ----------------------------------------------------------------
+
+
+needs_fused = pytest.mark.skipif(not fused_available(), reason="no C compiler to build the fused kernel")
+
+
+def _lstm(hidden: int, cells: tuple[str, ...] = ("lstm", "lstm")) -> hs.SequenceModel:
+    torch.manual_seed(0)
+    return hs.SequenceModel(3, 3, [hs.LayerSpec(cell, hidden) for cell in cells])
+
+
+def _build(model: hs.SequenceModel, **kw: str) -> ServedModel:
+    return ServedModel.build(model, None, INPUTS, INPUTS, **kw)
+
+
+@needs_fused
+def test_serving_leaves_the_callers_model_alone() -> None:
+    model = _lstm(8).double().train()  # float64 and in training mode: the service wants float32, eval
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    served = _build(model)
+    assert served.backend == "fused" and served.model is not model
+    assert model.rnn.backend == "torch" and model.training and next(model.parameters()).dtype == torch.float64
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), served.model.parameters(), strict=True))
+
+
+@needs_fused
+def test_auto_serves_on_the_fused_kernel_only_up_to_the_measured_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert FUSED_MAX_HIDDEN == 32
+    assert _build(_lstm(32)).backend == "fused"
+    assert _build(_lstm(33)).backend == "torch"
+    assert _build(_lstm(128)).backend == "torch"
+    assert _build(_lstm(8, ("lstm", "gru"))).backend == "torch"
+    assert _build(_lstm(8), backend="torch").backend == "torch"
+    assert _build(_lstm(128), backend="fused").backend == "fused"
+    monkeypatch.setenv("HIDDENSTATE_SERVE_BACKEND", "torch")
+    assert _build(_lstm(8)).backend == "torch"
+    with pytest.raises(hs.ConfigError, match="unknown serving backend 'numba'"):
+        _build(_lstm(8), backend="numba")
+
+
+@needs_fused
+def test_the_fused_copy_agrees_with_the_default_backend() -> None:
+    model = _lstm(16)
+    fused, default = _build(model), _build(model, backend="torch")
+    assert (fused.backend, default.backend) == ("fused", "torch")
+    rng = np.random.default_rng(3)
+    xs = [_rows(rng, steps) for steps in (1, 4, 1, 7, 4)]
+    starts = _states(default, len(xs))
+    fresh = np.array([False, True, False, False, True])
+    (new_f, pred_f), (new_d, pred_d) = fused.advance(starts, fresh, xs), default.advance(starts, fresh, xs)
+    torch.testing.assert_close(new_f, new_d, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pred_f, pred_d, rtol=0, atol=1e-6)
+    one_step = torch.tensor([0, 2])  # the group of streams with 1 step: one call of the library's own model
+    with torch.no_grad():
+        y, state = model(torch.from_numpy(np.stack([xs[0], xs[2]])), default.to_state(starts[one_step]))
+    assert torch.equal(pred_d[one_step], y[:, -1]) and torch.equal(new_d[one_step], default.to_flat(state))

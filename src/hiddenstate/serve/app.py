@@ -31,10 +31,13 @@ require("fastapi", "serve")
 require("pydantic", "serve")
 
 from fastapi import FastAPI, Path, Request  # noqa: E402
+from fastapi.exception_handlers import http_exception_handler  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import PlainTextResponse, Response  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field, ValidationError  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator  # noqa: E402
 from pydantic_core import to_json  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
+from starlette.routing import Match  # noqa: E402
 
 from hiddenstate import __version__  # noqa: E402
 from hiddenstate.errors import (  # noqa: E402
@@ -42,6 +45,7 @@ from hiddenstate.errors import (  # noqa: E402
     MalformedRequestError,
     SequenceGapError,
     ShapeError,
+    StateError,
     StoreUnavailableError,
     error_for_code,
 )
@@ -52,11 +56,19 @@ __all__ = ["create_app"]
 
 STREAM_ID = r"^[!-.0-~]{1,256}$"  # printable ASCII without space and "/"
 MAX_SEQ = 2**62
+# The largest float64 that float32 rounds to a finite value (2**128 - 2**103 and above become inf).
+_FLOAT32_FINITE = 3.4028235677973362e38
 _M = TypeVar("_M", bound=BaseModel)
 
 StreamId = Annotated[
     str, Path(pattern=STREAM_ID, description="The stream's id: 1 to 256 printable ASCII characters, no space or '/'.")
 ]
+
+
+def _integral(value: Any) -> Any:
+    """A JSON number such as ``3.0`` is an integer to JSON Schema, so the service takes it as one;
+    ``3.5``, ``"3"`` and ``true`` stay refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 class _Strict(BaseModel):
@@ -69,6 +81,7 @@ class ObserveBody(_Strict):
         min_length=1, description="One row per step, one number per input column, in original units."
     )
     horizon: int | None = Field(default=None, ge=1, description="Also forecast this many steps.")
+    _integral = field_validator("seq", "horizon", mode="before")(_integral)
 
 
 class BulkItem(ObserveBody):
@@ -76,11 +89,14 @@ class BulkItem(ObserveBody):
 
 
 class BulkBody(_Strict):
-    streams: list[BulkItem] = Field(min_length=1, description="One item per stream; each stream at most once.")
+    streams: list[BulkItem] = Field(
+        min_length=1, description="One item per stream; a stream's second item is not applied and gets status 422."
+    )
 
 
 class ForecastBody(_Strict):
     horizon: int = Field(ge=1, description="Steps to forecast.")
+    _integral = field_validator("horizon", mode="before")(_integral)
 
 
 class PutStateBody(_Strict):
@@ -89,6 +105,7 @@ class PutStateBody(_Strict):
     )
     seq: int | None = Field(default=None, ge=0, le=MAX_SEQ, description="The stream's seq from now (default: kept).")
     version: int | None = Field(default=None, ge=0, description="Apply only if the stored version is this one.")
+    _integral = field_validator("seq", "version", mode="before")(_integral)
 
 
 class Answer(BaseModel):
@@ -183,6 +200,11 @@ def _bulk_part(stream_id: str, o: Outcome) -> dict[str, Any]:
     return body
 
 
+def _twice(stream_id: str) -> dict[str, Any]:
+    detail = f"stream {stream_id!r} appears twice in one request; send its rows in one item"
+    return {"id": stream_id, "status": 422, "detail": detail, "error": "invalid"}
+
+
 def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     """The FastAPI application around ``service`` (started and stopped with the app's lifespan)."""
 
@@ -225,9 +247,15 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     )
     async def observe_bulk(request: Request) -> Response:
         body = await parse_body(request, BulkBody)
-        items = service.observations([(i.id, i.seq, i.values, i.horizon) for i in body.streams])
-        outcomes = await service.observe(items)
-        return _answer_json({"results": [_bulk_part(i.stream_id, o) for i, o in zip(items, outcomes, strict=True)]})
+        # A stream's second item is refused on its own (JSON Schema cannot say "unique by id").
+        first = {i.id: k for k, i in reversed(list(enumerate(body.streams)))}
+        unique = [i for k, i in enumerate(body.streams) if first[i.id] == k]
+        items = service.observations([(i.id, i.seq, i.values, i.horizon) for i in unique])
+        outcomes = iter(await service.observe(items))
+        results = [
+            _bulk_part(i.id, next(outcomes)) if first[i.id] == k else _twice(i.id) for k, i in enumerate(body.streams)
+        ]
+        return _answer_json({"results": results})
 
     @app.post(
         "/v1/streams/{stream_id}/forecast",
@@ -258,6 +286,7 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     )
     async def put_state(stream_id: StreamId, request: Request) -> Response:
         body = await parse_body(request, PutStateBody)
+        _rows_as_documented(body.state)
         return _json(await service.put_state(stream_id, body.state, body.seq, body.version))
 
     @app.delete(
@@ -303,7 +332,8 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     app.add_middleware(BodyLimit, service=service)
-    _document_bodies(app)
+    _document_bodies(app, service)
+    _allow_on_405(app)
     return app
 
 
@@ -343,8 +373,9 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _document_bodies(app: FastAPI) -> None:
-    """Put the request models (parsed by :func:`parse_body`, not by FastAPI) into the OpenAPI components."""
+def _document_bodies(app: FastAPI, service: Service) -> None:
+    """Put the request models (parsed by :func:`parse_body`, not by FastAPI) into the OpenAPI
+    components, with every constraint the service enforces for its model (see :func:`_contract`)."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -356,10 +387,123 @@ def _document_bodies(app: FastAPI) -> None:
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             found.update(js.pop("$defs", {}))
             found[model.__name__] = js
+        _contract(found, schema["paths"], service)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _rows_as_documented(state: dict[str, Any]) -> None:
+    """Refuse what the document rules out but ``State.from_dict`` (which broadcasts, and takes any
+    tensor-like) would take: a tensor that is not a list of rows, or true/false among the numbers."""
+    for name, value in state.items():
+        if not isinstance(value, list):
+            continue  # State.from_dict refuses it, naming the layer and tensor
+        if not all(isinstance(row, list) for row in value):
+            raise StateError(f"state {name!r}: expected one row as [[...]], got {json.dumps(value)[:80]}")
+        if any(isinstance(v, bool) for row in value for v in row):
+            raise StateError(f"state {name!r}: true and false are not numbers")
+
+
+def _longest_horizon(service: Service) -> int:
+    """The longest horizon the model forecasts within the limits (0: it cannot forecast)."""
+    served, limit = service.served, service.limits.max_horizon
+    direct = int(getattr(served.model, "horizon", 0) or 0)
+    for horizon in dict.fromkeys((limit, min(direct, limit))):
+        if horizon < 1:
+            continue
+        try:
+            served.forecast_method(horizon)
+        except HiddenStateError:
+            continue
+        return horizon
+    return 0
+
+
+def _contract(found: dict[str, Any], paths: dict[str, Any], service: Service) -> None:
+    """The served model's constraints, written into the schemas: so that the document is the
+    contract and a request that validates against it is one the server takes (seq and version
+    aside, which depend on what the store holds; a 404 or 409 then says so).
+
+    - a stream id matches its pattern and has 1 to 256 characters;
+    - a row has exactly one number per input column, each within the range that stays finite
+      in float32 once normalised;
+    - a request brings at most ``max_steps`` rows per stream and ``max_streams`` streams;
+    - a horizon is at most the longest the model forecasts within ``max_horizon``;
+    - a state has exactly the model's tensors, each one row of its layer's width.
+
+    A bulk request's rows, all streams together, and the body's bytes have limits of their own
+    (``max_total_steps``, ``max_body_bytes``), given in the description: JSON Schema cannot say them.
+    """
+    served, limits = service.served, service.limits
+    found["BulkItem"]["properties"]["id"].update(minLength=1, maxLength=256)
+    for path in paths.values():
+        for operation in path.values():
+            for parameter in operation.get("parameters", ()):
+                if parameter["name"] == "stream_id":
+                    parameter["schema"].update(minLength=1, maxLength=256)
+    bound = served.input_bound
+    number = {"type": "number", "minimum": -bound, "maximum": bound}
+    row = {"type": "array", "items": number, "minItems": served.n_inputs, "maxItems": served.n_inputs}
+    values = {
+        "type": "array",
+        "items": row,
+        "minItems": 1,
+        "maxItems": limits.max_steps,
+        "title": "Values",
+        "description": f"One row per step ({limits.max_steps} at most), one number per input column "
+        f"({', '.join(served.inputs)}) in original units, each within ±{bound:.9g}.",
+    }
+    longest = _longest_horizon(service)
+    steps = {"type": "integer", "minimum": 1, "maximum": longest} if longest else {"not": {}}
+    for name in ("ObserveBody", "BulkItem"):
+        props = found[name]["properties"]
+        props["values"] = values
+        props["horizon"] = {
+            "anyOf": [steps, {"type": "null"}],
+            "default": None,
+            "title": "Horizon",
+            "description": f"Also forecast this many steps (at most {longest})." if longest else "Not forecastable.",
+        }
+    bulk = found["BulkBody"]
+    bulk["properties"]["streams"]["maxItems"] = limits.max_streams
+    bulk["description"] = (
+        f"At most {limits.max_streams} items and {limits.max_total_steps} rows in all; "
+        f"a body of at most {limits.max_body_bytes} bytes."
+    )
+    found["ForecastBody"]["properties"]["horizon"] = {**steps, "title": "Horizon", "description": "Steps to forecast."}
+    finite32 = {"type": "number", "minimum": -_FLOAT32_FINITE, "maximum": _FLOAT32_FINITE}
+    tensors = {
+        name: {
+            "type": "array",
+            "items": {"type": "array", "items": finite32, "minItems": width, "maxItems": width},
+            "minItems": 1,
+            "maxItems": 1,
+            "description": f"One row of {width} numbers, normalised units.",
+        }
+        for name, width in served.layout
+    }
+    state = found["PutStateBody"]["properties"]["state"]
+    state.update(properties=tensors, required=list(tensors), additionalProperties=False)
+    state["description"] = f"Every tensor of the model's state ({', '.join(tensors)}), one row each, normalised units."
+
+
+def _allow_on_405(app: FastAPI) -> None:
+    """A 405 names the methods the path takes in ``Allow`` (all its routes', not only the first one's)."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code != 405:
+            return await http_exception_handler(request, exc)
+        methods: set[str] = set()
+        for route in app.router.routes:
+            match, _ = route.matches(request.scope)
+            if match != Match.NONE:
+                methods |= getattr(route, "methods", None) or set()
+        allow = ", ".join(sorted(methods))
+        detail = f"method {request.method} is not allowed on {request.url.path}; it takes {allow}"
+        return _json({"detail": detail, "error": "method_not_allowed"}, 405, {"Allow": allow})
 
 
 def _describe_validation(err: RequestValidationError) -> tuple[int, str]:

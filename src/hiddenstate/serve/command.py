@@ -9,7 +9,9 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -38,6 +40,7 @@ def build_service(
     max_body_mb: float = 16.0,
     durability: str = "strict",
     engine: str = "torch",
+    metrics: Any = None,
 ) -> Any:
     """Load the run, open the store (checking its fingerprint and durability), build the :class:`~.service.Service`."""
     from hiddenstate.errors import ServeError, StoreUnavailableError
@@ -61,7 +64,7 @@ def build_service(
     except StoreUnavailableError as e:
         raise ServeError(f"store {e.store}: cannot be opened: {e.reason}") from None
     try:
-        return Service(served, states, max_batch=max_batch, max_wait=max_wait_ms / 1000, limits=limits)
+        return Service(served, states, max_batch=max_batch, max_wait=max_wait_ms / 1000, limits=limits, metrics=metrics)
     except StoreUnavailableError as e:
         states.close()
         raise ServeError(f"store {states.url}: cannot be used: {e.reason}") from None
@@ -111,7 +114,7 @@ def serve(
             min=1,
             max=64,
             help="Server processes sharing the port and the store (each with its own batcher); "
-            "more use more cores. Each answers /metrics with its own counters.",
+            "more use more cores. /metrics sums every worker's counters.",
         ),
     ] = 1,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
@@ -135,6 +138,7 @@ def serve(
 
     uvicorn = require("uvicorn", "serve")
     from hiddenstate.serve.app import create_app
+    from hiddenstate.serve.metrics import MULTIPROC_ENV
 
     torch.set_num_threads(threads)
     options: dict[str, Any] = {"sync": sync, "ttl": ttl, "max_batch": max_batch, "max_wait_ms": max_wait_ms}
@@ -160,10 +164,19 @@ def serve(
         service.store.close()
         worker = {"run_dir": str(Path(run_dir).resolve()), "store": url, "threads": threads, **options}
         os.environ[_WORKER_ENV] = json.dumps(worker)
-        uvicorn.run(
-            f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
-            access_log=False,
-        )  # fmt: skip
+        # The workers' metrics go to prometheus_client's multiprocess files, in a fresh folder
+        # unless one is given; /metrics sums them (SharedMetrics).
+        own_folder = None if os.environ.get(MULTIPROC_ENV) else tempfile.mkdtemp(prefix="hiddenstate-metrics-")
+        if own_folder is not None:
+            os.environ[MULTIPROC_ENV] = own_folder
+        try:
+            uvicorn.run(
+                f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers, log_level=log_level,
+                access_log=False,
+            )  # fmt: skip
+        finally:
+            if own_folder is not None:
+                shutil.rmtree(own_folder, ignore_errors=True)
         return
     app = create_app(service)
     _tune_process()
@@ -181,10 +194,12 @@ def worker_app() -> Any:
     import torch
 
     from hiddenstate.serve.app import create_app
+    from hiddenstate.serve.metrics import MULTIPROC_ENV, SharedMetrics
 
     options = json.loads(os.environ[_WORKER_ENV])
     torch.set_num_threads(options.pop("threads"))
-    service = build_service(options.pop("run_dir"), options.pop("store"), **options)
+    metrics = SharedMetrics() if os.environ.get(MULTIPROC_ENV) else None
+    service = build_service(options.pop("run_dir"), options.pop("store"), metrics=metrics, **options)
     app = create_app(service)
     _tune_process()
     return app

@@ -90,8 +90,9 @@ def validate(
     offsets = [0]
     for steps in lengths:
         offsets.append(offsets[-1] + steps)
-    if not np.isfinite(x).all():
-        r, c = (int(v) for v in np.argwhere(~np.isfinite(x))[0])
+    bound = served.input_bound  # checked on the float64 values, so that it is exactly what /openapi.json states
+    if not np.isfinite(x).all() or np.abs(raw).max(initial=0.0) > bound:
+        r, c = (int(v) for v in np.argwhere(~np.isfinite(x) | (np.abs(raw) > bound))[0])
         k = int(np.searchsorted(offsets, r, side="right")) - 1
         raise ShapeError(
             f"stream {items[k][0]!r}: values row {r - offsets[k]} column {served.inputs[c]!r} "

@@ -9,16 +9,26 @@ The service needs counters and histograms only, so a hundred lines beat a depend
     hiddenstate_streams 1000
 
 Updates come from the event loop and the worker thread; one lock keeps them whole.
+
+With ``hiddenstate serve --workers N`` each worker process keeps the same counters in
+prometheus_client's multiprocess files instead (:class:`SharedMetrics`), and whichever worker
+answers ``/metrics`` sums every worker's.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Sequence
 
-__all__ = ["Metrics"]
+from hiddenstate.errors import ConfigError
+
+__all__ = ["MULTIPROC_ENV", "Metrics", "SharedMetrics"]
+
+#: prometheus_client's own variable: the folder of its multiprocess files, set before it is imported.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -132,3 +142,97 @@ class Metrics:
             labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(info.items()))
             lines.append(f"hiddenstate_model_info{{{labels}}} 1")
         return "\n".join(lines) + "\n"
+
+
+class SharedMetrics(Metrics):
+    """:class:`Metrics` kept in prometheus_client's multiprocess mode, so that ``/metrics`` sums every
+    worker process of ``--workers N``.
+
+    Each process writes its counters and histograms to its own memory-mapped files in the folder
+    named by ``PROMETHEUS_MULTIPROC_DIR`` (set before prometheus_client is first imported: the
+    command sets it before it starts the workers); :meth:`render` reads all of them. The streams
+    gauge and the model info come from the store and the model, the same in every worker, and are
+    added once.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from hiddenstate._extras import require
+
+        prometheus = require("prometheus_client", "serve")
+        folder = os.environ.get(MULTIPROC_ENV)
+        if not folder or not os.path.isdir(folder):
+            raise ConfigError(f"{MULTIPROC_ENV} must name a folder for SharedMetrics, got {folder!r}")
+        self._folder = folder
+        self._prometheus = prometheus
+        counter, histogram = prometheus.Counter, prometheus.Histogram
+        self._p_requests = counter(
+            "hiddenstate_requests", "HTTP requests by endpoint and status code.", ["endpoint", "status"], registry=None
+        )
+        self._p_latency = histogram(
+            "hiddenstate_request_seconds",
+            "HTTP request latency in seconds, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self._p_batch_size = histogram(
+            "hiddenstate_batch_size",
+            "Streams per micro-batch (one model call per step count, one commit).",
+            buckets=SIZE_BUCKETS,
+            registry=None,
+        )
+        self._p_batch_seconds = histogram(
+            "hiddenstate_batch_seconds",
+            "Time to read, advance and commit one micro-batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self._p_outcomes = counter(
+            "hiddenstate_observations",
+            "Stream observations by outcome (advanced, replayed, gap, conflict, rejected, nonfinite, cas_retry).",
+            ["outcome"],
+            registry=None,
+        )
+        self._p_steps = counter(
+            "hiddenstate_stream_steps", "Rows advanced through the model, all streams together.", registry=None
+        )
+
+    def request(self, endpoint: str, status: int, seconds: float) -> None:
+        self._p_requests.labels(endpoint, str(status)).inc()
+        self._p_latency.labels(endpoint).observe(seconds)
+
+    def batch(self, size: int, seconds: float) -> None:
+        self._p_batch_size.observe(size)
+        self._p_batch_seconds.observe(seconds)
+
+    def outcome(self, kind: str, steps: int = 0, count: int = 1) -> None:
+        self._p_outcomes.labels(kind).inc(count)
+        if steps:
+            self._p_steps.inc(steps)
+
+    def outcomes(self, counts: dict[str, int], steps: int = 0) -> None:
+        for kind, n in counts.items():
+            self._p_outcomes.labels(kind).inc(n)
+        if steps:
+            self._p_steps.inc(steps)
+
+    def render(self, *, streams: int | None = None, info: dict[str, str] | None = None) -> str:
+        """Every worker's counters summed (prometheus_client's exposition), then the gauges."""
+        from prometheus_client import multiprocess
+
+        registry = self._prometheus.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self._folder)
+        text = self._prometheus.generate_latest(registry).decode()
+        lines: list[str] = []
+        if streams is not None:
+            lines += ["# HELP hiddenstate_streams Streams held by the store.", "# TYPE hiddenstate_streams gauge"]
+            lines.append(f"hiddenstate_streams {streams}")
+        if info:
+            lines += [
+                "# HELP hiddenstate_model_info The served model; always 1.",
+                "# TYPE hiddenstate_model_info gauge",
+            ]
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(info.items()))
+            lines.append(f"hiddenstate_model_info{{{labels}}} 1")
+        return text + "\n".join(lines) + ("\n" if lines else "")

@@ -20,6 +20,7 @@ input columns and holds the other inputs.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from hiddenstate.errors import ConfigError, ShapeError
 from hiddenstate.forecast import resolve_method, rollout, target_indices
 from hiddenstate.state import LayerState, State, StateSpec
 
-__all__ = ["ServedModel"]
+__all__ = ["FUSED_MAX_HIDDEN", "ServedModel"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -64,10 +65,22 @@ class ServedModel:
 
     @classmethod
     def build(
-        cls, model: Any, scaler: Any, inputs: Sequence[str], targets: Sequence[str], *, source: str = ""
+        cls,
+        model: Any,
+        scaler: Any,
+        inputs: Sequence[str],
+        targets: Sequence[str],
+        *,
+        source: str = "",
+        backend: str = "auto",
     ) -> ServedModel:
-        """Check that ``model`` advances step by step and wrap it (in eval mode, float32, CPU; an
-        all-LSTM stack is switched to the fused backend, see :func:`_fastest_backend`)."""
+        """Check that ``model`` advances step by step and wrap a copy of it (in eval mode, float32,
+        CPU); ``model`` itself is left as it was.
+
+        ``backend``: ``"torch"`` (the library's default), ``"fused"`` (the C kernel; ConfigError
+        for a stack it cannot run) or ``"auto"``: fused where it was measured faster, see
+        :func:`_serving_backend`. The ``HIDDENSTATE_SERVE_BACKEND`` variable overrides ``"auto"``.
+        """
         if callable(getattr(model, "forecast", None)):
             kind = getattr(model, "kind", type(model).__name__)
             raise ConfigError(
@@ -95,8 +108,8 @@ class ServedModel:
             tscaler = scaler.select(list(tidx))
         else:
             raise ConfigError("a target is not among the inputs, so the run's input scaler cannot scale it back")
-        model = model.to("cpu", torch.float32).eval()
-        _fastest_backend(model)
+        model = copy.deepcopy(model).to("cpu", torch.float32).eval()  # the caller's model stays as it is
+        _serving_backend(model, backend)
         spec: StateSpec = model.state_spec
         layout = tuple((f"layers.{i}.{t}", ls.hidden_size) for i, ls in enumerate(spec.layers) for t in ls.tensor_names)
         initial = None
@@ -109,9 +122,15 @@ class ServedModel:
         return cls(model, spec, inputs, targets, scaler, source, tidx, layout, tscaler, initial, shift)
 
     @classmethod
-    def from_run(cls, run: Any) -> ServedModel:
-        """From a :class:`~hiddenstate.runs.Run` (``load_run(path)``)."""
-        return cls.build(run.model, run.scaler, run.inputs, run.targets, source=str(getattr(run, "path", "")))
+    def from_run(cls, run: Any, *, backend: str = "auto") -> ServedModel:
+        """From a :class:`~hiddenstate.runs.Run` (``load_run(path)``); ``run.model`` is not changed."""
+        source = str(getattr(run, "path", ""))
+        return cls.build(run.model, run.scaler, run.inputs, run.targets, source=source, backend=backend)
+
+    @property
+    def backend(self) -> str:
+        """The backend the served copy runs on: ``"torch"`` or ``"fused"``."""
+        return str(getattr(getattr(self.model, "rnn", None), "backend", "torch"))
 
     # -- sizes and layout -------------------------------------------------------------------------
 
@@ -132,6 +151,15 @@ class ServedModel:
     def cond_size(self) -> int:
         """Rows a new stream spends on its initial state: 1 for a state-encoder model, else 0."""
         return 1 if self._initial is None else 0
+
+    @property
+    def input_bound(self) -> float:
+        """The largest magnitude of an input value (original units) that stays within float32 once
+        normalised, in every column; the service refuses larger ones."""
+        if self._shift is None:
+            return _FLOAT32_MAX
+        mean, std = self._shift
+        return float(np.min(_FLOAT32_MAX * std - np.abs(mean)))
 
     def to_state(self, flat: torch.Tensor) -> State:
         """``(batch, state_width)`` float32 rows to a State (trusted: these rows came from the model)."""
@@ -284,12 +312,32 @@ def _flatten(state: State) -> torch.Tensor:
     return torch.cat([t.to(torch.float32) for t in state.tensors()], dim=1)  # (batch, state_width)
 
 
-def _fastest_backend(model: Any) -> None:
-    """Serve an all-LSTM stack on the fused CPU kernel when it builds: a step of a few streams is
-    dominated by oneDNN's per-call setup, which the fused kernel does not have (same results to
-    float32 rounding). Any other stack, or no C compiler, keeps the default backend."""
-    rnn = getattr(model, "rnn", None)
-    if os.environ.get("HIDDENSTATE_SERVE_BACKEND", "auto") != "auto" or not hasattr(rnn, "set_backend"):
+# The widest LSTM layer for which "auto" serves on the fused kernel. benchmarks/serve_backend.py
+# (2026-12-01, 2-core x86_64, load ~5, so noisy): one step of two LSTM layers, fused vs default,
+# 1.65-2.07x for hidden 8-32 and 1 or 16 streams (0.68-2.15x at 256 streams); 1.08x at hidden 64
+# for 1-16 streams and 0.82x at 256; 0.55-0.66x at hidden 128.
+FUSED_MAX_HIDDEN = 32
+
+
+def _serving_backend(model: Any, backend: str) -> None:
+    """Put the served copy on ``backend``; ``"auto"``: the fused CPU kernel for an all-LSTM stack
+    no wider than :data:`FUSED_MAX_HIDDEN` when it builds (a step of a few streams is dominated by
+    oneDNN's per-call setup, which the fused kernel does not have; same results to float32
+    rounding), else the default. No C compiler, or another stack, keeps the default."""
+    if backend == "auto":
+        backend = os.environ.get("HIDDENSTATE_SERVE_BACKEND", "auto")
+    if backend not in ("auto", "torch", "fused"):
+        raise ConfigError(f"unknown serving backend {backend!r}; expected 'auto', 'torch' or 'fused'")
+    rnn: Any = getattr(model, "rnn", None)
+    if not hasattr(rnn, "set_backend"):
+        if backend == "fused":
+            raise ConfigError(f"{type(model).__name__} has no backend to choose; serve it with backend 'torch'")
+        return
+    if backend != "auto":
+        rnn.set_backend(backend)
+        return
+    spec: StateSpec = model.state_spec
+    if any(ls.cell != "lstm" or ls.hidden_size > FUSED_MAX_HIDDEN for ls in spec.layers):
         return
     try:
         rnn.set_backend("fused")

@@ -151,14 +151,22 @@ class ServerProcess:
 
     ``args`` are extra command-line flags (``["--store", url]``). ``kill()`` sends SIGKILL;
     ``start()`` starts it again on the same port. stderr goes to ``log`` (a file in the run's
-    parent folder) for a failing test to show.
+    parent folder) for a failing test to show. ``wrapper`` is a command line put before the
+    server's own (``["strace", "-f", "-o", path]``).
     """
 
     def __init__(
-        self, run_dir: str | Path, args: Sequence[str] = (), *, port: int | None = None, threads: int = 1
+        self,
+        run_dir: str | Path,
+        args: Sequence[str] = (),
+        *,
+        port: int | None = None,
+        threads: int = 1,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.run_dir = Path(run_dir)
         self.args = list(args)
+        self.wrapper = list(wrapper)
         self.port = port or free_port()
         self.threads = threads
         self.proc: subprocess.Popen[bytes] | None = None
@@ -175,7 +183,7 @@ class ServerProcess:
     def spawn(self) -> ServerProcess:
         """Start the process without waiting (start several, then :meth:`wait_ready` each)."""
         cmd = [
-            sys.executable, "-m", "hiddenstate.serve", str(self.run_dir),
+            *self.wrapper, sys.executable, "-m", "hiddenstate.serve", str(self.run_dir),
             "--port", str(self.port), "--threads", str(self.threads), *self.args,
         ]  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
