@@ -38,6 +38,12 @@ class OnnxEngineModel:
         self._outputs = ["y"] + [f"state_out.{n}" for n in spec.names]
         self._cond = int(getattr(model, "cond_size", 0) or 0)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> OnnxEngineModel:
+        # the served copy: its own torch model; the onnxruntime session is read-only and shared
+        import copy
+
+        return OnnxEngineModel(copy.deepcopy(self._model, memo), self._session, self.report)
+
     def __getattr__(self, name: str) -> Any:  # called only for what this class does not define
         return getattr(self.__dict__["_model"], name)
 
