@@ -51,15 +51,22 @@ _LAZY = {
     "synthetic_dataset": "hiddenstate.data.synthetic",
     "TrainConfig": "hiddenstate.train",
     "Trainer": "hiddenstate.train",
-    "Run": "hiddenstate.runs",
-    "load_run": "hiddenstate.runs",
-    "save_run": "hiddenstate.runs",
-    "metrics": "hiddenstate.forecast",
+    "Run": "hiddenstate.runs.run",
+    "load_run": "hiddenstate.runs.run",
+    "save_run": "hiddenstate.runs.run",
+    "sample_paths": "hiddenstate.paths",
+    "Forecaster": "hiddenstate.forecaster",
 }
+# Submodules reachable as attributes before they are imported: ``hs.metrics.crps(...)``.
+_LAZY_SUBMODULES = ("metrics",)
 
 
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"hiddenstate.{name}")
     if module is None:
         raise AttributeError(f"module 'hiddenstate' has no attribute {name!r}")
     import importlib
@@ -70,7 +77,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_SUBMODULES))
 
 
 __all__ = [
@@ -100,4 +107,5 @@ __all__ = [
     "__version__",
     "build_model",
     *_LAZY,
+    *_LAZY_SUBMODULES,
 ]

@@ -152,7 +152,9 @@ def rollout(
     with torch.no_grad():
         for _ in range(horizon):
             y, state = model(x.unsqueeze(1), state)  # y: (batch, 1, n_out)
-            step = y[:, 0]  # (batch, n_out)
+            step = y[:, 0]  # (batch, n_out), or a likelihood head's parameters: then its mean is fed back
+            if getattr(model, "likelihood", None) is not None:
+                step = model.likelihood.mean(step)
             preds.append(step)
             x = x.index_copy(1, index, step)  # targets fed back, other inputs held
     return torch.stack(preds, dim=1)  # (batch, horizon, n_out)

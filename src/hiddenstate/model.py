@@ -20,6 +20,7 @@ from hiddenstate._kernels.torch import hx_for_layers as _hx
 from hiddenstate._kernels.torch import layer_groups as _layer_groups
 from hiddenstate._kernels.torch import rnn_kernel as _rnn_kernel
 from hiddenstate.errors import ConfigError, ShapeError, StateError
+from hiddenstate.likelihood import get_likelihood, resolve_likelihood
 from hiddenstate.state import LayerSpec, LayerState, State, StateSpec
 
 __all__ = [
@@ -325,6 +326,9 @@ class SequenceModel(nn.Module):
             (:class:`LearnedInitialState`).
         horizon: when > 0, adds a direct multi-step head that maps the final top-layer ``h``
             to ``(batch, horizon, output_size)``; see :meth:`forecast_direct`.
+        likelihood: None (point outputs), ``"studentt"``, ``"normal"`` or ``"negbin"`` (True or
+            ``"default"``: Student-t). The head then outputs each step's distribution parameters,
+            ``y`` ``(batch, steps, n_params * output_size)``; see :mod:`hiddenstate.likelihood`.
 
     ``forward(x, state=None, *, cond=None, reset=None) -> (y, State)`` with ``x``
     ``(batch, steps, input_size)`` and ``y`` ``(batch, steps, output_size)``. A missing state
@@ -346,6 +350,7 @@ class SequenceModel(nn.Module):
         head_activation: str | None = None,
         state_encoder: str | None = None,
         horizon: int = 0,
+        likelihood: Any = None,
     ) -> None:
         super().__init__()
         if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
@@ -356,7 +361,12 @@ class SequenceModel(nn.Module):
         self.input_size = input_size
         self.output_size = output_size
         self.head_activation = head_activation
-        self.head = nn.Linear(self.rnn.output_size, output_size)
+        self.likelihood_name = resolve_likelihood(likelihood)
+        if self.likelihood_name is not None and head_activation is not None:
+            raise ConfigError(f"head_activation {head_activation!r}: a likelihood head outputs raw parameters")
+        self.likelihood = None if self.likelihood_name is None else get_likelihood(self.likelihood_name)
+        n_params = 1 if self.likelihood is None else self.likelihood.n_params
+        self.head = nn.Linear(self.rnn.output_size, output_size * n_params)
         self.state_encoder_kind = state_encoder
         self.encoder: StateEncoder | None = None
         self.learned: LearnedInitialState | None = None
@@ -391,6 +401,7 @@ class SequenceModel(nn.Module):
             "head_activation": self.head_activation,
             "state_encoder": self.state_encoder_kind,
             "horizon": self.horizon,
+            "likelihood": self.likelihood_name,
         }
 
     @classmethod
@@ -404,6 +415,7 @@ class SequenceModel(nn.Module):
                 head_activation=config.get("head_activation"),
                 state_encoder=config.get("state_encoder"),
                 horizon=config.get("horizon", 0),
+                likelihood=config.get("likelihood"),
             )
         except KeyError as e:
             raise ConfigError(f"model config is missing {e.args[0]!r}") from None
@@ -450,6 +462,13 @@ class SequenceModel(nn.Module):
         if self.head_activation is not None:
             y = _ACTIVATIONS[self.head_activation](y)
         return y
+
+    def distribution(self, y: torch.Tensor, scale: torch.Tensor | None = None) -> Any:
+        """The ``torch.distributions`` object of a likelihood model's output ``y`` (``scale``:
+        the series' mean scale, broadcast to ``(..., output_size)``)."""
+        if self.likelihood is None:
+            raise ConfigError("this model has point outputs; build it with likelihood='studentt' (or True)")
+        return self.likelihood.distribution(y, scale)
 
     def forecast_direct(self, state: State) -> torch.Tensor:
         """``(batch, horizon, output_size)`` straight from the final top-layer ``h``."""

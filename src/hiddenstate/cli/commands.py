@@ -42,6 +42,7 @@ Policy = Literal["carry", "encode", "carry+encode", "zeros"]
 Method = Literal["auto", "rollout", "direct"]
 Layout = Literal["auto", "wide", "long"]
 Loss = Literal["mse", "mae", "huber"]
+Likelihood = Literal["studentt", "normal", "negbin"]
 Backend = Literal["torch", "fused"]
 Precision = Literal["fp32", "bf16", "fp16"]
 CELLS = ("lstm", "gru", "rnn")
@@ -223,6 +224,10 @@ def train(
     ] = "0.7,0.1,0.2",
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout between layers.")] = 0.0,
     loss: Annotated[Loss, typer.Option(help="Training loss.")] = "mse",
+    likelihood: Annotated[
+        Likelihood | None,
+        typer.Option(help="Train a likelihood head by its NLL instead of --loss (on the standardised data)."),
+    ] = None,
     patience: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many epochs without a better val loss.")
     ] = None,
@@ -271,6 +276,7 @@ def train(
         "seed": seed,
         "lr": lr,
         "loss": loss,
+        "likelihood": likelihood,
         "plot_steps": 4 * 96,
     }
     if resume:

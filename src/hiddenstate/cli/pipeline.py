@@ -194,7 +194,8 @@ def prepare_training(
         StateSpec.from_json(settings["layers"]),
         dropout=settings["dropout"],
         state_encoder=f"cond:{len(in_cols)}" if "encode" in policy else None,
-        horizon=settings["horizon"],
+        horizon=0 if settings.get("likelihood") else settings["horizon"],  # a likelihood model rolls out its mean
+        likelihood=settings.get("likelihood"),
     )
     config = TrainConfig(
         epochs=epochs,
@@ -246,7 +247,8 @@ def train_run(
     trainer = Trainer(job.model, job.config)
     history = trainer.fit(job.train_batches, job.val_batches, run_dir=out, resume=resume, callbacks=callbacks)
     job.model.eval()
-    fit_direct_head(job.model, job.train_x, job.train_y)
+    if job.model.direct_head is not None:
+        fit_direct_head(job.model, job.train_x, job.train_y)
     save_run(
         out,
         job.model,
