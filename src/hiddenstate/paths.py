@@ -62,6 +62,7 @@ def sample_paths(
     *,
     scale: torch.Tensor | np.ndarray | None = None,
     target_index: Sequence[int] | None = None,
+    ahead: torch.Tensor | np.ndarray | None = None,
 ) -> torch.Tensor:
     """Sample paths ``(num_samples, batch, horizon, n_out)`` from ``state``.
 
@@ -75,7 +76,9 @@ def sample_paths(
         scale: ``(batch, n_out)`` mean scale of each row (see :func:`hiddenstate.likelihood.mean_scale`):
             draws are in the series' units and go back in as ``draw / scale``. None: 1.
         target_index: where each output sits among the inputs (None: the inputs are the outputs);
-            the other inputs are held at their ``last`` value.
+            the other inputs are held at their ``last`` value, unless ``ahead`` is given.
+        ahead: ``(batch, horizon - 1, n_in)``, the input rows after ``last`` (known future
+            covariates); their target columns are ignored, each path's draws go there.
 
     Row ``s * batch + b`` of the repeated state is path ``s`` of row ``b``.
     """
@@ -106,6 +109,15 @@ def sample_paths(
             raise ShapeError(f"scale: expected shape (batch={batch}, n_out={n_out}), got {tuple(s.shape)}")
         s = s.repeat(num_samples, 1)  # (num_samples * batch, n_out)
     rows = torch.arange(batch, device=p.device).repeat(num_samples)  # sample-major: row s*batch + b
+    future = None
+    if ahead is not None:
+        future = torch.as_tensor(ahead).to(p.device, p.dtype)
+        if tuple(future.shape) != (batch, horizon - 1, n_in):
+            raise ShapeError(
+                f"ahead: expected shape (batch={batch}, horizon-1={horizon - 1}, n_in={n_in}), "
+                f"got {tuple(future.shape)}"
+            )
+        future = future[rows]  # (num_samples * batch, horizon - 1, n_in)
     st = state.to(p.device).select(rows)
     x = x[rows]  # (num_samples * batch, n_in)
     draws = []
@@ -113,7 +125,9 @@ def sample_paths(
     model.eval()
     try:
         with torch.no_grad(), _seeded(seed, p.device):
-            for _ in range(horizon):
+            for k in range(horizon):
+                if k and future is not None:
+                    x = future[:, k - 1].index_copy(1, index, x.index_select(1, index))
                 raw, st = model(x.unsqueeze(1), st)  # raw: (num_samples * batch, 1, n_params * n_out)
                 z = lik.distribution(raw[:, 0], s).sample()  # (num_samples * batch, n_out), series units
                 draws.append(z)

@@ -36,15 +36,22 @@ class ScaledBatch(Batch):
 
 
 class ScaledBatches:
-    """``batches`` (a :class:`StatefulBatches`) with ``scales`` ``(num_series, n_out)`` attached per row."""
+    """``batches`` (a :class:`StatefulBatches`) with ``scales`` ``(num_series, n_out)`` attached per row.
 
-    def __init__(self, batches: StatefulBatches, scales: Any) -> None:
+    ``score_from`` ``(num_series,)``: leave targets at rows before ``score_from[j]`` of series ``j``
+    out of the mask (the state still runs over them), to score only a held-out tail.
+    """
+
+    def __init__(self, batches: StatefulBatches, scales: Any, score_from: Any = None) -> None:
         s = torch.as_tensor(np.asarray(scales, dtype=np.float64))
         if s.dim() != 2 or s.shape[0] != batches.num_series:
             raise ShapeError(f"scales: expected (num_series={batches.num_series}, n_out), got {tuple(s.shape)}")
         self.batches = batches
         self._scales = torch.cat([s, torch.ones(1, s.shape[1], dtype=s.dtype)])  # the last row: idle lanes
         self._built: dict[int, ScaledBatch] = {}
+        self._score_from = None if score_from is None else [int(v) for v in score_from]
+        if self._score_from is not None and len(self._score_from) != batches.num_series:
+            raise ShapeError(f"score_from: expected {batches.num_series} rows, got {len(self._score_from)}")
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -56,7 +63,11 @@ class ScaledBatches:
             idle = self._scales.shape[0] - 1
             rows = torch.tensor([lane[0] if lane is not None else idle for lane in b.lanes])
             scale = self._scales[rows].to(b.y.dtype)  # (batch, n_out)
-            self._built[k] = ScaledBatch(b.x, b.y, b.reset, b.mask, b.cond, b.lanes, scale)
+            mask = b.mask
+            if self._score_from is not None:  # target row of step i is t0 + 1 + i
+                first = torch.tensor([self._score_from[ln[0]] - ln[1] - 1 if ln else 0 for ln in b.lanes])
+                mask = mask & (torch.arange(b.steps)[None, :] >= first[:, None])
+            self._built[k] = ScaledBatch(b.x, b.y, b.reset, mask, b.cond, b.lanes, scale)
         return self._built[k]
 
     def __iter__(self) -> Iterator[ScaledBatch]:
