@@ -63,6 +63,7 @@ def sample_paths(
     scale: torch.Tensor | np.ndarray | None = None,
     target_index: Sequence[int] | None = None,
     ahead: torch.Tensor | np.ndarray | None = None,
+    seen_last: bool = False,
 ) -> torch.Tensor:
     """Sample paths ``(num_samples, batch, horizon, n_out)`` from ``state``.
 
@@ -79,6 +80,9 @@ def sample_paths(
             the other inputs are held at their ``last`` value, unless ``ahead`` is given.
         ahead: ``(batch, horizon - 1, n_in)``, the input rows after ``last`` (known future
             covariates); their target columns are ignored, each path's draws go there.
+        seen_last: ``state`` has read ``last`` already (as a served stream's state has): the first
+            step's distribution comes from the head on the top layer's ``h``, which is the model's
+            output at ``last``; ``last`` then only supplies the inputs held for the next steps.
 
     Row ``s * batch + b`` of the repeated state is path ``s`` of row ``b``.
     """
@@ -128,7 +132,10 @@ def sample_paths(
             for k in range(horizon):
                 if k and future is not None:
                     x = future[:, k - 1].index_copy(1, index, x.index_select(1, index))
-                raw, st = model(x.unsqueeze(1), st)  # raw: (num_samples * batch, 1, n_params * n_out)
+                if k == 0 and seen_last:  # the output at `last` is the head on the top layer's h
+                    raw = model.apply_head(st.layers[-1].h.unsqueeze(1))
+                else:
+                    raw, st = model(x.unsqueeze(1), st)  # raw: (num_samples * batch, 1, n_params * n_out)
                 z = lik.distribution(raw[:, 0], s).sample()  # (num_samples * batch, n_out), series units
                 draws.append(z)
                 x = x.index_copy(1, index, z / s if s is not None else z)  # this path's draw goes back in
