@@ -392,7 +392,7 @@ class SequenceModel(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model (not its weights), JSON-safe."""
-        return {
+        config: dict[str, Any] = {
             "kind": "sequence",
             "input_size": self.input_size,
             "output_size": self.output_size,
@@ -401,8 +401,10 @@ class SequenceModel(nn.Module):
             "head_activation": self.head_activation,
             "state_encoder": self.state_encoder_kind,
             "horizon": self.horizon,
-            "likelihood": self.likelihood_name,
         }
+        if self.likelihood_name is not None:  # point models keep the config they always had
+            config["likelihood"] = self.likelihood_name
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SequenceModel:
