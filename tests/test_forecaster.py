@@ -227,3 +227,13 @@ def test_val_size_holds_out_the_tail_for_the_validation_loss() -> None:
     masks = [b.mask[0].tolist() for b in ScaledBatches(sb, np.ones((1, 1)), score_from=[7])]
     # chunk 0: x rows 1..4, targets 2..5; chunk 1: x rows 5..8, targets 6..9
     assert masks == [[False] * 4, [False, True, True, True]]
+
+
+@pytest.mark.slow
+def test_probabilistic_benchmark_runs(capsys) -> None:
+    pytest.importorskip("pmdarima", reason="the taylor series ships with pmdarima (bench extra)")
+    from benchmarks import probabilistic
+
+    probabilistic.main(["--datasets", "taylor", "--quick", "--budget", "5", "--no-deepar", "--no-stats"])
+    out = capsys.readouterr().out
+    assert "| taylor | hiddenstate |" in out and "re-predict/update-then-predict" in out

@@ -345,7 +345,7 @@ class Forecaster:
             have = rows.get(u)
             pos = {} if have is None else {v: i for i, v in enumerate(have.ds)}
             missing = [w for w in want if w not in pos]
-            if missing:
+            if missing or have is None:
                 raise DataError(
                     f"futr_df: series {u!r} lacks future exogenous rows for {len(missing)} of the {h} steps "
                     f"{fmt_stamp(want[0])} .. {fmt_stamp(want[-1])} (first missing: {fmt_stamp(missing[0])})"
