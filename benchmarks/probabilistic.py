@@ -1,18 +1,22 @@
 """Probabilistic forecasting beside GluonTS's torch DeepAR and statsforecast, in one run.
 
     python benchmarks/probabilistic.py                       # ETTh1, ETTm1, taylor; the default budget
-    python benchmarks/probabilistic.py --datasets etth1 --epochs 2 --quick
+    python benchmarks/probabilistic.py --datasets etth1 --budget 500 --quick
 
 Data (raw scale): ETTh1 and ETTm1 (``../shared/data/ett``, or ``$HIDDENSTATE_ETT``), each of the 7
 columns a series, and pmdarima's ``taylor`` half-hourly electricity series. Horizon 48. The test
 windows are GIFT-Eval's: ``min(ceil(0.1 * length / 48), 20)`` non-overlapping windows at the end of
 each series; every model trains on the rows before the first window only.
 
-- ``hiddenstate``: ``hs.Forecaster`` (2 x LSTM(40), Student-t, mean scaling), fitted once; the state
+- ``hiddenstate``: ``hs.Forecaster`` (2 x LSTM(40), Student-t, mean scaling), hour-of-day and
+  day-of-week as known future covariates (``--no-calendar`` drops them; DeepAR builds such time
+  features itself), each series whole in one lane (``--lanes``), so training carries the state
+  over as long a history as inference does; ``--budget`` optimizer steps. Fitted once; the state
   is carried from window to window with ``update`` (the rows are read once), 100 paths per window.
 - ``deepar``: ``gluonts.torch.model.deepar.DeepAREstimator`` (2 x LSTM(40), Student-t, mean
-  scaling, GluonTS's default lags and context = 48), trained for the same number of optimizer steps
-  at batch 32; each window is predicted from its context (100 paths).
+  scaling, GluonTS's default lags, time features and context = 48), batch 32, trained on as many
+  series-steps through the loss as hiddenstate (a window is 48 context + 48 ahead steps); each
+  window is predicted from its context (100 paths).
 - ``seasonal_naive``, ``auto_ets``: statsforecast, fitted on the last ``--stats-rows`` rows
   before the first window, intervals at levels 20..95 (``cross_validation(refit=False)``).
 
@@ -104,13 +108,19 @@ def from_samples(samples: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]
 
 def run_hiddenstate(df: Any, freq: str, cuts: list[int], args: argparse.Namespace) -> dict[str, Any]:
     pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
-    chunks = len(fc_batches(df[pos < cuts[0]]))  # optimizer steps per epoch
+    lanes = args.lanes or df["unique_id"].nunique()  # default: each series whole in one lane, as at inference
+    chunks = len(fc_batches(df[pos < cuts[0]], lanes))  # optimizer steps per epoch
     epochs = max(1, math.ceil(args.budget / chunks))
     cfg = hs.TrainConfig(epochs=epochs, lr=3e-3, progress=False, device="cpu", seed=0, threads=1)
+    torch_seed(0)  # the weights' initialisation too
+    futr = list(CALENDAR) if args.calendar else []
     fc = hs.Forecaster(
-        [hs.LSTM(40), hs.LSTM(40)], horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=48, batch_size=32
-    )
-    torch_seed(0)
+        [hs.LSTM(40), hs.LSTM(40)], horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=48,
+        batch_size=lanes, futr_exog=futr,
+    )  # fmt: skip
+    if futr:
+        df = with_calendar(df)
+        pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
     t0 = time.perf_counter()
     fc.fit(df[pos < cuts[0]])
     train_s = time.perf_counter() - t0
@@ -120,18 +130,21 @@ def run_hiddenstate(df: Any, freq: str, cuts: list[int], args: argparse.Namespac
         if k:
             fc.update(df[(pos >= cuts[k - 1]) & (pos < cut)])  # the state carried over the last window's rows
         t0 = time.perf_counter()
-        s = fc.sample(n_paths=100, seed=k)
+        ahead = df[(pos >= cut) & (pos < cut + H)] if futr else None  # the window's known covariates
+        s = fc.sample(n_paths=100, seed=k, futr_df=ahead)
         predict_s.append(time.perf_counter() - t0)
         samples.append(s["HiddenState"].to_numpy().reshape(100, len(ids), H))
     # one new row per series: update + predict, against predict over the whole history
     last = cuts[-1]
+    new, history = df[pos == last], df[pos <= last]
+    ahead = df[(pos > last) & (pos <= last + H)] if futr else None
     t0 = time.perf_counter()
-    fc.update(df[pos == last])
+    fc.update(new)
     advance_s = time.perf_counter() - t0
-    fc.predict(seed=0)
+    fc.predict(seed=0, futr_df=ahead)
     update_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fc.predict(df=df[pos <= last], seed=0)
+    fc.predict(df=history, seed=0, futr_df=ahead)
     repredict_s = time.perf_counter() - t0
     n_steps = chunks * epochs
     return {
@@ -142,15 +155,37 @@ def run_hiddenstate(df: Any, freq: str, cuts: list[int], args: argparse.Namespac
         "repredict_s": repredict_s,
         "advance_s": advance_s,
         "optimizer_steps": n_steps,
+        "sample_steps": n_steps * lanes * 48,  # series-steps through the loss
     }
 
 
-def fc_batches(df: Any) -> Any:
+CALENDAR = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
+
+
+def with_calendar(df: Any) -> Any:
+    """``df`` with hour-of-day and day-of-week as known future covariates (DeepAR builds the same
+    kind of time features itself), extended ``H`` steps past the end for the last forecast."""
+    import pandas as pd
+
+    ends = df.groupby("unique_id", sort=False)["ds"].max()
+    step = df["ds"].iloc[1] - df["ds"].iloc[0]
+    extra = pd.DataFrame(
+        [(u, t + step * (i + 1)) for u, t in ends.items() for i in range(H)], columns=["unique_id", "ds"]
+    )
+    out = pd.concat([df, extra], ignore_index=True)
+    hour = out["ds"].dt.hour + out["ds"].dt.minute / 60
+    dow = out["ds"].dt.dayofweek + hour / 24
+    out["hour_sin"], out["hour_cos"] = np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)
+    out["dow_sin"], out["dow_cos"] = np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)
+    return out
+
+
+def fc_batches(df: Any, lanes: int) -> Any:
     """The Forecaster's training chunks for ``df`` (to count optimizer steps)."""
     from hiddenstate.data.lanes import StatefulBatches
 
     lengths = df.groupby("unique_id", sort=False).size().to_numpy()
-    return StatefulBatches([np.zeros((n, 1)) for n in lengths], [np.zeros((n, 1)) for n in lengths], 32, 48)
+    return StatefulBatches([np.zeros((n, 1)) for n in lengths], [np.zeros((n, 1)) for n in lengths], lanes, 48)
 
 
 def torch_seed(seed: int) -> None:
@@ -249,7 +284,8 @@ def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows.append({"model": "hiddenstate", **scores.row(*from_samples(ours["samples"])), **_times(ours)})
     print(f"  hiddenstate done: {ours['optimizer_steps']} steps in {ours['train_s']:.0f}s", flush=True)
     if not args.no_deepar:
-        deepar = run_deepar(df, freq, cuts, ours["optimizer_steps"])
+        # the same number of series-steps through the loss: DeepAR's windows are 32 x (48 context + 48 ahead)
+        deepar = run_deepar(df, freq, cuts, math.ceil(ours["sample_steps"] / (32 * 2 * H)))
         rows.append({"model": "deepar (gluonts)", **scores.row(*from_samples(deepar["samples"])), **_times(deepar)})
         print(f"  deepar done: {deepar['optimizer_steps']} steps in {deepar['train_s']:.0f}s", flush=True)
     if not args.no_stats:
@@ -318,7 +354,15 @@ def ratios(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="etth1,ettm1,taylor")
-    parser.add_argument("--budget", type=int, default=1000, help="optimizer steps at batch 32 for each neural model")
+    parser.add_argument(
+        "--budget", type=int, default=5000, help="hiddenstate optimizer steps; DeepAR gets as many training time steps"
+    )
+    parser.add_argument(
+        "--lanes", type=int, default=0, help="hiddenstate lanes (0: one per series, each read whole as at inference)"
+    )
+    parser.add_argument(
+        "--no-calendar", dest="calendar", action="store_false", help="no hour/weekday covariates for hiddenstate"
+    )
     parser.add_argument("--stats-rows", type=int, default=2000, help="rows before the first window for statsforecast")
     parser.add_argument("--quick", action="store_true", help="the last two windows only")
     parser.add_argument("--no-deepar", action="store_true")
