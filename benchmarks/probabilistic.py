@@ -328,7 +328,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 else v
                 if isinstance(v, str)
                 else f"{v:.3f}"
-                if c in ("CRPS", "cov80", "cov90")
+                if c in ("CRPS", "cov80", "cov90", "advance_s")
                 else f"{v:.2f}"
             )
         lines.append("| " + " | ".join(cells) + " |")
