@@ -11,7 +11,8 @@ each series; every model trains on the rows before the first window only.
 - ``hiddenstate``: ``hs.Forecaster`` (2 x LSTM(40), Student-t, mean scaling), hour-of-day and
   day-of-week as known future covariates (``--no-calendar`` drops them; DeepAR builds such time
   features itself), each series whole in one lane (``--lanes``), so training carries the state
-  over as long a history as inference does; ``--budget`` optimizer steps. Fitted once; the state
+  over as long a history as inference does; ``--budget`` optimizer steps of ``--steps`` rows
+  (default two seasons: 48 hourly, 192 for 15 minutes, 96 half-hourly). Fitted once; the state
   is carried from window to window with ``update`` (the rows are read once), 100 paths per window.
 - ``deepar``: ``gluonts.torch.model.deepar.DeepAREstimator`` (2 x LSTM(40), Student-t, mean
   scaling, GluonTS's default lags, time features and context = 48), batch 32, trained on as many
@@ -106,16 +107,17 @@ def from_samples(samples: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]
     return qs, lo, hi
 
 
-def run_hiddenstate(df: Any, freq: str, cuts: list[int], args: argparse.Namespace) -> dict[str, Any]:
+def run_hiddenstate(df: Any, freq: str, cuts: list[int], season: int, args: argparse.Namespace) -> dict[str, Any]:
+    steps = args.steps or 2 * season  # gradients reach back over two days of the series
     pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
     lanes = args.lanes or df["unique_id"].nunique()  # default: each series whole in one lane, as at inference
-    chunks = len(fc_batches(df[pos < cuts[0]], lanes))  # optimizer steps per epoch
+    chunks = len(fc_batches(df[pos < cuts[0]], lanes, steps))  # optimizer steps per epoch
     epochs = max(1, math.ceil(args.budget / chunks))
     cfg = hs.TrainConfig(epochs=epochs, lr=3e-3, progress=False, device="cpu", seed=0, threads=1)
     torch_seed(0)  # the weights' initialisation too
     futr = list(CALENDAR) if args.calendar else []
     fc = hs.Forecaster(
-        [hs.LSTM(40), hs.LSTM(40)], horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=48,
+        [hs.LSTM(40), hs.LSTM(40)], horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=steps,
         batch_size=lanes, futr_exog=futr,
     )  # fmt: skip
     if futr:
@@ -155,7 +157,8 @@ def run_hiddenstate(df: Any, freq: str, cuts: list[int], args: argparse.Namespac
         "repredict_s": repredict_s,
         "advance_s": advance_s,
         "optimizer_steps": n_steps,
-        "sample_steps": n_steps * lanes * 48,  # series-steps through the loss
+        "chunk": steps,
+        "sample_steps": n_steps * lanes * steps,  # series-steps through the loss
     }
 
 
@@ -180,12 +183,12 @@ def with_calendar(df: Any) -> Any:
     return out
 
 
-def fc_batches(df: Any, lanes: int) -> Any:
+def fc_batches(df: Any, lanes: int, steps: int) -> Any:
     """The Forecaster's training chunks for ``df`` (to count optimizer steps)."""
     from hiddenstate.data.lanes import StatefulBatches
 
     lengths = df.groupby("unique_id", sort=False).size().to_numpy()
-    return StatefulBatches([np.zeros((n, 1)) for n in lengths], [np.zeros((n, 1)) for n in lengths], lanes, 48)
+    return StatefulBatches([np.zeros((n, 1)) for n in lengths], [np.zeros((n, 1)) for n in lengths], lanes, steps)
 
 
 def torch_seed(seed: int) -> None:
@@ -280,9 +283,11 @@ def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     scores = Scores(y, histories, season)
     print(f"\n{name}: {len(ids)} series x {n} rows, freq {freq}, {len(cuts)} windows of {H}", flush=True)
     rows = []
-    ours = run_hiddenstate(df, freq, cuts, args)
+    ours = run_hiddenstate(df, freq, cuts, season, args)
     rows.append({"model": "hiddenstate", **scores.row(*from_samples(ours["samples"])), **_times(ours)})
-    print(f"  hiddenstate done: {ours['optimizer_steps']} steps in {ours['train_s']:.0f}s", flush=True)
+    print(
+        f"  hiddenstate done: {ours['optimizer_steps']} steps of {ours['chunk']} in {ours['train_s']:.0f}s", flush=True
+    )
     if not args.no_deepar:
         # the same number of series-steps through the loss: DeepAR's windows are 32 x (48 context + 48 ahead)
         deepar = run_deepar(df, freq, cuts, math.ceil(ours["sample_steps"] / (32 * 2 * H)))
@@ -355,13 +360,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="etth1,ettm1,taylor")
     parser.add_argument(
-        "--budget", type=int, default=5000, help="hiddenstate optimizer steps; DeepAR gets as many training time steps"
+        "--budget", type=int, default=2500, help="hiddenstate optimizer steps; DeepAR gets as many training time steps"
     )
     parser.add_argument(
         "--lanes", type=int, default=0, help="hiddenstate lanes (0: one per series, each read whole as at inference)"
     )
     parser.add_argument(
         "--no-calendar", dest="calendar", action="store_false", help="no hour/weekday covariates for hiddenstate"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=0, help="hiddenstate truncated-BPTT chunk length (0: two seasons, i.e. two days)"
     )
     parser.add_argument("--stats-rows", type=int, default=2000, help="rows before the first window for statsforecast")
     parser.add_argument("--quick", action="store_true", help="the last two windows only")
