@@ -56,16 +56,23 @@ _LAZY = {
     "Run": "hiddenstate.runs",
     "load_run": "hiddenstate.runs",
     "save_run": "hiddenstate.runs",
-    "metrics": "hiddenstate.forecast",
     "keras": "hiddenstate.interop",  # the subpackage hiddenstate.interop.keras (Keras itself loads on use)
     "export_onnx": "hiddenstate.interop.onnx",
+    "sample_paths": "hiddenstate.paths",
+    "Forecaster": "hiddenstate.forecaster",
 }
+# Submodules reachable as attributes before they are imported: ``hs.metrics.crps(...)``.
+_LAZY_SUBMODULES = ("metrics",)
 
 _SUBPACKAGES = {"keras"}
 
 
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"hiddenstate.{name}")
     if module is None:
         raise AttributeError(f"module 'hiddenstate' has no attribute {name!r}")
     import importlib
@@ -79,7 +86,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_LAZY_SUBMODULES))
 
 
 __all__ = [
@@ -111,4 +118,5 @@ __all__ = [
     "__version__",
     "build_model",
     *_LAZY,
+    *_LAZY_SUBMODULES,
 ]

@@ -153,6 +153,8 @@ def rollout(
         for _ in range(horizon):
             y, state = model(x.unsqueeze(1), state)  # y: (batch, 1, n_out)
             step = y[:, 0] if y.dim() == 3 else y  # (batch, n_out); 2-D from a last-step model
+            if getattr(model, "likelihood", None) is not None:  # a likelihood head's parameters: feed its mean back
+                step = model.likelihood.mean(step)
             preds.append(step)
             x = x.index_copy(1, index, step)  # targets fed back, other inputs held
     return torch.stack(preds, dim=1)  # (batch, horizon, n_out)

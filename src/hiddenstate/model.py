@@ -20,6 +20,7 @@ from hiddenstate._kernels.torch import hx_for_layers as _hx
 from hiddenstate._kernels.torch import layer_groups as _layer_groups
 from hiddenstate._kernels.torch import rnn_kernel as _rnn_kernel
 from hiddenstate.errors import ConfigError, ShapeError, StateError
+from hiddenstate.likelihood import get_likelihood, resolve_likelihood
 from hiddenstate.state import LayerSpec, LayerState, State, StateSpec
 
 __all__ = [
@@ -341,6 +342,9 @@ class SequenceModel(nn.Module):
             (:class:`LearnedInitialState`).
         horizon: when > 0, adds a direct multi-step head that maps the final top-layer ``h``
             to ``(batch, horizon, output_size)``; see :meth:`forecast_direct`.
+        likelihood: None (point outputs), ``"studentt"``, ``"normal"`` or ``"negbin"`` (True or
+            ``"default"``: Student-t). The head then outputs each step's distribution parameters,
+            ``y`` ``(batch, steps, n_params * output_size)``; see :mod:`hiddenstate.likelihood`.
 
     For models brought in from Keras (:func:`hiddenstate.interop.keras.load`):
 
@@ -382,6 +386,7 @@ class SequenceModel(nn.Module):
         rnn_bias: bool | Sequence[bool] = True,
         stateful: bool = False,
         batch_size: int | None = None,
+        likelihood: Any = None,
     ) -> None:
         super().__init__()
         if isinstance(output_size, bool) or not isinstance(output_size, int) or output_size < 1:
@@ -393,8 +398,15 @@ class SequenceModel(nn.Module):
         self.output_size = output_size
         self.head_activation = head_activation
         self._keras_options(dense, head_dropout, return_sequences, stateful, batch_size)
+        self.likelihood_name = resolve_likelihood(likelihood)
+        if self.likelihood_name is not None and head_activation is not None:
+            raise ConfigError(f"head_activation {head_activation!r}: a likelihood head outputs raw parameters")
+        self.likelihood = None if self.likelihood_name is None else get_likelihood(self.likelihood_name)
+        n_params = 1 if self.likelihood is None else self.likelihood.n_params
         self.head = nn.Linear(
-            self.dense_sizes[-1][0] if self.dense_sizes else self.rnn.output_size, output_size, bias=head_bias
+            self.dense_sizes[-1][0] if self.dense_sizes else self.rnn.output_size,
+            output_size * n_params,
+            bias=head_bias,
         )
         self.state_encoder_kind = state_encoder
         self.encoder: StateEncoder | None = None
@@ -463,7 +475,7 @@ class SequenceModel(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model (not its weights), JSON-safe."""
-        return {
+        config: dict[str, Any] = {
             "kind": "sequence",
             "input_size": self.input_size,
             "output_size": self.output_size,
@@ -474,6 +486,9 @@ class SequenceModel(nn.Module):
             "horizon": self.horizon,
             **self._keras_config(),
         }
+        if self.likelihood_name is not None:  # point models keep the config they always had
+            config["likelihood"] = self.likelihood_name
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SequenceModel:
@@ -487,6 +502,7 @@ class SequenceModel(nn.Module):
                 state_encoder=config.get("state_encoder"),
                 horizon=config.get("horizon", 0),
                 **{k: config[k] for k in _KERAS_KEYS if k in config},
+                likelihood=config.get("likelihood"),
             )
         except KeyError as e:
             raise ConfigError(f"model config is missing {e.args[0]!r}") from None
@@ -540,6 +556,13 @@ class SequenceModel(nn.Module):
         if self.head_activation is not None:
             y = _ACTIVATIONS[self.head_activation](y)
         return y
+
+    def distribution(self, y: torch.Tensor, scale: torch.Tensor | None = None) -> Any:
+        """The ``torch.distributions`` object of a likelihood model's output ``y`` (``scale``:
+        the series' mean scale, broadcast to ``(..., output_size)``)."""
+        if self.likelihood is None:
+            raise ConfigError("this model has point outputs; build it with likelihood='studentt' (or True)")
+        return self.likelihood.distribution(y, scale)
 
     def forecast_direct(self, state: State) -> torch.Tensor:
         """``(batch, horizon, output_size)`` straight from the final top-layer ``h``."""

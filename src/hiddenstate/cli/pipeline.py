@@ -196,7 +196,8 @@ def prepare_training(
         settings.spec,
         dropout=settings.dropout,
         state_encoder=f"cond:{len(in_cols)}" if "encode" in policy else None,
-        horizon=settings.horizon,
+        horizon=0 if settings.likelihood else settings.horizon,  # a likelihood model rolls out its mean
+        likelihood=settings.likelihood,
     )
     config = TrainConfig(
         epochs=epochs,
@@ -252,7 +253,8 @@ def train_run(
     if rank() != 0:
         return trainer, history
     job.model.eval()
-    fit_direct_head(job.model, job.train_x, job.train_y)
+    if job.model.direct_head is not None:
+        fit_direct_head(job.model, job.train_x, job.train_y)
     save_run(
         out,
         job.model,

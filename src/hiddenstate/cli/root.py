@@ -17,6 +17,7 @@ from rich.console import Console
 from hiddenstate.cli.group import OneLineErrors
 from hiddenstate.data.frames import LAYOUTS
 from hiddenstate.forecast import METHODS
+from hiddenstate.likelihood import LIKELIHOODS
 from hiddenstate.state import CELLS, LayerSpec
 from hiddenstate.train.config import BACKENDS, LOSSES, POLICIES, PRECISIONS
 
@@ -24,6 +25,7 @@ __all__ = [
     "Backend",
     "Cell",
     "Layout",
+    "Likelihood",
     "Loss",
     "Method",
     "Policy",
@@ -42,6 +44,7 @@ Policy = Literal[tuple(p for p in POLICIES if p != "batch")]  # type: ignore[val
 Method = Literal[METHODS]  # type: ignore[valid-type]
 Layout = Literal[LAYOUTS]  # type: ignore[valid-type]
 Loss = Literal[LOSSES]  # type: ignore[valid-type]
+Likelihood = Literal[LIKELIHOODS]  # type: ignore[valid-type]
 Backend = Literal[BACKENDS]  # type: ignore[valid-type]
 Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 

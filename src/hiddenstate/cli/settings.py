@@ -23,6 +23,7 @@ from typing import Any
 
 from hiddenstate.data.frames import FILLS, LAYOUTS
 from hiddenstate.errors import ConfigError, HiddenStateError
+from hiddenstate.likelihood import LIKELIHOODS
 from hiddenstate.state import StateSpec
 from hiddenstate.train.config import LOSSES, POLICIES
 
@@ -60,6 +61,7 @@ class RunSettings:
     seed: int = 0
     lr: float = 3e-3
     loss: str = "mse"
+    likelihood: str | None = None
     plot_steps: int = 384
 
     @property
@@ -99,6 +101,7 @@ _FLOATS = ("dropout", "lr")
 _CHOICES = {"layout": LAYOUTS, "fill": FILLS, "state_policy": POLICIES, "loss": LOSSES}
 _STRS = ("id_col", "ds_col")
 _OPTIONAL_STRS = ("data", "time_col")
+_OPTIONAL_CHOICES = {"likelihood": LIKELIHOODS}
 #: The most rows (or steps) a saved setting may name: a crafted manifest could otherwise make
 #: ``evaluate`` generate gigabytes of built-in data.
 MAX_ROWS = 10_000_000
@@ -120,6 +123,10 @@ def _coerce(name: str, value: Any) -> Any:
     if name in _CHOICES:
         if value not in _CHOICES[name]:
             raise bad("one of " + ", ".join(_CHOICES[name]))
+        return value
+    if name in _OPTIONAL_CHOICES:
+        if value is not None and value not in _OPTIONAL_CHOICES[name]:
+            raise bad("null or one of " + ", ".join(_OPTIONAL_CHOICES[name]))
         return value
     if name in _STRS or name in _OPTIONAL_STRS:
         if not isinstance(value, str) and not (value is None and name in _OPTIONAL_STRS):

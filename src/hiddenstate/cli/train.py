@@ -22,6 +22,7 @@ from hiddenstate.cli.root import (
     Backend,
     Cell,
     Layout,
+    Likelihood,
     Loss,
     Method,
     Policy,
@@ -97,6 +98,10 @@ def train(
     ] = ",".join(str(f) for f in DEFAULTS.split),
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout between layers.")] = DEFAULTS.dropout,
     loss: Annotated[Loss, typer.Option(help="Training loss.")] = DEFAULTS.loss,
+    likelihood: Annotated[
+        Likelihood | None,
+        typer.Option(help="Train a likelihood head by its NLL instead of --loss (on the standardised data)."),
+    ] = DEFAULTS.likelihood,
     patience: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many epochs without a better val loss.")
     ] = None,
@@ -154,6 +159,7 @@ def train(
         seed=seed,
         lr=lr,
         loss=loss,
+        likelihood=likelihood,
     )
     if resume:
         settings = _resume_settings(ctx, out, settings)

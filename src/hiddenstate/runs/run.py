@@ -166,10 +166,21 @@ class Run:
     target_scaler: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def forecast(self, history: Any, horizon: int, method: str = "auto") -> np.ndarray:
+    def forecast(
+        self,
+        history: Any,
+        horizon: int,
+        method: str = "auto",
+        quantiles: Any = None,
+        *,
+        num_samples: int = 100,
+        seed: int | None = None,
+    ) -> np.ndarray:
         """``(batch, horizon, n_targets)`` in original units from ``history`` ``(steps, n_in)``
         or ``(batch, steps, n_in)`` in original units; ``method`` is ``"auto"``, ``"rollout"`` or
-        ``"direct"`` (see :func:`hiddenstate.forecast.forecast_original`)."""
+        ``"direct"`` (see :func:`hiddenstate.forecast.forecast_original`). With ``quantiles``
+        (a likelihood model): ``(len(quantiles), batch, horizon, n_targets)`` over ``num_samples``
+        sample paths from the warmed state (:func:`hiddenstate.paths.sample_paths_original`)."""
         from hiddenstate.forecast import forecast_original
 
         if self.scaler is None:
@@ -177,6 +188,11 @@ class Run:
                 f"{self.path}: saved without a scaler, so no forecast in original units; use "
                 "hiddenstate.forecast.forecast(run.model, history_norm, horizon) on normalised values"
             )
+        if quantiles is not None:
+            from hiddenstate.paths import path_quantiles, sample_paths_original
+
+            paths = sample_paths_original(self, history, horizon, num_samples, seed)
+            return path_quantiles(paths, quantiles)
         return forecast_original(self, history, horizon, method)  # type: ignore[arg-type]  # tuple columns
 
 

@@ -96,6 +96,16 @@ class BulkBody(_Strict):
 
 class ForecastBody(_Strict):
     horizon: int = Field(ge=1, description="Steps to forecast.")
+    quantiles: list[float] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=99,
+        description="Quantiles in (0, 1) over sample paths (likelihood models).",
+    )
+    samples: int | None = Field(
+        default=None, ge=1, le=1000, description="Return this many sample paths (likelihood models)."
+    )
+    seed: int | None = Field(default=None, ge=0, description="Seed of the sample paths: the same seed, the same paths.")
     _integral = field_validator("horizon", mode="before")(_integral)
 
 
@@ -134,7 +144,9 @@ class ForecastAnswer(BaseModel):
     id: str
     seq: int
     method: str
-    forecast: list[list[float]]
+    forecast: list[list[float]] = Field(description="(horizon, targets), original units; the paths' mean for 'paths'.")
+    quantiles: dict[str, list[list[float]]] | None = Field(default=None, description="Per quantile (horizon, targets).")
+    samples: list[list[list[float]]] | None = Field(default=None, description="(samples, horizon, targets).")
 
 
 class StateAnswer(BaseModel):
@@ -266,7 +278,7 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     )
     async def forecast(stream_id: StreamId, request: Request) -> Response:
         body = await parse_body(request, ForecastBody)
-        return _json(await service.forecast(stream_id, body.horizon))
+        return _json(await service.forecast(stream_id, body.horizon, body.quantiles, body.samples, body.seed))
 
     @app.get(
         "/v1/streams/{stream_id}/state",

@@ -252,7 +252,7 @@ class ServedModel:
                 raise ShapeError("advance: a stream has no step to run after its cond row")
             if batch and (steps == steps[0]).all():  # the usual case: one call, no gathering
                 y, state = self.model(torch.from_numpy(np.stack(rows)), self.to_state(start))
-                return _flatten(state), y[:, -1] if y.dim() == 3 else y  # 2-D: a last-step model
+                return _flatten(state), self._point(y[:, -1] if y.dim() == 3 else y)  # 2-D: a last-step model
             groups: dict[int, list[int]] = defaultdict(list)
             for i, count in enumerate(steps.tolist()):
                 groups[count].append(i)
@@ -263,7 +263,7 @@ class ServedModel:
                 x = torch.from_numpy(np.stack([rows[i] for i in members]))  # (n, steps, n_in)
                 y, state = self.model(x, self.to_state(start[index]))  # y: (n, steps, n_out)
                 new[index] = _flatten(state)
-                preds[index] = y[:, -1] if y.dim() == 3 else y
+                preds[index] = self._point(y[:, -1] if y.dim() == 3 else y)
         return new, preds
 
     def forecast_method(self, horizon: int) -> str:
@@ -288,6 +288,25 @@ class ServedModel:
             nxt = last.index_copy(1, index, first)  # the prediction fed back, other inputs held
             rest = rollout(self.model, self.to_state(states), nxt, horizon - 1, target_index=self.target_index)
             return torch.cat([first.unsqueeze(1), rest], dim=1)
+
+    def sample(self, states: torch.Tensor, tails: torch.Tensor, horizon: int, num_samples: int, seed: Any) -> Any:
+        """Sample paths ``(num_samples, batch, horizon, n_targets)`` normalised, from stored states
+        (which have read the tail's last row) of a likelihood model."""
+        from hiddenstate.paths import sample_paths
+
+        last = tails[:, : self.n_inputs]  # (batch, n_in)
+        index = self.target_index if self.target_index is not None else range(self.n_inputs)
+        return sample_paths(
+            self.model, self.to_state(states), last, horizon, num_samples, seed, target_index=index, seen_last=True
+        )
+
+    @property
+    def likelihood(self) -> Any:
+        return getattr(self.model, "likelihood", None)
+
+    def _point(self, y: torch.Tensor) -> torch.Tensor:
+        """A step's prediction: the output, or a likelihood head's mean."""
+        return y if self.likelihood is None else self.likelihood.mean(y)
 
     def info(self) -> dict[str, Any]:
         """What ``GET /v1/model`` shows."""

@@ -250,11 +250,40 @@ class Service:
             raise StreamNotFoundError(stream_id)
         return r
 
-    async def forecast(self, stream_id: str, horizon: int) -> dict[str, Any]:
+    async def forecast(
+        self, stream_id: str, horizon: int, quantiles: Any = None, samples: int | None = None, seed: int | None = None
+    ) -> dict[str, Any]:
         if horizon > self.limits.max_horizon:
             raise ConfigError(f"horizon {horizon} is above the limit of {self.limits.max_horizon}")
         method = self.served.forecast_method(horizon)
+        if quantiles is not None or samples is not None:  # sample paths from the stored state
+            if self.served.likelihood is None:
+                raise ConfigError("quantiles and samples need a model with a likelihood head")
+            return await self._in_worker(self._sample, stream_id, horizon, quantiles, samples, seed)
         return await self._in_worker(self._forecast, stream_id, horizon, method)
+
+    def _sample(self, stream_id: str, horizon: int, quantiles: Any, samples: int | None, seed: int | None) -> dict:
+        from hiddenstate.paths import path_quantiles
+
+        served, r = self.served, self._record(stream_id)
+        if r.tail is None:
+            raise ServeError(f"stream {stream_id!r}: its state was set by a PUT and nothing has been observed since")
+        width = served.n_inputs + served.n_targets
+        tails = torch.from_numpy(np.frombuffer(r.tail, dtype="<f4").reshape(1, width).copy())
+        n = samples if samples is not None else 100
+        paths = served.targets_original(
+            served.sample(served.from_bytes([r.state]), tails, horizon, n, seed).numpy()[:, 0]
+        )
+        if not np.isfinite(paths).all():
+            raise StateError(f"stream {stream_id!r}: the model's sample paths are not finite (NaN or inf)")
+        answer = {"id": stream_id, "seq": r.seq, "method": "paths", "forecast": paths.mean(axis=0).tolist()}
+        if quantiles is not None:
+            answer["quantiles"] = {
+                f"{q:g}": v.tolist() for q, v in zip(quantiles, path_quantiles(paths, quantiles), strict=True)
+            }
+        if samples is not None:
+            answer["samples"] = paths.tolist()  # (samples, horizon, n_targets), original units
+        return answer
 
     def _forecast(self, stream_id: str, horizon: int, method: str) -> dict[str, Any]:
         served = self.served

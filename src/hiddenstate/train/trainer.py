@@ -125,6 +125,7 @@ class Trainer:
         self.device = self.distributed.device if self.distributed else _resolve_device(self.config.device)
         self.model = model.to(self.device)
         self._encodes = getattr(model, "encoder", None) is not None
+        self._likelihood = getattr(model, "likelihood", None)  # a likelihood head: the loss is its NLL
         policy = self.config.state_policy
         if policy in ("encode", "carry+encode") and not self._encodes:
             raise ConfigError(
@@ -246,7 +247,7 @@ class Trainer:
             n = valid * y.shape[-1]
             with self._autocast():
                 y_hat, state = self._forward(x, state, cond, reset)  # y_hat: (batch, steps, out)
-                loss = self._loss(y_hat, y, mask, n)  # mean over the chunk's valid elements
+                loss = self._loss(y_hat, y, mask, n, _batch_scale(batch, y))  # mean over the valid elements
             window.append((loss, n, batch.global_valid * y.shape[-1] if dist else n))
             losses.append(loss.detach())
             counts.append(n)
@@ -310,10 +311,15 @@ class Trainer:
                 with self._autocast():
                     y_hat, state = self._forward(x, state, cond, reset)
                 y_hat = y_hat.to(y.dtype)
+                nll = None
+                if self._likelihood is not None:  # the loss is the NLL; the errors are the mean's
+                    nll = self._loss(y_hat, y, mask, 1, _batch_scale(batch, y), reduce=False)
+                    y_hat = self._likelihood.mean(y_hat, _batch_scale(batch, y))
                 if mask is not None:
                     y = torch.where(mask, y, y_hat)  # padding contributes exactly zero
                 diff = y_hat - y  # (batch, steps, out)
-                sums += torch.stack([self._loss_fn(y_hat, y, "sum"), diff.square().sum(), diff.abs().sum()])
+                loss_sum = self._loss_fn(y_hat, y, "sum") if nll is None else nll
+                sums += torch.stack([loss_sum, diff.square().sum(), diff.abs().sum()])
                 count += valid * y.shape[-1]
         model.train(was_training)
         if self.distributed is not None:
@@ -364,8 +370,24 @@ class Trainer:
             kwargs["reset"] = reset  # reset rows go to the model's initial state (encoded from cond)
         return net(x, state, **kwargs)  # type: ignore[no-any-return]
 
-    def _loss(self, y_hat: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, n: int) -> torch.Tensor:
-        """The mean loss over the ``n`` valid elements; ``mask`` None means all are valid."""
+    def _loss(
+        self,
+        y_hat: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor | None,
+        n: int,
+        scale: torch.Tensor | None = None,
+        reduce: bool = True,
+    ) -> torch.Tensor:
+        """The mean loss over the ``n`` valid elements (the sum when not ``reduce``); ``mask`` None
+        means all are valid. A likelihood model's loss is its NLL, with the series' ``scale``."""
+        if self._likelihood is not None:
+            if mask is not None:  # padding gets a harmless target (0 is in every support), then no weight
+                y = torch.where(mask, y, torch.zeros_like(y))
+            nll = self._likelihood.nll(y_hat, y, scale)  # (batch, steps, out)
+            if mask is not None:
+                nll = torch.where(mask, nll, torch.zeros_like(nll))
+            return nll.sum() / max(n, 1) if reduce else nll.sum()
         if mask is None:
             return self._loss_fn(y_hat, y, "mean")
         # Where padded, the target becomes the (detached) prediction: zero loss, zero gradient,
@@ -498,6 +520,12 @@ class Trainer:
             yield
         finally:
             torch.set_num_threads(previous)
+
+
+def _batch_scale(batch: Any, y: torch.Tensor) -> torch.Tensor | None:
+    """A batch's per-row mean scale ``(batch, 1, n_out)`` on ``y``'s device, or None (unscaled)."""
+    scale = getattr(batch, "scale", None)
+    return None if scale is None else scale.to(y.device, y.dtype).unsqueeze(1)
 
 
 def _resolve_device(name: str) -> torch.device:

@@ -1,0 +1,399 @@
+"""Probabilistic forecasting beside GluonTS's torch DeepAR and statsforecast, in one run.
+
+    python benchmarks/probabilistic.py                       # ETTh1, ETTm1, taylor; the default budget
+    python benchmarks/probabilistic.py --datasets etth1 --budget 500 --quick
+
+Data (raw scale): ETTh1 and ETTm1 (``../shared/data/ett``, or ``$HIDDENSTATE_ETT``), each of the 7
+columns a series, and pmdarima's ``taylor`` half-hourly electricity series. Horizon 48. The test
+windows are GIFT-Eval's: ``min(ceil(0.1 * length / 48), 20)`` non-overlapping windows at the end of
+each series; every model trains on the rows before the first window only.
+
+- ``hiddenstate``: ``hs.Forecaster`` (2 x LSTM(40), Student-t, mean scaling), hour-of-day and
+  day-of-week as known future covariates (``--no-calendar`` drops them; DeepAR builds such time
+  features itself), each series whole in one lane (``--lanes``), so training carries the state
+  over as long a history as inference does; ``--budget`` optimizer steps of ``--steps`` rows
+  (default two seasons: 48 hourly, 192 for 15 minutes, 96 half-hourly). Fitted once; the state
+  is carried from window to window with ``update`` (the rows are read once), 100 paths per window.
+- ``deepar``: ``gluonts.torch.model.deepar.DeepAREstimator`` (2 x LSTM(40), Student-t, mean
+  scaling, GluonTS's default lags, time features and context = 48), batch 32, trained on as many
+  series-steps through the loss as hiddenstate (a window is 48 context + 48 ahead steps); each
+  window is predicted from its context (100 paths).
+- ``seasonal_naive``, ``auto_ets``: statsforecast, fitted on the last ``--stats-rows`` rows
+  before the first window, intervals at levels 20..95 (``cross_validation(refit=False)``).
+
+Metrics (``hiddenstate.metrics``): CRPS as GluonTS's / GIFT-Eval's mean weighted quantile loss
+over 0.1..0.9, MASE of the median and MSIS (alpha 0.05) on the seasonal naive scale of each
+window's history (season 24 hourly, 96 for 15 minutes, 48 half-hourly), coverage of the 80% and 90%
+intervals. Timings: training; predicting one window of every series with 100 paths; and, for
+hiddenstate, ``update`` with one new row per series then ``predict`` against ``predict(df=full
+history)``. Wall times on a shared machine are noisy: the ratios in one run are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import hiddenstate as hs  # noqa: E402
+from hiddenstate import metrics  # noqa: E402
+
+H = 48
+Q = np.array(metrics.QUANTILES)
+LEVELS = (20, 40, 60, 80, 90, 95)
+ETT = Path(os.environ.get("HIDDENSTATE_ETT", ROOT.parent / "shared" / "data" / "ett"))
+
+
+def load(name: str) -> tuple[Any, str, int]:
+    """A long frame [unique_id, ds, y], its pandas freq and its season."""
+    import pandas as pd
+
+    if name == "taylor":
+        from pmdarima.datasets import load_taylor
+
+        y = np.asarray(load_taylor(), dtype=np.float64)
+        ds = pd.date_range("2000-06-05", periods=len(y), freq="30min")
+        return pd.DataFrame({"unique_id": "taylor", "ds": ds, "y": y}), "30min", 48
+    path = ETT / {"etth1": "ETTh1.csv", "ettm1": "ETTm1.csv"}[name]
+    wide = pd.read_csv(path, parse_dates=["date"])
+    long = wide.melt(id_vars="date", var_name="unique_id", value_name="y").rename(columns={"date": "ds"})
+    freq, season = ("h", 24) if name == "etth1" else ("15min", 96)
+    return long[["unique_id", "ds", "y"]].reset_index(drop=True), freq, season
+
+
+def windows(n: int) -> list[int]:
+    """GIFT-Eval's test windows: the first row of each, non-overlapping, at the end of the series."""
+    w = min(math.ceil(0.1 * n / H), 20)
+    return [n - (w - k) * H for k in range(w)]
+
+
+class Scores:
+    """Per model: quantiles (9, items, H), lo/hi at 80/90/95, and per item the history for the scale."""
+
+    def __init__(self, y: np.ndarray, histories: list[np.ndarray], season: int) -> None:
+        self.y, self.histories, self.season = y, histories, season  # y: (items, H)
+
+    def row(self, qs: np.ndarray, lo: dict[int, np.ndarray], hi: dict[int, np.ndarray]) -> dict[str, float]:
+        med = qs[list(Q).index(0.5)]
+        items = range(len(self.y))
+        return {
+            "CRPS": metrics.weighted_quantile_loss(qs, self.y),
+            "MASE": float(np.mean([metrics.mase(med[i], self.y[i], self.histories[i], self.season) for i in items])),
+            "MSIS": float(
+                np.mean([metrics.msis(lo[95][i], hi[95][i], self.y[i], self.histories[i], self.season) for i in items])
+            ),
+            "cov80": metrics.coverage(lo[80], hi[80], self.y),
+            "cov90": metrics.coverage(lo[90], hi[90], self.y),
+        }
+
+
+def from_samples(samples: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """``samples`` (num_samples, items, H) -> quantiles and intervals."""
+    qs = np.quantile(samples, Q, axis=0)
+    lo = {v: np.quantile(samples, (1 - v / 100) / 2, axis=0) for v in (80, 90, 95)}
+    hi = {v: np.quantile(samples, 1 - (1 - v / 100) / 2, axis=0) for v in (80, 90, 95)}
+    return qs, lo, hi
+
+
+def run_hiddenstate(df: Any, freq: str, cuts: list[int], season: int, args: argparse.Namespace) -> dict[str, Any]:
+    steps = args.steps or 2 * season  # gradients reach back over two days of the series
+    pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
+    lanes = args.lanes or df["unique_id"].nunique()  # default: each series whole in one lane, as at inference
+    chunks = len(fc_batches(df[pos < cuts[0]], lanes, steps))  # optimizer steps per epoch
+    epochs = max(1, math.ceil(args.budget / chunks))
+    cfg = hs.TrainConfig(epochs=epochs, lr=3e-3, progress=False, device="cpu", seed=0, threads=1)
+    torch_seed(0)  # the weights' initialisation too
+    futr = list(CALENDAR) if args.calendar else []
+    fc = hs.Forecaster(
+        [hs.LSTM(40), hs.LSTM(40)], horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=steps,
+        batch_size=lanes, futr_exog=futr,
+    )  # fmt: skip
+    if futr:
+        df = with_calendar(df)
+        pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
+    t0 = time.perf_counter()
+    fc.fit(df[pos < cuts[0]])
+    train_s = time.perf_counter() - t0
+    ids = list(df["unique_id"].unique())
+    samples, predict_s = [], []
+    for k, cut in enumerate(cuts):
+        if k:
+            fc.update(df[(pos >= cuts[k - 1]) & (pos < cut)])  # the state carried over the last window's rows
+        t0 = time.perf_counter()
+        ahead = df[(pos >= cut) & (pos < cut + H)] if futr else None  # the window's known covariates
+        s = fc.sample(n_paths=100, seed=k, futr_df=ahead)
+        predict_s.append(time.perf_counter() - t0)
+        samples.append(s["HiddenState"].to_numpy().reshape(100, len(ids), H))
+    # one new row per series: update + predict, against predict over the whole history
+    last = cuts[-1]
+    new, history = df[pos == last], df[pos <= last]
+    ahead = df[(pos > last) & (pos <= last + H)] if futr else None
+    t0 = time.perf_counter()
+    fc.update(new)
+    advance_s = time.perf_counter() - t0
+    fc.predict(seed=0, futr_df=ahead)
+    update_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fc.predict(df=history, seed=0, futr_df=ahead)
+    repredict_s = time.perf_counter() - t0
+    n_steps = chunks * epochs
+    return {
+        "samples": np.concatenate(samples, axis=1),  # (100, windows * series, H), window-major
+        "train_s": train_s,
+        "predict_s": float(np.median(predict_s)),
+        "update_s": update_s,
+        "repredict_s": repredict_s,
+        "advance_s": advance_s,
+        "optimizer_steps": n_steps,
+        "chunk": steps,
+        "sample_steps": n_steps * lanes * steps,  # series-steps through the loss
+    }
+
+
+CALENDAR = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
+
+
+def with_calendar(df: Any) -> Any:
+    """``df`` with hour-of-day and day-of-week as known future covariates (DeepAR builds the same
+    kind of time features itself), extended ``H`` steps past the end for the last forecast."""
+    import pandas as pd
+
+    ends = df.groupby("unique_id", sort=False)["ds"].max()
+    step = df["ds"].iloc[1] - df["ds"].iloc[0]
+    extra = pd.DataFrame(
+        [(u, t + step * (i + 1)) for u, t in ends.items() for i in range(H)], columns=["unique_id", "ds"]
+    )
+    out = pd.concat([df, extra], ignore_index=True)
+    hour = out["ds"].dt.hour + out["ds"].dt.minute / 60
+    dow = out["ds"].dt.dayofweek + hour / 24
+    out["hour_sin"], out["hour_cos"] = np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)
+    out["dow_sin"], out["dow_cos"] = np.sin(2 * np.pi * dow / 7), np.cos(2 * np.pi * dow / 7)
+    return out
+
+
+def fc_batches(df: Any, lanes: int, steps: int) -> Any:
+    """The Forecaster's training chunks for ``df`` (to count optimizer steps)."""
+    from hiddenstate.data.lanes import StatefulBatches
+
+    lengths = df.groupby("unique_id", sort=False).size().to_numpy()
+    return StatefulBatches([np.zeros((n, 1)) for n in lengths], [np.zeros((n, 1)) for n in lengths], lanes, steps)
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def run_deepar(df: Any, freq: str, cuts: list[int], steps: int) -> dict[str, Any]:
+    import pandas as pd
+    from gluonts.dataset.common import ListDataset
+    from gluonts.torch.model.deepar import DeepAREstimator
+
+    series = {u: g["y"].to_numpy() for u, g in df.groupby("unique_id", sort=False)}
+    start = pd.Period(df["ds"].iloc[0], freq=freq)
+    train = ListDataset([{"start": start, "target": y[: cuts[0]], "item_id": u} for u, y in series.items()], freq=freq)
+    per_epoch = 50
+    est = DeepAREstimator(
+        freq=freq,
+        prediction_length=H,
+        num_layers=2,
+        hidden_size=40,
+        lr=1e-3,
+        batch_size=32,
+        num_batches_per_epoch=per_epoch,
+        trainer_kwargs={
+            "max_epochs": max(1, math.ceil(steps / per_epoch)),
+            "accelerator": "cpu",
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": False,
+            "default_root_dir": tempfile.mkdtemp(prefix="deepar-"),  # its checkpoint, not in the repository
+        },
+    )
+    torch_seed(0)
+    t0 = time.perf_counter()
+    predictor = est.train(train)
+    train_s = time.perf_counter() - t0
+    samples, predict_s = [], []
+    for cut in cuts:
+        ds = ListDataset([{"start": start, "target": y[:cut], "item_id": u} for u, y in series.items()], freq=freq)
+        t0 = time.perf_counter()
+        fcs = list(predictor.predict(ds, num_samples=100))
+        predict_s.append(time.perf_counter() - t0)
+        samples.append(np.stack([f.samples for f in fcs], axis=1))  # (100, series, H)
+    return {
+        "samples": np.concatenate(samples, axis=1),
+        "train_s": train_s,
+        "predict_s": float(np.median(predict_s)),
+        "optimizer_steps": max(1, math.ceil(steps / per_epoch)) * per_epoch,
+    }
+
+
+def run_stats(df: Any, freq: str, cuts: list[int], season: int, rows: int) -> dict[str, dict[str, Any]]:
+    from statsforecast import StatsForecast
+    from statsforecast.models import AutoETS, SeasonalNaive
+
+    pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
+    tail = df[pos >= cuts[0] - rows]
+    sf = StatsForecast(
+        models=[SeasonalNaive(season_length=season), AutoETS(season_length=min(season, 24))], freq=freq, n_jobs=1
+    )
+    t0 = time.perf_counter()
+    cv = sf.cross_validation(df=tail, h=H, n_windows=len(cuts), step_size=H, level=list(LEVELS), refit=False)
+    seconds = time.perf_counter() - t0
+    ids = list(df["unique_id"].unique())
+    cv = cv.reset_index() if "unique_id" not in cv.columns else cv
+    cv["unique_id"] = cv["unique_id"].astype(str)
+    cv["_order"] = cv["unique_id"].map({str(u): i for i, u in enumerate(ids)})
+    cv = cv.sort_values(["cutoff", "_order", "ds"])  # window-major, series in our order
+    out = {}
+    for name in ("SeasonalNaive", "AutoETS"):
+        get = lambda col: cv[col].to_numpy().reshape(len(cuts) * len(ids), H)  # noqa: E731
+        lo = {v: get(f"{name}-lo-{v}") for v in LEVELS}
+        hi = {v: get(f"{name}-hi-{v}") for v in LEVELS}
+        qs = np.stack([lo[80], lo[60], lo[40], lo[20], get(name), hi[20], hi[40], hi[60], hi[80]])
+        out[name] = {"quantiles": (qs, lo, hi), "train_s": seconds, "truth": get("y")}
+    return out
+
+
+def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    df, freq, season = load(name)
+    n = int(df.groupby("unique_id").size().min())
+    cuts = windows(n)
+    if args.quick:
+        cuts = cuts[-2:]
+    ids = list(df["unique_id"].unique())
+    series = {u: g["y"].to_numpy() for u, g in df.groupby("unique_id", sort=False)}
+    y = np.stack([series[u][c : c + H] for c in cuts for u in ids])  # (windows * series, H), window-major
+    histories = [series[u][:c] for c in cuts for u in ids]
+    scores = Scores(y, histories, season)
+    print(f"\n{name}: {len(ids)} series x {n} rows, freq {freq}, {len(cuts)} windows of {H}", flush=True)
+    rows = []
+    ours = run_hiddenstate(df, freq, cuts, season, args)
+    rows.append({"model": "hiddenstate", **scores.row(*from_samples(ours["samples"])), **_times(ours)})
+    print(
+        f"  hiddenstate done: {ours['optimizer_steps']} steps of {ours['chunk']} in {ours['train_s']:.0f}s", flush=True
+    )
+    if not args.no_deepar:
+        # the same number of series-steps through the loss: DeepAR's windows are 32 x (48 context + 48 ahead)
+        deepar = run_deepar(df, freq, cuts, math.ceil(ours["sample_steps"] / (32 * 2 * H)))
+        rows.append({"model": "deepar (gluonts)", **scores.row(*from_samples(deepar["samples"])), **_times(deepar)})
+        print(f"  deepar done: {deepar['optimizer_steps']} steps in {deepar['train_s']:.0f}s", flush=True)
+    if not args.no_stats:
+        for model, res in run_stats(df, freq, cuts, season, args.stats_rows).items():
+            assert np.allclose(res["truth"], y), "statsforecast windows do not line up with ours"
+            rows.append({"model": model, **scores.row(*res["quantiles"]), "train_s": res["train_s"]})
+    for r in rows:
+        r["dataset"] = name
+    return rows
+
+
+def _times(res: dict[str, Any]) -> dict[str, float]:
+    keys = ("train_s", "predict_s", "update_s", "repredict_s", "advance_s", "optimizer_steps")
+    return {k: float(res[k]) for k in keys if k in res}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cols = [
+        "dataset",
+        "model",
+        "CRPS",
+        "MASE",
+        "MSIS",
+        "cov80",
+        "cov90",
+        "train_s",
+        "predict_s",
+        "update_s",
+        "repredict_s",
+        "advance_s",
+    ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append(
+                ""
+                if v is None
+                else v
+                if isinstance(v, str)
+                else f"{v:.3f}"
+                if c in ("CRPS", "cov80", "cov90", "advance_s")
+                else f"{v:.2f}"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict[str, Any]]) -> str:
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        by = {r["model"]: r for r in rows if r["dataset"] == ds}
+        ours, peer = by.get("hiddenstate"), by.get("deepar (gluonts)")
+        parts = [f"{ds}:"]
+        if ours and peer:
+            parts.append(f"CRPS ours/deepar {ours['CRPS'] / peer['CRPS']:.2f}")
+            parts.append(f"sampling deepar/ours {peer['predict_s'] / ours['predict_s']:.1f}x")
+        if ours:
+            parts.append(f"re-predict/update-then-predict {ours['repredict_s'] / ours['update_s']:.1f}x")
+            parts.append(f"cov80 {ours['cov80']:.3f}")
+        out.append("  ".join(parts))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="etth1,ettm1,taylor")
+    parser.add_argument(
+        "--budget", type=int, default=2500, help="hiddenstate optimizer steps; DeepAR gets as many training time steps"
+    )
+    parser.add_argument(
+        "--lanes", type=int, default=0, help="hiddenstate lanes (0: one per series, each read whole as at inference)"
+    )
+    parser.add_argument(
+        "--no-calendar", dest="calendar", action="store_false", help="no hour/weekday covariates for hiddenstate"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=0, help="hiddenstate truncated-BPTT chunk length (0: two seasons, i.e. two days)"
+    )
+    parser.add_argument("--stats-rows", type=int, default=2000, help="rows before the first window for statsforecast")
+    parser.add_argument("--quick", action="store_true", help="the last two windows only")
+    parser.add_argument("--no-deepar", action="store_true")
+    parser.add_argument("--no-stats", action="store_true")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(1)
+    load_avg = os.getloadavg()
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, load average {load_avg[0]:.1f}"
+    )
+    rows = []
+    for name in args.datasets.split(","):
+        if name != "taylor" and not ETT.exists():
+            print(f"skipping {name}: {ETT} not found (set HIDDENSTATE_ETT)")
+            continue
+        rows += bench(name, args)
+    print("\n" + table(rows) + "\n\n" + ratios(rows))
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,556 @@
+"""Forecaster: probabilistic forecasts from DataFrames in the long format, with every series' state kept.
+
+``df`` has one row per series and time step: ``unique_id``, ``ds``, ``y`` (names set by
+``id_col``, ``time_col``, ``target_col``) and any exogenous columns, declared as ``futr_exog``
+(known ahead: ``predict`` needs ``futr_df`` rows for the horizon), ``hist_exog`` (known up to
+now) or ``stat_exog`` (one row per series in ``static_df``).
+
+The model reads, at step ``t`` of a series, ``y[t] / scale`` (DeepAR's mean scale of the series),
+the future covariates of step ``t + 1``, the past covariates of ``t`` and the static ones, and gives
+the distribution of ``y[t + 1]`` in the series' units. After ``fit`` the forecaster keeps, for
+every series, the state that has read all of its rows but the last::
+
+    fit / update:  rows 0 .. n-2 ──> state          last row n-1 kept (its next covariates unknown)
+    predict:       state, row n-1 ──> paths over h steps, each fed its own draws
+    update(new):   state, rows n-1 .. n+m-2 ──> state          (m new rows: cost m steps, no re-read)
+
+``predict(df=...)`` recomputes the states over ``df`` with the fitted weights instead, and
+leaves the stored ones alone. The output columns follow NeuralForecast: ``<alias>`` (the mean of
+the paths), ``<alias>-median``, ``<alias>-lo-<level>`` and ``<alias>-hi-<level>``, and
+``<alias>-ql<q>`` for explicit ``quantiles``.
+
+>>> import pandas as pd, numpy as np
+>>> df = pd.DataFrame({"unique_id": "a", "ds": pd.date_range("2024-01-01", periods=60, freq="h"),
+...                    "y": 10 + np.sin(np.arange(60) / 3)})
+>>> fc = Forecaster(model=[LSTM(8)], horizon=4, freq="h", config=TrainConfig(epochs=1, progress=False))
+>>> out = fc.fit(df).predict(seed=0)
+>>> out.shape, out.columns[:4].tolist()
+((4, 8), ['unique_id', 'ds', 'HiddenState', 'HiddenState-median'])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hiddenstate._extras import require
+from hiddenstate.data.lanes import StatefulBatches
+from hiddenstate.data.longframe import SeriesRows, fmt_stamp, future_stamps, read_long, step_of
+from hiddenstate.data.scaled import ScaledBatches
+from hiddenstate.data.scaling import StandardScaler
+from hiddenstate.errors import ConfigError, DataError
+from hiddenstate.likelihood import mean_scale, resolve_likelihood
+from hiddenstate.model import LSTM, SequenceModel
+from hiddenstate.paths import sample_paths
+from hiddenstate.state import LayerSpec, State
+from hiddenstate.train.config import TrainConfig
+from hiddenstate.train.trainer import Trainer
+
+__all__ = ["Forecaster"]
+
+_LEVELS = (80, 90)
+
+
+def _id_array(ids: Sequence[Any]) -> np.ndarray:
+    """The series ids as one array (strings and ints keep their kind)."""
+    a = np.asarray(list(ids))
+    return a if a.dtype.kind in "iuU" else np.asarray(list(ids), dtype=object)
+
+
+_FORMAT = "hiddenstate.forecaster/1"
+
+
+class Forecaster:
+    """Fit, predict, sample, update, cross-validate and save over long-format DataFrames.
+
+    Args:
+        model: the recurrent layers (``[hs.LSTM(32), hs.LSTM(32)]`` when None) or a
+            :class:`SequenceModel` with a likelihood head and the right ``input_size``.
+        horizon: the default ``h`` of ``predict`` and ``sample``.
+        freq: a pandas frequency (``"h"``, ``"15min"``) or an int step for integer ``ds``.
+        likelihood: ``"studentt"`` (default; also True), ``"normal"`` or ``"negbin"``.
+        futr_exog, hist_exog, stat_exog: exogenous column names.
+        config: the :class:`TrainConfig` (``state_policy="carry"``); steps, batch_size: the
+            truncated-BPTT window and lanes.
+        num_samples: paths per series for ``predict``; alias: the forecast column's name.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        horizon: int = 1,
+        freq: Any = "h",
+        likelihood: Any = "studentt",
+        *,
+        id_col: str = "unique_id",
+        time_col: str = "ds",
+        target_col: str = "y",
+        futr_exog: Sequence[str] = (),
+        hist_exog: Sequence[str] = (),
+        stat_exog: Sequence[str] = (),
+        config: TrainConfig | None = None,
+        steps: int = 48,
+        batch_size: int = 32,
+        num_samples: int = 100,
+        alias: str = "HiddenState",
+    ) -> None:
+        self.likelihood = resolve_likelihood(likelihood)
+        if self.likelihood is None:
+            raise ConfigError("Forecaster forecasts distributions: likelihood must be 'studentt', 'normal' or 'negbin'")
+        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+            raise ConfigError(f"horizon must be an int >= 1, got {horizon!r}")
+        step_of(freq)  # fails early on a bad freq
+        self.horizon, self.freq = horizon, freq
+        self.id_col, self.time_col, self.target_col = id_col, time_col, target_col
+        self.futr_exog, self.hist_exog, self.stat_exog = list(futr_exog), list(hist_exog), list(stat_exog)
+        self.config = config if config is not None else TrainConfig(epochs=20, lr=3e-3, progress=False)
+        self.steps, self.batch_size, self.num_samples, self.alias = steps, batch_size, num_samples, alias
+        n_in = 1 + len(self.futr_exog) + len(self.hist_exog) + len(self.stat_exog)
+        if model is None or (isinstance(model, Sequence) and all(isinstance(m, LayerSpec) for m in model)):
+            layers = list(model) if model is not None else [LSTM(32), LSTM(32)]
+            self.model = SequenceModel(n_in, 1, layers, likelihood=self.likelihood)
+        elif isinstance(model, SequenceModel):
+            if model.likelihood is None or model.input_size != n_in or model.output_size != 1:
+                raise ConfigError(
+                    f"model: expected a SequenceModel with a likelihood, input_size={n_in} and output_size=1"
+                )
+            self.model = model
+        else:
+            raise ConfigError(f"model: expected a list of layers (hs.LSTM(32), ...) or a SequenceModel, got {model!r}")
+        self.input_columns = [target_col, *self.futr_exog, *self.hist_exog, *self.stat_exog]
+        self._exog: StandardScaler | None = None
+        self._ids: list[Any] = []
+        self._series: dict[Any, dict[str, Any]] = {}  # per series: state, scale, last y/hist/ds, stat
+
+    # -- reading frames ---------------------------------------------------------------------------
+
+    def _read(self, df: Any, what: str, columns: Sequence[str], min_rows: int = 1) -> dict[Any, SeriesRows]:
+        return read_long(
+            df, what, id_col=self.id_col, time_col=self.time_col, columns=columns, freq=self.freq, min_rows=min_rows
+        )
+
+    def _history_columns(self) -> list[str]:
+        return [self.target_col, *self.futr_exog, *self.hist_exog]
+
+    def _static(self, static_df: Any, ids: Sequence[Any]) -> dict[Any, np.ndarray]:
+        if not self.stat_exog:
+            return {uid: np.zeros(0) for uid in ids}
+        pd = require("pandas", "data")
+        if not isinstance(static_df, pd.DataFrame):
+            raise DataError(f"static_df: stat_exog {self.stat_exog} declared, so static_df must be a DataFrame")
+        for col in (self.id_col, *self.stat_exog):
+            if col not in static_df.columns:
+                raise DataError(f"static_df: missing column {col!r}")
+        rows = static_df.set_index(self.id_col)
+        out = {}
+        for uid in ids:
+            if uid not in rows.index:
+                raise DataError(f"static_df: no row for series {uid!r}")
+            out[uid] = rows.loc[uid, self.stat_exog].to_numpy(dtype=np.float64).reshape(-1)
+        return out
+
+    def _scaled_exog(self, futr: np.ndarray, hist: np.ndarray, stat: np.ndarray) -> np.ndarray:
+        """``[futr, hist, stat]`` ``(n, n_exog)`` standardised with the fitted scaler."""
+        parts = np.hstack([futr, hist, np.broadcast_to(stat, (len(futr), stat.size))])
+        return self._exog.transform(parts) if self._exog is not None and parts.shape[1] else parts
+
+    def _inputs(self, rows: SeriesRows, info: dict[str, Any], stop: int) -> np.ndarray:
+        """Input rows ``0 .. stop-1`` of a series ``(stop, n_in)``: y / scale, next futr, hist, stat."""
+        nf, nh = len(self.futr_exog), len(self.hist_exog)
+        y, futr, hist = rows.values[:stop, 0], rows.values[1 : stop + 1, 1 : 1 + nf], rows.values[:stop, 1 + nf :]
+        futr = np.vstack([futr, np.zeros((stop - len(futr), nf))])  # the last row's next futr: not used in training
+        exog = self._scaled_exog(futr, hist[:, :nh], info["stat"])
+        return np.hstack([(y / info["scale"])[:, None], exog])
+
+    # -- fit ---------------------------------------------------------------------------------------
+
+    def fit(self, df: Any, static_df: Any = None, val_size: int = 0) -> Forecaster:
+        """Train on every series of ``df`` (the last ``val_size`` rows of each held out for the
+        validation loss and early stopping), then store each series' state over its rows."""
+        series = self._read(df, "df", self._history_columns(), min_rows=3 + val_size)
+        ids = list(series)
+        stat = self._static(static_df, ids)
+        n_exog = len(self.futr_exog) + len(self.hist_exog) + len(self.stat_exog)
+        self._exog = None
+        if n_exog:
+            train = [
+                np.hstack(
+                    [
+                        s.values[: len(s.ds) - val_size, 1:],
+                        np.broadcast_to(stat[u], (len(s.ds) - val_size, len(stat[u]))),
+                    ]
+                )
+                for u, s in series.items()
+            ]
+            self._exog = StandardScaler.fit(train)
+        infos = {}
+        for uid, s in series.items():
+            scale = float(mean_scale(s.values[: len(s.ds) - val_size, :1])[0])
+            infos[uid] = {"scale": scale, "stat": stat[uid]}
+        inputs = {u: self._inputs(s, infos[u], len(s.ds)) for u, s in series.items()}
+        targets = {u: s.values[:, :1] for u, s in series.items()}
+        scales = np.array([[infos[u]["scale"]] for u in ids])
+        cut = lambda a, u: a[u][: len(a[u]) - val_size]  # noqa: E731
+        train_batches = ScaledBatches(
+            StatefulBatches([cut(inputs, u) for u in ids], [cut(targets, u) for u in ids], self.batch_size, self.steps),
+            scales,
+        )
+        val = None
+        if val_size:
+            whole = StatefulBatches(
+                [inputs[u] for u in ids], [targets[u] for u in ids], self.batch_size, self.steps, split=False
+            )
+            val = ScaledBatches(whole, scales, score_from=[len(series[u].ds) - val_size for u in ids])
+        Trainer(self.model, self.config).fit(train_batches, val)
+        self.model.eval()
+        self._ids, self._series = [], {}
+        self._store(series, infos)
+        return self
+
+    def _store(self, series: dict[Any, SeriesRows], infos: dict[Any, dict[str, Any]]) -> None:
+        """Each series' state over all its rows but the last, and what the last row holds."""
+        states = self._warm(series, infos)
+        for uid, s in series.items():
+            nf = len(self.futr_exog)
+            info = dict(infos[uid])
+            info.update(state=states[uid], y=float(s.values[-1, 0]), hist=s.values[-1, 1 + nf :], ds=s.ds[-1])
+            if uid not in self._series:
+                self._ids.append(uid)
+            self._series[uid] = info
+
+    def _warm(self, series: dict[Any, SeriesRows], infos: dict[Any, dict[str, Any]]) -> dict[Any, State]:
+        """Run each series' rows 0 .. n-2 from the initial state; series of one length in one batch."""
+        by_len: dict[int, list[Any]] = {}
+        for uid, s in series.items():
+            by_len.setdefault(len(s.ds), []).append(uid)
+        out: dict[Any, State] = {}
+        for n, uids in by_len.items():
+            x = np.stack([self._inputs(series[u], infos[u], n - 1) for u in uids])  # (series, n-1, n_in)
+            state = self._advance(None, x)
+            for i, u in enumerate(uids):
+                out[u] = state.select([i])
+        return out
+
+    def _advance(self, state: State | None, x: np.ndarray) -> State:
+        p = next(self.model.parameters())
+        xt = torch.as_tensor(x).to(p.device, p.dtype)
+        with torch.no_grad():
+            if state is None:
+                state = self.model.initial_state(xt.shape[0])
+            if xt.shape[1] == 0:
+                return state
+            _, state = self.model(xt, state)
+        return state
+
+    # -- update ------------------------------------------------------------------------------------
+
+    def update(self, df_new: Any) -> Forecaster:
+        """Advance each series' stored state over its new rows only (cost: the new rows)."""
+        self._fitted()
+        new = self._read(df_new, "df_new", self._history_columns())
+        nf = len(self.futr_exog)
+        groups: dict[int, list[Any]] = {}
+        rows: dict[Any, np.ndarray] = {}
+        for uid in new:
+            self._known(uid, "update")
+        for uid, s in new.items():  # every check before any state changes
+            info = self._series[uid]
+            first = future_stamps(info["ds"], self.freq, 1)[0]
+            if s.ds[0] != first:
+                raise DataError(
+                    f"df_new: series {uid!r}: new rows must start at {fmt_stamp(first)}, got {fmt_stamp(s.ds[0])}"
+                )
+            old = np.concatenate([[info["y"]], np.zeros(nf), info["hist"]])[None]  # the stored last row
+            both = SeriesRows(uid, np.concatenate([[info["ds"]], s.ds]), np.vstack([old, s.values]))
+            rows[uid] = self._inputs(both, info, len(s.ds))  # the old last row .. the new second-to-last
+            groups.setdefault(len(s.ds), []).append(uid)
+        for uids in groups.values():
+            state = self._advance(
+                State.cat([self._series[u]["state"] for u in uids]), np.stack([rows[u] for u in uids])
+            )
+            for i, u in enumerate(uids):
+                s = new[u]
+                self._series[u].update(
+                    state=state.select([i]), y=float(s.values[-1, 0]), hist=s.values[-1, 1 + nf :], ds=s.ds[-1]
+                )
+        return self
+
+    # -- predict and sample ------------------------------------------------------------------------
+
+    def _fitted(self) -> None:
+        if not self._series:
+            raise ConfigError("the forecaster is not fitted: call fit(df) first")
+
+    def _known(self, uid: Any, what: str) -> dict[str, Any]:
+        if uid not in self._series:
+            raise DataError(f"{what}: unknown series {uid!r}; the forecaster was fitted on {len(self._ids)} series")
+        return self._series[uid]
+
+    def _paths(self, df: Any, h: int | None, futr_df: Any, num_samples: int, seed: int | None) -> tuple[Any, ...]:
+        """Paths ``(num_samples, series, h, 1)`` in the series' units, the ids and their future stamps."""
+        self._fitted()
+        h = self.horizon if h is None else h
+        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+            raise ConfigError(f"h must be an int >= 1, got {h!r}")
+        if df is not None:  # the states recomputed over df from the fitted weights; the stored ones stay
+            series = self._read(df, "df", self._history_columns(), min_rows=2)
+            infos = {u: dict(self._known(u, "predict")) for u in series}
+            states = self._warm(series, infos)
+            nf = len(self.futr_exog)
+            for u, s in series.items():
+                infos[u].update(state=states[u], y=float(s.values[-1, 0]), hist=s.values[-1, 1 + nf :], ds=s.ds[-1])
+            ids = list(series)
+        else:
+            infos, ids = self._series, self._ids
+        stamps = {u: future_stamps(infos[u]["ds"], self.freq, h) for u in ids}
+        futr = self._future(futr_df, ids, stamps, h)
+        last, ahead = [], []
+        for u in ids:
+            info = infos[u]
+            hist = np.broadcast_to(info["hist"], (h, len(self.hist_exog)))
+            exog = self._scaled_exog(futr[u], hist, info["stat"])  # (h, n_exog)
+            x = np.hstack([np.zeros((h, 1)), exog])
+            x[0, 0] = info["y"] / info["scale"]
+            last.append(x[0])
+            ahead.append(x[1:])
+        state = State.cat([infos[u]["state"] for u in ids])
+        scale = np.array([[infos[u]["scale"]] for u in ids])
+        paths = sample_paths(
+            self.model,
+            state,
+            np.stack(last),
+            h,
+            num_samples,
+            seed,
+            scale=scale,
+            target_index=[0],
+            ahead=np.stack(ahead),
+        )
+        return paths.double().cpu().numpy(), ids, stamps
+
+    def _future(self, futr_df: Any, ids: Sequence[Any], stamps: dict[Any, np.ndarray], h: int) -> dict[Any, np.ndarray]:
+        if not self.futr_exog:
+            return {u: np.zeros((h, 0)) for u in ids}
+        if futr_df is None:
+            raise DataError(f"futr_df: needed for the future exogenous columns {self.futr_exog}")
+        rows = self._read(futr_df, "futr_df", self.futr_exog)
+        out = {}
+        for u in ids:
+            want = stamps[u]
+            have = rows.get(u)
+            pos = {} if have is None else {v: i for i, v in enumerate(have.ds)}
+            missing = [w for w in want if w not in pos]
+            if missing or have is None:
+                raise DataError(
+                    f"futr_df: series {u!r} lacks future exogenous rows for {len(missing)} of the {h} steps "
+                    f"{fmt_stamp(want[0])} .. {fmt_stamp(want[-1])} (first missing: {fmt_stamp(missing[0])})"
+                )
+            out[u] = have.values[[pos[w] for w in want]]
+        return out
+
+    def predict(
+        self,
+        df: Any = None,
+        h: int | None = None,
+        futr_df: Any = None,
+        level: Sequence[int] | None = None,
+        quantiles: Sequence[float] | None = None,
+        seed: int | None = None,
+        num_samples: int | None = None,
+    ) -> Any:
+        """``[unique_id, ds, <alias>, <alias>-median, <alias>-lo-90, <alias>-lo-80, <alias>-hi-80,
+        <alias>-hi-90]`` (``level`` changes the intervals; ``quantiles`` gives ``<alias>-ql<q>``
+        columns instead), from the stored states or, with ``df``, from states over ``df``."""
+        paths, ids, stamps = self._paths(df, h, futr_df, num_samples or self.num_samples, seed)
+        return self._frame(paths, ids, stamps, level, quantiles)
+
+    def _frame(
+        self, paths: np.ndarray, ids: Sequence[Any], stamps: dict[Any, np.ndarray], level: Any, quantiles: Any
+    ) -> Any:
+        pd = require("pandas", "data")
+        p = paths[..., 0]  # (num_samples, series, h)
+        name = self.alias
+        cols: dict[str, np.ndarray] = {name: p.mean(axis=0)}
+        if quantiles is not None:
+            qs = [float(q) for q in quantiles]
+            if not all(0 < q < 1 for q in qs):
+                raise ConfigError(f"quantiles must be numbers in (0, 1), got {list(quantiles)}")
+            for q, v in zip(qs, np.quantile(p, qs, axis=0), strict=True):
+                cols[f"{name}-ql{q:g}"] = v
+        else:
+            levels = sorted(_LEVELS if level is None else (int(v) for v in level))
+            if not all(0 < v < 100 for v in levels):
+                raise ConfigError(f"level must hold ints in (0, 100), got {list(level or [])}")
+            cols[f"{name}-median"] = np.quantile(p, 0.5, axis=0)
+            for v in reversed(levels):
+                cols[f"{name}-lo-{v}"] = np.quantile(p, (1 - v / 100) / 2, axis=0)
+            for v in levels:
+                cols[f"{name}-hi-{v}"] = np.quantile(p, 1 - (1 - v / 100) / 2, axis=0)
+        h = p.shape[2]
+        out = {self.id_col: np.repeat(_id_array(ids), h), self.time_col: np.concatenate([stamps[u] for u in ids])}
+        out.update({k: v.reshape(-1) for k, v in cols.items()})
+        return pd.DataFrame(out)
+
+    def sample(self, n_paths: int = 100, seed: int | None = None, h: int | None = None, futr_df: Any = None) -> Any:
+        """``[unique_id, ds, sample_id, <alias>]``: ``n_paths`` paths per series from the stored states."""
+        pd = require("pandas", "data")
+        paths, ids, stamps = self._paths(None, h, futr_df, n_paths, seed)
+        s, b, hh = paths.shape[:3]
+        return pd.DataFrame(
+            {
+                self.id_col: np.tile(np.repeat(_id_array(ids), hh), s),
+                self.time_col: np.tile(np.concatenate([stamps[u] for u in ids]), s),
+                "sample_id": np.repeat(np.arange(s), b * hh),
+                self.alias: paths.reshape(-1),
+            }
+        )
+
+    # -- cross-validation --------------------------------------------------------------------------
+
+    def cross_validation(
+        self,
+        df: Any,
+        n_windows: int = 1,
+        step_size: int | None = None,
+        refit: bool = False,
+        static_df: Any = None,
+        level: Sequence[int] | None = None,
+        quantiles: Sequence[float] | None = None,
+        seed: int | None = None,
+        h: int | None = None,
+    ) -> Any:
+        """``[unique_id, ds, cutoff, <alias>..., y]`` over ``n_windows`` windows ``step_size`` apart
+        at each series' end. Fits on the rows up to the first cutoff (each cutoff with ``refit``),
+        then carries each series' state from cutoff to cutoff with :meth:`update`: one pass over
+        each series, not one per window. Ends with the states at the last cutoff."""
+        pd = require("pandas", "data")
+        h = self.horizon if h is None else h
+        step = h if step_size is None else step_size
+        if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1 or step < 1:
+            raise ConfigError(f"n_windows and step_size must be ints >= 1, got {n_windows!r} and {step!r}")
+        series = self._read(df, "df", self._history_columns(), min_rows=1)
+        cuts = {}
+        for u, s in series.items():
+            first = len(s.ds) - h - (n_windows - 1) * step  # rows before the first window
+            if first < 3:
+                raise DataError(f"df: series {u!r} has {len(s.ds)} rows, too few for {n_windows} windows of {h}")
+            cuts[u] = [first + k * step for k in range(n_windows)]
+        frames = []
+        pos = df.groupby(self.id_col, sort=False).cumcount().to_numpy()  # row within its series (checked sorted)
+        zero = dict.fromkeys(series, 0)
+        for k in range(n_windows):
+            stop = {u: c[k] for u, c in cuts.items()}
+            if k == 0 or refit:
+                self.fit(self._rows_between(df, pos, zero, stop), static_df=static_df)
+            else:  # carry: advance each series over the rows since the previous cutoff
+                self.update(self._rows_between(df, pos, {u: c[k - 1] for u, c in cuts.items()}, stop))
+            window = self.predict(h=h, futr_df=self._futr_rows(df), level=level, quantiles=quantiles, seed=seed)
+            window.insert(2, "cutoff", window[self.id_col].map({u: series[u].ds[c[k] - 1] for u, c in cuts.items()}))
+            truth = np.concatenate([series[u].values[c[k] : c[k] + h, 0] for u, c in cuts.items()])
+            window[self.target_col] = truth
+            frames.append(window)
+        return pd.concat(frames, ignore_index=True)
+
+    def _rows_between(self, df: Any, pos: np.ndarray, start: dict[Any, int], stop: dict[Any, int]) -> Any:
+        """The rows of ``df`` at positions ``start[u] <= pos < stop[u]`` within each series ``u``."""
+        uid = df[self.id_col]
+        lo, hi = uid.map(start).to_numpy(), uid.map(stop).to_numpy()
+        return df[(pos >= lo) & (pos < hi)]
+
+    def _futr_rows(self, df: Any) -> Any:
+        return df[[self.id_col, self.time_col, *self.futr_exog]] if self.futr_exog else None
+
+    # -- save and load -----------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model and every series' state, scale and last row into the run directory ``path``."""
+        from hiddenstate.runs.run import save_run
+
+        self._fitted()
+        ids = self._ids
+        kind = "int" if isinstance(step_of(self.freq), int) else "datetime"
+        stamp = (lambda v: int(v)) if kind == "int" else (lambda v: require("pandas", "data").Timestamp(v).isoformat())
+        meta = {
+            "format": _FORMAT,
+            "horizon": self.horizon,
+            "freq": self.freq,
+            "likelihood": self.likelihood,
+            "columns": {"id": self.id_col, "time": self.time_col, "target": self.target_col},
+            "futr_exog": self.futr_exog,
+            "hist_exog": self.hist_exog,
+            "stat_exog": self.stat_exog,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "num_samples": self.num_samples,
+            "alias": self.alias,
+            "exog_scaler": None if self._exog is None else self._exog.to_json(),
+            "series": [
+                {
+                    "id": u.item() if isinstance(u, np.generic) else u,
+                    "scale": self._series[u]["scale"],
+                    "y": self._series[u]["y"],
+                    "hist": [float(v) for v in self._series[u]["hist"]],
+                    "stat": [float(v) for v in self._series[u]["stat"]],
+                    "ds": stamp(self._series[u]["ds"]),
+                }
+                for u in ids
+            ],
+        }
+        save_run(
+            path,
+            self.model,
+            scaler=None,
+            inputs=self.input_columns,
+            targets=[self.target_col],
+            train_config=self.config,
+            lane_state=State.cat([self._series[u]["state"] for u in ids]),
+            extra={"forecaster": meta},
+        )
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Forecaster:
+        """A forecaster saved by :meth:`save`, every series' state as it was (no pickle: JSON and safetensors)."""
+        from hiddenstate.runs.run import load_run
+
+        run = load_run(path)
+        meta = run.extra.get("forecaster")
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT or run.lane_state is None:
+            raise ConfigError(f"{path}: not a saved Forecaster (no forecaster entry and series states in the run)")
+        cols = meta["columns"]
+        fc = cls(
+            run.model,
+            meta["horizon"],
+            meta["freq"],
+            meta["likelihood"],
+            id_col=cols["id"],
+            time_col=cols["time"],
+            target_col=cols["target"],
+            futr_exog=meta["futr_exog"],
+            hist_exog=meta["hist_exog"],
+            stat_exog=meta["stat_exog"],
+            config=TrainConfig.from_json(run.config),
+            steps=meta["steps"],
+            batch_size=meta["batch_size"],
+            num_samples=meta["num_samples"],
+            alias=meta["alias"],
+        )
+        fc._exog = None if meta["exog_scaler"] is None else StandardScaler.from_json(meta["exog_scaler"])
+        int_ds = isinstance(step_of(fc.freq), int)
+        pd = require("pandas", "data")
+        for i, s in enumerate(meta["series"]):
+            fc._ids.append(s["id"])
+            fc._series[s["id"]] = {
+                "state": run.lane_state.select([i]),
+                "scale": float(s["scale"]),
+                "y": float(s["y"]),
+                "hist": np.asarray(s["hist"], dtype=np.float64),
+                "stat": np.asarray(s["stat"], dtype=np.float64),
+                "ds": np.int64(s["ds"]) if int_ds else pd.Timestamp(s["ds"]).to_datetime64(),
+            }
+        return fc

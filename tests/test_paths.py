@@ -1,0 +1,147 @@
+"""Sample paths are ancestral: each path feeds its own draws back through its own state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import hiddenstate as hs
+from hiddenstate.data.lanes import StatefulBatches
+from hiddenstate.errors import ConfigError, ShapeError
+from hiddenstate.forecast import warm
+from hiddenstate.paths import path_quantiles, sample_paths
+
+PHI, SIGMA = 0.8, 1.0
+
+
+@pytest.fixture(scope="module")
+def ar1_model() -> tuple[hs.SequenceModel, np.ndarray]:
+    """A normal-likelihood LSTM trained on an AR(1) process y[t] = 0.8 y[t-1] + N(0, 1)."""
+    rng = np.random.default_rng(0)
+    series = []
+    for _ in range(4):
+        y = np.zeros(1500)
+        for t in range(1, len(y)):
+            y[t] = PHI * y[t - 1] + SIGMA * rng.standard_normal()
+        series.append(y[:, None])
+    torch.manual_seed(0)
+    model = hs.SequenceModel(1, 1, [hs.LSTM(8)], likelihood="normal")
+    cfg = hs.TrainConfig(epochs=20, lr=1e-2, progress=False, device="cpu")
+    hs.Trainer(model, cfg).fit(StatefulBatches(series, series, batch_size=4, steps=100))
+    return model.eval(), series[0]
+
+
+def test_consecutive_steps_of_paths_correlate_as_the_process_does(ar1_model) -> None:
+    model, y = ar1_model
+    state = warm(model, torch.as_tensor(y[None, :-1], dtype=torch.float32))
+    last = torch.tensor([[y[-1, 0]]], dtype=torch.float32)
+    paths = sample_paths(model, state, last, horizon=3, num_samples=4000, seed=0)[:, 0, :, 0]  # (samples, 3)
+    # Given y[T]: z1 = phi y[T] + e1, z2 = phi z1 + e2, so corr(z1, z2) = phi / sqrt(1 + phi^2) = 0.625.
+    want = PHI / np.sqrt(1 + PHI**2)
+    got = np.corrcoef(paths[:, 0].numpy(), paths[:, 1].numpy())[0, 1]
+    assert abs(got - want) < 0.06, f"corr(step 1, step 2) = {got:.3f}, the AR(1) process has {want:.3f}"
+    # and the spread grows as the process says: var(z2) = sigma^2 (1 + phi^2)
+    assert float(paths[:, 1].var()) == pytest.approx(SIGMA**2 * (1 + PHI**2), rel=0.12)
+    # Marginals around the mean path (the mean fed back, each step drawn on its own) miss it:
+    with torch.no_grad():
+        raw1, s1 = model(last.unsqueeze(1), state)
+        mean1 = model.distribution(raw1).mean[:, 0]  # (1, 1)
+        raw2, _ = model(mean1.unsqueeze(1), s1)
+        g = torch.Generator().manual_seed(0)
+        d1, d2 = model.distribution(raw1[:, 0]), model.distribution(raw2[:, 0])
+        m1 = d1.mean + d1.stddev * torch.randn(4000, 1, generator=g)
+        m2 = d2.mean + d2.stddev * torch.randn(4000, 1, generator=g)
+    marginal = np.corrcoef(m1[:, 0].numpy(), m2[:, 0].numpy())[0, 1]
+    assert abs(marginal) < 0.06 < abs(got - marginal) - 0.4
+
+
+def test_a_seed_gives_bitwise_equal_paths_and_leaves_the_global_generator_alone(ar1_model) -> None:
+    model, y = ar1_model
+    state = warm(model, torch.as_tensor(np.stack([y[:-1], y[:-1] * 0.5]), dtype=torch.float32))
+    last = torch.tensor([[y[-1, 0]], [0.0]])
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = sample_paths(model, state, last, 12, num_samples=50, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = sample_paths(model, state, last, 12, num_samples=50, seed=7)
+    c = sample_paths(model, state, last, 12, num_samples=50, seed=8)
+    assert a.shape == (50, 2, 12, 1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_paths_start_from_the_state_without_re_reading_history(ar1_model) -> None:
+    """Each row's paths are the row's own: the same as sampling that row alone, path by path."""
+    model, y = ar1_model
+    xs = torch.as_tensor(np.stack([y[:-1], -y[:-1]]), dtype=torch.float32)
+    state = warm(model, xs)
+    last = torch.tensor([[1.0], [-1.0]])
+    both = sample_paths(model, state, last, 4, num_samples=3, seed=0)
+    calls = []
+    handle = model.head.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[:2])))
+    try:
+        sample_paths(model, state, last, 4, num_samples=3, seed=0)
+    finally:
+        handle.remove()
+    assert calls == [(6, 1)] * 4  # horizon steps, each of samples x rows, one step each
+    # path s of row b is the sample-major row s * batch + b: its first step's mean is row b's
+    with torch.no_grad():
+        raw, _ = model(last.unsqueeze(1), state)
+    mean_first = model.distribution(raw[:, 0]).mean  # (2, 1)
+    assert float((both[:, 0, 0, 0] - mean_first[0, 0]).abs().max()) < 5
+    assert float(both[:, 0, 0, 0].mean()) > float(both[:, 1, 0, 0].mean())  # row 0 starts at +1, row 1 at -1
+
+
+def test_quantiles_and_means_from_paths() -> None:
+    paths = torch.arange(101.0).view(101, 1, 1, 1)  # (samples, batch, horizon, out)
+    q = path_quantiles(paths, [0.1, 0.5, 0.9])
+    assert q.shape == (3, 1, 1, 1) and q[:, 0, 0, 0].tolist() == [10.0, 50.0, 90.0]
+    with pytest.raises(ConfigError, match=r"quantiles must be numbers in \(0, 1\), got \[0.5, 1.5\]"):
+        path_quantiles(paths, [0.5, 1.5])
+
+
+def test_bad_arguments() -> None:
+    point = hs.SequenceModel(1, 1, [hs.LSTM(4)])
+    lik = hs.SequenceModel(1, 1, [hs.LSTM(4)], likelihood="normal")
+    state = hs.State.zeros(lik.state_spec, 2)
+    with pytest.raises(ConfigError, match="needs a model with a likelihood head"):
+        sample_paths(point, state, torch.zeros(2, 1), 3)
+    with pytest.raises(ShapeError, match=r"last: expected shape \(batch=2, n_in=1\), got \(3, 1\)"):
+        sample_paths(lik, state, torch.zeros(3, 1), 3)
+    with pytest.raises(ShapeError, match=r"scale: expected shape \(batch=2, n_out=1\), got \(2,\)"):
+        sample_paths(lik, state, torch.zeros(2, 1), 3, scale=torch.ones(2))
+    with pytest.raises(ConfigError, match="num_samples must be an int >= 1, got 0"):
+        sample_paths(lik, state, torch.zeros(2, 1), 3, num_samples=0)
+
+
+def test_scale_multiplies_draws_and_divides_feedback() -> None:
+    torch.manual_seed(0)
+    m = hs.SequenceModel(1, 1, [hs.LSTM(4)], likelihood="normal").eval()
+    state = hs.State.zeros(m.state_spec, 1)
+    unit = sample_paths(m, state, torch.ones(1, 1), 5, 20, seed=3)
+    scaled = sample_paths(m, state, torch.ones(1, 1), 5, 20, seed=3, scale=torch.full((1, 1), 100.0))
+    torch.testing.assert_close(scaled, unit * 100.0)  # the same paths in the series' units
+
+
+def test_run_forecast_gives_quantiles_from_paths(tmp_path, ar1_model) -> None:
+    from hiddenstate.data.scaling import StandardScaler
+    from hiddenstate.paths import sample_paths_original
+
+    model, y = ar1_model
+    scaler = StandardScaler.fit([y * 10 + 50], columns=["y"])  # original units: 10 y + 50
+    hs.save_run(tmp_path / "run", model, scaler=scaler, inputs=["y"], targets=["y"])
+    run = hs.load_run(tmp_path / "run")
+    history = y[-200:] * 10 + 50
+    q = run.forecast(history, 6, quantiles=[0.1, 0.5, 0.9], num_samples=400, seed=1)
+    assert q.shape == (3, 1, 6, 1)
+    assert (q[0] < q[1]).all() and (q[1] < q[2]).all()
+    paths = sample_paths_original(run, history, 6, 400, seed=1)  # (400, 1, 6, 1), original units
+    np.testing.assert_allclose(q, np.quantile(paths, [0.1, 0.5, 0.9], axis=0))
+    # the paths are the model's normalised paths mapped back through the scaler
+    x = torch.as_tensor(scaler.transform(history[None]), dtype=torch.float32)
+    raw = sample_paths(run.model, warm(run.model, x[:, :-1]), x[:, -1], 6, 400, seed=1)
+    np.testing.assert_allclose(paths, scaler.inverse_transform(raw.double().numpy()), rtol=1e-6)
+    with pytest.raises(ConfigError, match="likelihood head"):
+        point = hs.SequenceModel(1, 1, [hs.LSTM(4)])
+        hs.save_run(tmp_path / "point", point, scaler=scaler, inputs=["y"], targets=["y"])
+        hs.load_run(tmp_path / "point").forecast(history, 6, quantiles=[0.5])
