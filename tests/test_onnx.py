@@ -374,3 +374,10 @@ def test_a_model_that_amplifies_rounding_is_refused_with_the_reason(tmp_path: Pa
     with pytest.raises(ExportError, match=r"the model itself moves by .* between float32 and float64"):
         export_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_likelihood_model_is_refused_by_name(tmp_path: Path) -> None:
+    model = hs.SequenceModel(2, 2, [hs.LSTM(4)], likelihood="studentt")
+    with pytest.raises(ConfigError, match=r"^model.likelihood 'studentt': a likelihood head has no ONNX export here"):
+        export_onnx(model, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

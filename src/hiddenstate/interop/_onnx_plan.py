@@ -103,12 +103,11 @@ def _refuse_unsupported(model: Any) -> None:
         raise ConfigError(
             f"export_onnx takes a hiddenstate SequenceModel (or a run of one), got {type(model).__name__}"
         )
-    for name in ("likelihood", "distribution"):
-        if getattr(model, name, None) not in (None, "point", "none"):
-            raise ConfigError(
-                f"model.{name} {getattr(model, name)!r}: a likelihood head has no ONNX export here; "
-                "export a model with a point head"
-            )
+    name = getattr(model, "likelihood_name", None)
+    if name is not None or getattr(model, "likelihood", None) is not None:
+        raise ConfigError(
+            f"model.likelihood {name!r}: a likelihood head has no ONNX export here; export a model with a point head"
+        )
     for i, cell in enumerate(rnn.cells):
         if getattr(cell, "nonlinearity", "tanh") != "tanh" or getattr(cell, "proj_size", 0):
             raise ConfigError(f"layer {i}: only tanh RNN cells and LSTMs without projection export")

@@ -485,6 +485,9 @@ def _contract(found: dict[str, Any], paths: dict[str, Any], service: Service) ->
         f"a body of at most {limits.max_body_bytes} bytes."
     )
     found["ForecastBody"]["properties"]["horizon"] = {**steps, "title": "Horizon", "description": "Steps to forecast."}
+    if service.served.likelihood is None:  # sample paths need a likelihood head: a point model takes none
+        for name in ("quantiles", "samples", "seed"):
+            found["ForecastBody"]["properties"].pop(name, None)
     finite32 = {"type": "number", "minimum": -_FLOAT32_FINITE, "maximum": _FLOAT32_FINITE}
     tensors = {
         name: {
