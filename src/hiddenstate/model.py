@@ -143,10 +143,9 @@ class StackedRNN(nn.Module):
         self._fused: Any = None
         # Runs of consecutive layers of one kind and size: the default backend runs each run in
         # one multi-layer kernel call, as one nn.LSTM(num_layers=k) would (same result).
-        self._groups = (
-            _layer_groups(spec) if all(biases) or not any(biases) else [(i, i + 1) for i in range(spec.num_layers)]
-        )
         self._singles = [(i, i + 1) for i in range(spec.num_layers)]  # one call per layer
+        # (a multi-layer call takes one bias setting: mixed ones run layer by layer)
+        self._groups = _layer_groups(spec) if all(biases) or not any(biases) else self._singles
         self._cell_list: list[nn.RNNBase] = list(self.cells)  # the same modules, as a plain list
 
     def set_backend(self, backend: str) -> None:

@@ -187,13 +187,18 @@ def _answer_json(data: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(to_json(data), 200, headers=headers, media_type="application/json")
 
 
-def _outcome_response(o: Outcome) -> Response:
-    if o.status == 200:
-        return _answer_json(o.answer, {"X-Hiddenstate-Replayed": "true"} if o.replayed else None)
+def _refusal(o: Outcome) -> dict[str, Any]:
+    """The JSON body of a refused outcome: detail, error code and, for a gap, the expected seq."""
     body: dict[str, Any] = {"detail": o.detail, "error": o.error}
     if o.expected_seq is not None:
         body["expected_seq"] = o.expected_seq
-    return _json(body, o.status, _retry_after(error_for_code(o.error)))
+    return body
+
+
+def _outcome_response(o: Outcome) -> Response:
+    if o.status == 200:
+        return _answer_json(o.answer, {"X-Hiddenstate-Replayed": "true"} if o.replayed else None)
+    return _json(_refusal(o), o.status, _retry_after(error_for_code(o.error)))
 
 
 def _retry_after(cls: type[HiddenStateError] | None) -> dict[str, str] | None:
@@ -206,15 +211,12 @@ def _retry_after(cls: type[HiddenStateError] | None) -> dict[str, str] | None:
 def _bulk_part(stream_id: str, o: Outcome) -> dict[str, Any]:
     if o.status == 200:
         return {"status": 200, **(o.answer or {})}
-    body: dict[str, Any] = {"id": stream_id, "status": o.status, "detail": o.detail, "error": o.error}
-    if o.expected_seq is not None:
-        body["expected_seq"] = o.expected_seq
-    return body
+    return {"id": stream_id, "status": o.status, **_refusal(o)}
 
 
 def _twice(stream_id: str) -> dict[str, Any]:
     detail = f"stream {stream_id!r} appears twice in one request; send its rows in one item"
-    return {"id": stream_id, "status": 422, "detail": detail, "error": "invalid"}
+    return _bulk_part(stream_id, Outcome.refusal(ShapeError(detail)))
 
 
 def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:

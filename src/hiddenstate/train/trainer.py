@@ -125,6 +125,7 @@ class Trainer:
         self.device = self.distributed.device if self.distributed else _resolve_device(self.config.device)
         self.model = model.to(self.device)
         self._encodes = getattr(model, "encoder", None) is not None
+        self._last_step = getattr(model, "return_sequences", True) is False
         self._likelihood = getattr(model, "likelihood", None)  # a likelihood head: the loss is its NLL
         policy = self.config.state_policy
         if policy in ("encode", "carry+encode") and not self._encodes:
@@ -313,8 +314,9 @@ class Trainer:
                 y_hat = y_hat.to(y.dtype)
                 nll = None
                 if self._likelihood is not None:  # the loss is the NLL; the errors are the mean's
-                    nll = self._loss(y_hat, y, mask, 1, _batch_scale(batch, y), reduce=False)
-                    y_hat = self._likelihood.mean(y_hat, _batch_scale(batch, y))
+                    scale = _batch_scale(batch, y)
+                    nll = self._loss(y_hat, y, mask, 1, scale, reduce=False)
+                    y_hat = self._likelihood.mean(y_hat, scale)
                 if mask is not None:
                     y = torch.where(mask, y, y_hat)  # padding contributes exactly zero
                 diff = y_hat - y  # (batch, steps, out)
@@ -357,7 +359,7 @@ class Trainer:
     ) -> tuple[torch.Tensor, State]:
         policy = self.config.state_policy
         net: Any = self._net if torch.is_grad_enabled() else self.model  # DDP only where gradients flow
-        if getattr(self.model, "return_sequences", True) is False:  # a last-step (Keras) model trains on every step
+        if self._last_step:  # a last-step (Keras) model trains on every step
             net = functools.partial(net, sequences=True)
         if policy == "batch":
             return net(x, state)  # type: ignore[no-any-return]

@@ -17,6 +17,7 @@ import torch
 from hiddenstate._extras import require
 from hiddenstate.errors import ConfigError
 from hiddenstate.model import SequenceModel
+from hiddenstate.runs.files import atomic_write
 
 __all__ = ["save"]
 
@@ -114,10 +115,8 @@ def save(model: SequenceModel, path: str | os.PathLike[str]) -> Path:
     km = build_keras_model(model)
     tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.keras")
     try:
-        km.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        km.save(tmp)  # Keras writes only to a path ending in .keras; the bytes then go in atomically
+        atomic_write(target, tmp.read_bytes())
     finally:
         tmp.unlink(missing_ok=True)
     return target
