@@ -233,7 +233,6 @@ def test_a_sigkilled_worker_is_restarted_and_ends_as_uninterrupted(tmp_path: Pat
 
 def test_an_exception_on_one_rank_ends_the_group_with_its_name(tmp_path: Path) -> None:
     cmd = _torchrun(2, "--result", str(tmp_path / "r.st"), "--epochs", str(EPOCHS), "--raise-rank", "1")
-    started = time.monotonic()
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
     output = done.stdout + done.stderr
     assert done.returncode != 0
@@ -241,7 +240,6 @@ def test_an_exception_on_one_rank_ends_the_group_with_its_name(tmp_path: Path) -
     assert "ValueError: planted failure after epoch 1" in output.split("Root Cause")[-1]  # torchrun's summary
     assert "rank      : 1" in output.split("Root Cause")[-1]
     assert not (tmp_path / "r.st").exists()
-    assert time.monotonic() - started < 90
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nccl needs CUDA")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("h5py")
-pytest.importorskip("keras")
+pytest.importorskip("h5py", reason="h5py is in the keras extra: pip install -e '.[dev]'")
+pytest.importorskip("keras", reason="keras is in the keras extra: pip install -e '.[dev]'")
 
 # Keras's torch backend calls np.array(tensor) the way numpy 2 deprecates; not ours to fix.
 pytestmark = pytest.mark.filterwarnings(

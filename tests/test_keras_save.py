@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("h5py")
-keras = pytest.importorskip("keras")
+pytest.importorskip("h5py", reason="h5py is in the keras extra: pip install -e '.[dev]'")
+keras = pytest.importorskip("keras", reason="keras is in the keras extra: pip install -e '.[dev]'")
 
 import hiddenstate as hs  # noqa: E402
 

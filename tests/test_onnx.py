@@ -19,8 +19,8 @@ import hiddenstate as hs
 from hiddenstate.errors import ConfigError, ExportError
 from hiddenstate.runs.run import load_run, save_run
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx", reason="onnx is in the onnx extra: pip install -e '.[dev]'")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the onnx extra: pip install -e '.[dev]'")
 
 from hiddenstate.interop import _onnx_graph  # noqa: E402
 from hiddenstate.interop import onnx as hs_onnx  # noqa: E402

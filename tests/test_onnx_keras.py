@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("h5py")
-pytest.importorskip("keras")
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("h5py", reason="h5py is in the keras extra: pip install -e '.[dev]'")
+pytest.importorskip("keras", reason="keras is in the keras extra: pip install -e '.[dev]'")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the onnx extra: pip install -e '.[dev]'")
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"

@@ -15,10 +15,15 @@ from hiddenstate.cli.commands import app
 from hiddenstate.errors import ExportError
 from hiddenstate.runs.run import load_run, save_run
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
-text_format = pytest.importorskip("google.protobuf.text_format")
+onnx = pytest.importorskip("onnx", reason="onnx is in the onnx extra: pip install -e '.[dev]'")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the onnx extra: pip install -e '.[dev]'")
+model_config_pb2 = pytest.importorskip(
+    "tritonclient.grpc.model_config_pb2",
+    reason="tritonclient.grpc.model_config_pb2 is in the dev extra: pip install -e '.[dev]'",
+)
+text_format = pytest.importorskip(
+    "google.protobuf.text_format", reason="google.protobuf.text_format is in the dev extra: pip install -e '.[dev]'"
+)
 
 from hiddenstate.interop.triton import check_state_pairing, write_triton_repository  # noqa: E402
 
