@@ -1,23 +1,28 @@
 """Probabilistic forecasting beside GluonTS's torch DeepAR and statsforecast, in one run.
 
-    python benchmarks/probabilistic.py                       # ETTh1, ETTm1, taylor; the default budget
-    python benchmarks/probabilistic.py --datasets etth1 --budget 500 --quick
+    python benchmarks/probabilistic.py                       # ETTh1, ETTm1, taylor
+    python benchmarks/probabilistic.py --datasets etth1 --epochs 2 --quick
 
 Data (raw scale): ETTh1 and ETTm1 (``../shared/data/ett``, or ``$HIDDENSTATE_ETT``), each of the 7
 columns a series, and pmdarima's ``taylor`` half-hourly electricity series. Horizon 48. The test
 windows are GIFT-Eval's: ``min(ceil(0.1 * length / 48), 20)`` non-overlapping windows at the end of
 each series; every model trains on the rows before the first window only.
 
-- ``hiddenstate``: ``hs.Forecaster`` (2 x LSTM(40), Student-t, mean scaling), hour-of-day and
-  day-of-week as known future covariates (``--no-calendar`` drops them; DeepAR builds such time
-  features itself), each series whole in one lane (``--lanes``), so training carries the state
-  over as long a history as inference does; ``--budget`` optimizer steps of ``--steps`` rows
-  (default two seasons: 48 hourly, 192 for 15 minutes, 96 half-hourly). Fitted once; the state
-  is carried from window to window with ``update`` (the rows are read once), 100 paths per window.
+- ``hiddenstate``: ``hs.Forecaster`` (2 x LSTM(40), Student-t, mean scaling), seasonal lags of
+  the target (``--lags``, default one to seven days and fourteen days: 24, 48, ..., 168, 336 hourly),
+  hour-of-day and day-of-week as known future covariates (``--no-calendar`` drops them; DeepAR
+  builds such time features itself), each series whole in one lane (``--lanes``), so training
+  carries the state over as long a history as inference does, in chunks of ``--steps`` rows
+  (default two days, at most 96). The last ``--val`` rows before the first window (default: as
+  many as the test span) are the validation rows: up to ``--epochs`` epochs, early stopping after
+  ``--patience`` epochs without a better validation loss, the best epoch's weights kept. Fitted
+  once; the state is carried from window to window with ``update`` (the rows are read once), 100
+  paths per window.
 - ``deepar``: ``gluonts.torch.model.deepar.DeepAREstimator`` (2 x LSTM(40), Student-t, mean
   scaling, GluonTS's default lags, time features and context = 48), batch 32, trained on as many
-  series-steps through the loss as hiddenstate (a window is 48 context + 48 ahead steps); each
-  window is predicted from its context (100 paths).
+  series-steps through the loss as hiddenstate took (a window is 48 context + 48 ahead steps), on
+  the same rows, with the same validation rows for its best checkpoint; each window is predicted
+  from its context (100 paths).
 - ``seasonal_naive``, ``auto_ets``: statsforecast, fitted on the last ``--stats-rows`` rows
   before the first window, intervals at levels 20..95 (``cross_validation(refit=False)``).
 
@@ -107,25 +112,34 @@ def from_samples(samples: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]
     return qs, lo, hi
 
 
-def run_hiddenstate(df: Any, freq: str, cuts: list[int], season: int, args: argparse.Namespace) -> dict[str, Any]:
-    steps = args.steps or 2 * season  # gradients reach back over two days of the series
-    pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
+def lags_for(season: int, spec: str) -> list[int]:
+    """``auto``: one to seven seasons (days) and fourteen; else a comma-separated list; ``none``: no lags."""
+    if spec == "auto":
+        return [season * k for k in (1, 2, 3, 4, 5, 6, 7, 14)]
+    return [] if spec == "none" else [int(v) for v in spec.split(",")]
+
+
+def run_hiddenstate(
+    df: Any, freq: str, cuts: list[int], season: int, val: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    steps = args.steps or min(2 * season, 2 * H)  # gradients reach back over two days, at most 96 rows
     lanes = args.lanes or df["unique_id"].nunique()  # default: each series whole in one lane, as at inference
-    chunks = len(fc_batches(df[pos < cuts[0]], lanes, steps))  # optimizer steps per epoch
-    epochs = max(1, math.ceil(args.budget / chunks))
-    cfg = hs.TrainConfig(epochs=epochs, lr=3e-3, progress=False, device="cpu", seed=0, threads=1)
-    torch_seed(0)  # the weights' initialisation too
+    cfg = hs.TrainConfig(
+        epochs=args.epochs, lr=3e-3, progress=False, device="cpu", seed=args.seed, threads=1, patience=args.patience
+    )
+    torch_seed(args.seed)  # the weights' initialisation too
     futr = list(CALENDAR) if args.calendar else []
     fc = hs.Forecaster(
         [hs.LSTM(40), hs.LSTM(40)], horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=steps,
-        batch_size=lanes, futr_exog=futr,
+        batch_size=lanes, futr_exog=futr, lags=lags_for(season, args.lags),
     )  # fmt: skip
     if futr:
         df = with_calendar(df)
-        pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
+    pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
     t0 = time.perf_counter()
-    fc.fit(df[pos < cuts[0]])
+    fc.fit(df[pos < cuts[0]], val_size=val)
     train_s = time.perf_counter() - t0
+    epochs, chunks = len(fc.history_.rows), fc.train_chunks_
     ids = list(df["unique_id"].unique())
     samples, predict_s = [], []
     for k, cut in enumerate(cuts):
@@ -157,6 +171,8 @@ def run_hiddenstate(df: Any, freq: str, cuts: list[int], season: int, args: argp
         "repredict_s": repredict_s,
         "advance_s": advance_s,
         "optimizer_steps": n_steps,
+        "epochs": epochs,
+        "best_epoch": fc.history_.best_epoch,
         "chunk": steps,
         "sample_steps": n_steps * lanes * steps,  # series-steps through the loss
     }
@@ -183,14 +199,6 @@ def with_calendar(df: Any) -> Any:
     return out
 
 
-def fc_batches(df: Any, lanes: int, steps: int) -> Any:
-    """The Forecaster's training chunks for ``df`` (to count optimizer steps)."""
-    from hiddenstate.data.lanes import StatefulBatches
-
-    lengths = df.groupby("unique_id", sort=False).size().to_numpy()
-    return StatefulBatches([np.zeros((n, 1)) for n in lengths], [np.zeros((n, 1)) for n in lengths], lanes, steps)
-
-
 def torch_seed(seed: int) -> None:
     import torch
 
@@ -198,14 +206,15 @@ def torch_seed(seed: int) -> None:
     np.random.seed(seed)
 
 
-def run_deepar(df: Any, freq: str, cuts: list[int], steps: int) -> dict[str, Any]:
+def run_deepar(df: Any, freq: str, cuts: list[int], steps: int, val: int) -> dict[str, Any]:
     import pandas as pd
     from gluonts.dataset.common import ListDataset
     from gluonts.torch.model.deepar import DeepAREstimator
 
     series = {u: g["y"].to_numpy() for u, g in df.groupby("unique_id", sort=False)}
     start = pd.Period(df["ds"].iloc[0], freq=freq)
-    train = ListDataset([{"start": start, "target": y[: cuts[0]], "item_id": u} for u, y in series.items()], freq=freq)
+    rows = lambda stop: [{"start": start, "target": y[:stop], "item_id": u} for u, y in series.items()]  # noqa: E731
+    train, valid = ListDataset(rows(cuts[0] - val), freq=freq), ListDataset(rows(cuts[0]), freq=freq)
     per_epoch = 50
     est = DeepAREstimator(
         freq=freq,
@@ -226,7 +235,7 @@ def run_deepar(df: Any, freq: str, cuts: list[int], steps: int) -> dict[str, Any
     )
     torch_seed(0)
     t0 = time.perf_counter()
-    predictor = est.train(train)
+    predictor = est.train(train, validation_data=valid)  # its best checkpoint on the validation loss
     train_s = time.perf_counter() - t0
     samples, predict_s = [], []
     for cut in cuts:
@@ -283,14 +292,17 @@ def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     scores = Scores(y, histories, season)
     print(f"\n{name}: {len(ids)} series x {n} rows, freq {freq}, {len(cuts)} windows of {H}", flush=True)
     rows = []
-    ours = run_hiddenstate(df, freq, cuts, season, args)
+    val = args.val if args.val is not None else len(cuts) * H  # validation rows: as many as the test span
+    ours = run_hiddenstate(df, freq, cuts, season, val, args)
     rows.append({"model": "hiddenstate", **scores.row(*from_samples(ours["samples"])), **_times(ours)})
     print(
-        f"  hiddenstate done: {ours['optimizer_steps']} steps of {ours['chunk']} in {ours['train_s']:.0f}s", flush=True
+        f"  hiddenstate done: {ours['epochs']} epochs (best {ours['best_epoch']}), {ours['optimizer_steps']} steps "
+        f"of {ours['chunk']} rows in {ours['train_s']:.0f}s",
+        flush=True,
     )
     if not args.no_deepar:
         # the same number of series-steps through the loss: DeepAR's windows are 32 x (48 context + 48 ahead)
-        deepar = run_deepar(df, freq, cuts, math.ceil(ours["sample_steps"] / (32 * 2 * H)))
+        deepar = run_deepar(df, freq, cuts, math.ceil(ours["sample_steps"] / (32 * 2 * H)), val)
         rows.append({"model": "deepar (gluonts)", **scores.row(*from_samples(deepar["samples"])), **_times(deepar)})
         print(f"  deepar done: {deepar['optimizer_steps']} steps in {deepar['train_s']:.0f}s", flush=True)
     if not args.no_stats:
@@ -303,7 +315,7 @@ def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _times(res: dict[str, Any]) -> dict[str, float]:
-    keys = ("train_s", "predict_s", "update_s", "repredict_s", "advance_s", "optimizer_steps")
+    keys = ("train_s", "predict_s", "update_s", "repredict_s", "advance_s", "optimizer_steps", "epochs")
     return {k: float(res[k]) for k in keys if k in res}
 
 
@@ -359,9 +371,11 @@ def ratios(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="etth1,ettm1,taylor")
-    parser.add_argument(
-        "--budget", type=int, default=2500, help="hiddenstate optimizer steps; DeepAR gets as many training time steps"
-    )
+    parser.add_argument("--epochs", type=int, default=40, help="hiddenstate's most epochs (early stopping ends sooner)")
+    parser.add_argument("--patience", type=int, default=5, help="epochs without a better val loss before stopping")
+    parser.add_argument("--val", type=int, default=None, help="validation rows per series (default: the test span)")
+    parser.add_argument("--lags", default="auto", help="target lags: auto (1-7 and 14 seasons), none, or a list")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--lanes", type=int, default=0, help="hiddenstate lanes (0: one per series, each read whole as at inference)"
     )
@@ -369,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         "--no-calendar", dest="calendar", action="store_false", help="no hour/weekday covariates for hiddenstate"
     )
     parser.add_argument(
-        "--steps", type=int, default=0, help="hiddenstate truncated-BPTT chunk length (0: two seasons, i.e. two days)"
+        "--steps", type=int, default=0, help="hiddenstate truncated-BPTT chunk length (0: two days, at most 96)"
     )
     parser.add_argument("--stats-rows", type=int, default=2000, help="rows before the first window for statsforecast")
     parser.add_argument("--quick", action="store_true", help="the last two windows only")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -83,8 +84,14 @@ def test_sample_columns_and_values_are_the_paths_of_predict(fitted) -> None:
     np.testing.assert_allclose(mean, p["HiddenState"].to_numpy(), rtol=1e-12)
 
 
-def test_update_then_predict_equals_a_state_over_the_full_history() -> None:
-    fc = _forecaster().fit(_frame(), static_df=STATIC)
+LAGS = pytest.mark.parametrize("lags", [(), (2, 5, 30), (3, 200)], ids=["no-lags", "lags", "lag-past-start"])
+
+
+@LAGS
+def test_update_then_predict_equals_a_state_over_the_full_history(lags) -> None:
+    """Lags shorter than the horizon read draws, longer ones the stored tail; 200 > the series'
+    160 rows pads the tail with the first value, as the recomputation from the start does."""
+    fc = _forecaster(lags=lags).fit(_frame(), static_df=STATIC)
     more = FULL[FULL.groupby("unique_id").cumcount() >= N]
     pos = more.groupby("unique_id").cumcount()
     fc.update(more[pos < 1])  # one new row per series
@@ -102,8 +109,9 @@ def test_update_then_predict_equals_a_state_over_the_full_history() -> None:
     pd.testing.assert_frame_equal(after, again, check_exact=True)  # seeded paths: bitwise
 
 
-def test_rolling_cross_validation_equals_independent_windows() -> None:
-    fc = _forecaster()
+@LAGS
+def test_rolling_cross_validation_equals_independent_windows(lags) -> None:
+    fc = _forecaster(lags=lags)
     df = _frame(N + 20)
     cv = fc.cross_validation(df, n_windows=3, step_size=7, static_df=STATIC, seed=5)
     assert list(cv.columns) == [
@@ -133,6 +141,50 @@ def test_save_and_load_keep_every_series_state(fitted, tmp_path) -> None:
         m = hs.SequenceModel(1, 1, [hs.LSTM(4)])
         hs.save_run(tmp_path / "plain", m, scaler=None, inputs=["y"], targets=["y"])
         hs.Forecaster.load(tmp_path / "plain")
+
+
+def test_lags_are_the_target_values_lag_steps_back_over_the_scale() -> None:
+    """Row t reads y[t] and y[t + 1 - lag] for each lag (the value `lag` steps before the one it
+    predicts), padded with the first value before the series starts; update continues them
+    from the stored tail."""
+    fc = hs.Forecaster([hs.LSTM(4)], horizon=2, freq="h", lags=[3, 2], config=hs.TrainConfig(epochs=1, progress=False))
+    assert fc.lags == [2, 3] and fc.input_columns == ["y", "y-lag2", "y-lag3"]
+    assert fc.model.input_size == 3
+    y = np.arange(1.0, 11.0)
+    df = pd.DataFrame({"unique_id": "a", "ds": pd.date_range("2024-01-01", periods=10, freq="h"), "y": y})
+    fc.fit(df)
+    scale = fc._series["a"]["scale"]
+    assert scale == pytest.approx(5.5)
+    x = fc._inputs(fc._read(df, "df", ["y"])["a"], fc._series["a"], 10) * scale
+    np.testing.assert_allclose(x[:, 0], y)
+    np.testing.assert_allclose(x[:, 1], [1, 1, 2, 3, 4, 5, 6, 7, 8, 9])  # y[t - 1]
+    np.testing.assert_allclose(x[:, 2], [1, 1, 1, 2, 3, 4, 5, 6, 7, 8])  # y[t - 2]
+    np.testing.assert_allclose(fc._series["a"]["tail"], [8, 9, 10])
+    ds = pd.date_range("2024-01-01 10:00", periods=2, freq="h")
+    more = pd.DataFrame({"unique_id": "a", "ds": ds, "y": [11.0, 12.0]})
+    fc.update(more)
+    np.testing.assert_allclose(fc._series["a"]["tail"], [10, 11, 12])
+
+
+def test_bad_lags_fail_in_one_line() -> None:
+    for bad, msg in [((1,), "int >= 2"), ((2, 2), "names a lag twice"), ((2.5,), "int >= 2"), ((True,), "int >= 2")]:
+        with pytest.raises(ConfigError, match=re.escape(msg)):
+            hs.Forecaster(lags=bad)
+
+
+def test_a_saved_forecaster_keeps_its_lags_and_tails(tmp_path) -> None:
+    fc = _forecaster(lags=(2, 30)).fit(_frame(), static_df=STATIC)
+    fc.save(tmp_path / "fc")
+    back = hs.Forecaster.load(tmp_path / "fc")
+    assert back.lags == [2, 30]
+    futr = _future(FULL, N)
+    pd.testing.assert_frame_equal(back.predict(futr_df=futr, seed=4), fc.predict(futr_df=futr, seed=4))
+    manifest = tmp_path / "fc" / "manifest.json"
+    meta = json.loads(manifest.read_text())
+    meta["extra"]["forecaster"]["series"][0]["tail"] = [1.0]
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="stored tail does not match the lags"):
+        hs.Forecaster.load(tmp_path / "fc")
 
 
 def test_integer_timestamps_and_column_overrides() -> None:
@@ -234,6 +286,6 @@ def test_probabilistic_benchmark_runs(capsys) -> None:
     pytest.importorskip("pmdarima", reason="the taylor series ships with pmdarima (bench extra)")
     from benchmarks import probabilistic
 
-    probabilistic.main(["--datasets", "taylor", "--quick", "--budget", "5", "--no-deepar", "--no-stats"])
+    probabilistic.main(["--datasets", "taylor", "--quick", "--epochs", "1", "--no-deepar", "--no-stats"])
     out = capsys.readouterr().out
     assert "| taylor | hiddenstate |" in out and "re-predict/update-then-predict" in out

@@ -78,7 +78,10 @@ def test_paths_start_from_the_state_without_re_reading_history(ar1_model) -> Non
     last = torch.tensor([[1.0], [-1.0]])
     both = sample_paths(model, state, last, 4, num_samples=3, seed=0)
     calls = []
-    handle = model.head.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[:2])))
+    # the head's input: (rows, hidden) for one step, or (rows, steps, hidden)
+    handle = model.head.register_forward_hook(
+        lambda m, i, o: calls.append((i[0].shape[0], 1 if i[0].dim() == 2 else i[0].shape[1]))
+    )
     try:
         sample_paths(model, state, last, 4, num_samples=3, seed=0)
     finally:
@@ -145,3 +148,75 @@ def test_run_forecast_gives_quantiles_from_paths(tmp_path, ar1_model) -> None:
         point = hs.SequenceModel(1, 1, [hs.LSTM(4)])
         hs.save_run(tmp_path / "point", point, scaler=scaler, inputs=["y"], targets=["y"])
         hs.load_run(tmp_path / "point").forecast(history, 6, quantiles=[0.5])
+
+
+def _spy_inputs(model: hs.SequenceModel) -> tuple[list[torch.Tensor], object]:
+    """Record the input of every recurrent step (a hook on the first cell; it also sends the
+    steps through the model's own forward)."""
+    seen: list[torch.Tensor] = []
+    handle = model.rnn.cells[0].register_forward_pre_hook(lambda m, args: seen.append(args[0][:, 0].clone()))
+    return seen, handle
+
+
+def test_a_lag_column_reads_the_history_then_each_paths_own_draw_lag_steps_back() -> None:
+    torch.manual_seed(0)
+    model = hs.SequenceModel(3, 1, [hs.LSTM(6)], likelihood="studentt").eval()
+    batch, horizon, ns = 2, 7, 5
+    state = hs.State.zeros(model.state_spec, batch)
+    last = torch.randn(batch, 3)
+    ahead = torch.randn(batch, horizon - 1, 3)
+    scale = torch.tensor([[2.0], [0.5]])
+    seen, handle = _spy_inputs(model)
+    try:
+        paths = sample_paths(
+            model, state, last, horizon, ns, seed=3, scale=scale, target_index=[0], ahead=ahead,
+            lagged=[(1, 0, 2), (2, 0, 4)],
+        )  # fmt: skip
+    finally:
+        handle.remove()
+    assert len(seen) == horizon
+    rows = torch.arange(batch).repeat(ns)
+    s = scale[rows]  # (ns * batch, 1)
+    draws = paths.reshape(ns * batch, horizon)  # row s * batch + b, step k
+    given = torch.cat([last[:, None], ahead], dim=1)[rows]  # (ns * batch, horizon, 3): the history's values
+    for k, x in enumerate(seen):
+        want_y = draws[:, k - 1] / s[:, 0] if k else given[:, 0, 0]
+        torch.testing.assert_close(x[:, 0], want_y)
+        for col, lag in ((1, 2), (2, 4)):
+            want = draws[:, k - lag] / s[:, 0] if k >= lag else given[:, k, col]
+            torch.testing.assert_close(x[:, col], want, msg=f"step {k}, lag {lag}")
+
+
+@pytest.mark.parametrize("cells", [[hs.LSTM(6), hs.LSTM(6)], [hs.GRU(5), hs.LSTM(7)], [hs.RNN(4)]])
+@pytest.mark.parametrize("ns", [3, 200], ids=["cell-functions", "rnn-kernel"])
+def test_the_lean_step_loop_samples_what_the_models_forward_does(cells, ns) -> None:
+    """Below 256 rows the loop calls the cell functions, above it the RNN kernel; both give the
+    paths the model's own one-step forward gives (a hook forces that path), to float rounding."""
+    torch.manual_seed(1)
+    model = hs.SequenceModel(2, 1, cells, likelihood="normal").eval()
+    state = warm(model, torch.randn(2, 30, 2))
+    last, ahead = torch.randn(2, 2), torch.randn(2, 5, 2)
+    lean = sample_paths(model, state, last, 6, ns, seed=9, target_index=[0], ahead=ahead)
+    _, handle = _spy_inputs(model)
+    try:
+        general = sample_paths(model, state, last, 6, ns, seed=9, target_index=[0], ahead=ahead)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(lean, general, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_lagged_arguments() -> None:
+    model = hs.SequenceModel(2, 1, [hs.LSTM(4)], likelihood="normal")
+    state, last = hs.State.zeros(model.state_spec, 1), torch.zeros(1, 2)
+    ahead = torch.zeros(1, 2, 2)
+    for bad, msg in [
+        ([(1, 0, 1)], "lag >= 2"),
+        ([(2, 0, 3)], "0 <= column < 2"),
+        ([(1, 1, 3)], "0 <= output < 1"),
+        ([(0, 0, 3)], "cannot also be a target_index column"),
+        ([(1, 0)], "int triples"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            sample_paths(model, state, last, 3, 2, target_index=[0], ahead=ahead, lagged=bad)
+    with pytest.raises(ConfigError, match="lagged inputs need `ahead`"):
+        sample_paths(model, state, last, 3, 2, target_index=[0], lagged=[(1, 0, 2)])

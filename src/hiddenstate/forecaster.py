@@ -6,9 +6,11 @@
 now) or ``stat_exog`` (one row per series in ``static_df``).
 
 The model reads, at step ``t`` of a series, ``y[t] / scale`` (DeepAR's mean scale of the series),
-the future covariates of step ``t + 1``, the past covariates of ``t`` and the static ones, and gives
-the distribution of ``y[t + 1]`` in the series' units. After ``fit`` the forecaster keeps, for
-every series, the state that has read all of its rows but the last::
+``y[t + 1 - l] / scale`` for each of the ``lags`` ``l`` (seasonal lags, as DeepAR's: 24 and 168
+for hourly data), the future covariates of step ``t + 1``, the past covariates of ``t`` and the
+static ones, and gives the distribution of ``y[t + 1]`` in the series' units. A lag shorter than
+the horizon reads each path's own earlier draws once the forecast reaches past the history.
+After ``fit`` the forecaster keeps, for every series, the state that has read all of its rows but the last::
 
     fit / update:  rows 0 .. n-2 ──> state          last row n-1 kept (its next covariates unknown)
     predict:       state, row n-1 ──> paths over h steps, each fed its own draws
@@ -65,6 +67,17 @@ def _id_array(ids: Sequence[Any]) -> np.ndarray:
 _FORMAT = "hiddenstate.forecaster/1"
 
 
+def _check_lags(lags: Sequence[int]) -> list[int]:
+    out = []
+    for v in lags:
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 2:
+            raise ConfigError(f"lags: each lag must be an int >= 2 (lag 1, the last value, is an input), got {v!r}")
+        out.append(int(v))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"lags: {list(lags)} names a lag twice")
+    return sorted(out)
+
+
 class Forecaster:
     """Fit, predict, sample, update, cross-validate and save over long-format DataFrames.
 
@@ -75,6 +88,8 @@ class Forecaster:
         freq: a pandas frequency (``"h"``, ``"15min"``) or an int step for integer ``ds``.
         likelihood: ``"studentt"`` (default; also True), ``"normal"`` or ``"negbin"``.
         futr_exog, hist_exog, stat_exog: exogenous column names.
+        lags: target lags ``>= 2`` fed as inputs (lag 1, the last value, always is); each series
+            keeps its last ``max(lags)`` values with its state, so ``update`` stays cheap.
         config: the :class:`TrainConfig` (``state_policy="carry"``); steps, batch_size: the
             truncated-BPTT window and lanes.
         num_samples: paths per series for ``predict``; alias: the forecast column's name.
@@ -93,6 +108,7 @@ class Forecaster:
         futr_exog: Sequence[str] = (),
         hist_exog: Sequence[str] = (),
         stat_exog: Sequence[str] = (),
+        lags: Sequence[int] = (),
         config: TrainConfig | None = None,
         steps: int = 48,
         batch_size: int = 32,
@@ -108,9 +124,10 @@ class Forecaster:
         self.horizon, self.freq = horizon, freq
         self.id_col, self.time_col, self.target_col = id_col, time_col, target_col
         self.futr_exog, self.hist_exog, self.stat_exog = list(futr_exog), list(hist_exog), list(stat_exog)
+        self.lags = _check_lags(lags)
         self.config = config if config is not None else TrainConfig(epochs=20, lr=3e-3, progress=False)
         self.steps, self.batch_size, self.num_samples, self.alias = steps, batch_size, num_samples, alias
-        n_in = 1 + len(self.futr_exog) + len(self.hist_exog) + len(self.stat_exog)
+        n_in = 1 + len(self.lags) + len(self.futr_exog) + len(self.hist_exog) + len(self.stat_exog)
         if model is None or (isinstance(model, Sequence) and all(isinstance(m, LayerSpec) for m in model)):
             layers = list(model) if model is not None else [LSTM(32), LSTM(32)]
             self.model = SequenceModel(n_in, 1, layers, likelihood=self.likelihood)
@@ -122,10 +139,13 @@ class Forecaster:
             self.model = model
         else:
             raise ConfigError(f"model: expected a list of layers (hs.LSTM(32), ...) or a SequenceModel, got {model!r}")
-        self.input_columns = [target_col, *self.futr_exog, *self.hist_exog, *self.stat_exog]
+        lag_cols = [f"{target_col}-lag{v}" for v in self.lags]
+        self.input_columns = [target_col, *lag_cols, *self.futr_exog, *self.hist_exog, *self.stat_exog]
         self._exog: StandardScaler | None = None
         self._ids: list[Any] = []
         self._series: dict[Any, dict[str, Any]] = {}  # per series: state, scale, last y/hist/ds, stat
+        self.history_: Any = None  # the last fit's training History (epochs, losses, best epoch)
+        self.train_chunks_ = 0
 
     # -- reading frames ---------------------------------------------------------------------------
 
@@ -159,13 +179,36 @@ class Forecaster:
         parts = np.hstack([futr, hist, np.broadcast_to(stat, (len(futr), stat.size))])
         return self._exog.transform(parts) if self._exog is not None and parts.shape[1] else parts
 
-    def _inputs(self, rows: SeriesRows, info: dict[str, Any], stop: int) -> np.ndarray:
-        """Input rows ``0 .. stop-1`` of a series ``(stop, n_in)``: y / scale, next futr, hist, stat."""
+    def _inputs(
+        self, rows: SeriesRows, info: dict[str, Any], stop: int, before: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Input rows ``0 .. stop-1`` of a series ``(stop, n_in)``: y / scale, its lags, next futr,
+        hist, stat. ``before``: the target values before row 0 (a stored tail), for the lags."""
         nf, nh = len(self.futr_exog), len(self.hist_exog)
         y, futr, hist = rows.values[:stop, 0], rows.values[1 : stop + 1, 1 : 1 + nf], rows.values[:stop, 1 + nf :]
         futr = np.vstack([futr, np.zeros((stop - len(futr), nf))])  # the last row's next futr: not used in training
         exog = self._scaled_exog(futr, hist[:, :nh], info["stat"])
-        return np.hstack([(y / info["scale"])[:, None], exog])
+        parts = [(y / info["scale"])[:, None]]
+        if self.lags:
+            ext = self._extended(rows.values[:, 0], before)
+            pad = len(ext) - len(rows.values)
+            at = np.arange(stop)[:, None] + pad + 1 - np.asarray(self.lags)[None]  # y[t + 1 - lag]
+            parts.append(ext[at] / info["scale"])
+        return np.hstack([*parts, exog])
+
+    def _extended(self, y: np.ndarray, before: np.ndarray | None) -> np.ndarray:
+        """``y`` after ``max(lags) - 1`` earlier values: ``before``'s last ones, padded with the
+        series' first value where the series is younger than the longest lag."""
+        need = max(self.lags) - 1
+        prior = np.zeros(0) if before is None else np.asarray(before, dtype=np.float64)[max(0, len(before) - need) :]
+        if len(prior) < need:
+            fill = prior[0] if len(prior) else y[0]
+            prior = np.concatenate([np.full(need - len(prior), fill), prior])
+        return np.concatenate([prior, y])
+
+    def _tail(self, y: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
+        """The last ``max(lags)`` target values (the last row's included) kept with the state."""
+        return self._extended(y, before)[-max(self.lags) :] if self.lags else np.zeros(0)
 
     # -- fit ---------------------------------------------------------------------------------------
 
@@ -206,7 +249,8 @@ class Forecaster:
                 [inputs[u] for u in ids], [targets[u] for u in ids], self.batch_size, self.steps, split=False
             )
             val = ScaledBatches(whole, scales, score_from=[len(series[u].ds) - val_size for u in ids])
-        Trainer(self.model, self.config).fit(train_batches, val)
+        self.history_ = Trainer(self.model, self.config).fit(train_batches, val)
+        self.train_chunks_ = len(train_batches)  # optimizer steps per epoch
         self.model.eval()
         self._ids, self._series = [], {}
         self._store(series, infos)
@@ -218,7 +262,13 @@ class Forecaster:
         for uid, s in series.items():
             nf = len(self.futr_exog)
             info = dict(infos[uid])
-            info.update(state=states[uid], y=float(s.values[-1, 0]), hist=s.values[-1, 1 + nf :], ds=s.ds[-1])
+            info.update(
+                state=states[uid],
+                y=float(s.values[-1, 0]),
+                hist=s.values[-1, 1 + nf :],
+                ds=s.ds[-1],
+                tail=self._tail(s.values[:, 0]),
+            )
             if uid not in self._series:
                 self._ids.append(uid)
             self._series[uid] = info
@@ -267,16 +317,21 @@ class Forecaster:
                 )
             old = np.concatenate([[info["y"]], np.zeros(nf), info["hist"]])[None]  # the stored last row
             both = SeriesRows(uid, np.concatenate([[info["ds"]], s.ds]), np.vstack([old, s.values]))
-            rows[uid] = self._inputs(both, info, len(s.ds))  # the old last row .. the new second-to-last
+            before = info["tail"][:-1]  # the values before the old last row, for the lags
+            rows[uid] = self._inputs(both, info, len(s.ds), before)  # the old last row .. the new second-to-last
             groups.setdefault(len(s.ds), []).append(uid)
         for uids in groups.values():
             state = self._advance(
                 State.cat([self._series[u]["state"] for u in uids]), np.stack([rows[u] for u in uids])
             )
             for i, u in enumerate(uids):
-                s = new[u]
+                s, tail = new[u], self._series[u]["tail"]
                 self._series[u].update(
-                    state=state.select([i]), y=float(s.values[-1, 0]), hist=s.values[-1, 1 + nf :], ds=s.ds[-1]
+                    state=state.select([i]),
+                    y=float(s.values[-1, 0]),
+                    hist=s.values[-1, 1 + nf :],
+                    ds=s.ds[-1],
+                    tail=self._tail(s.values[:, 0], tail) if self.lags else tail,
                 )
         return self
 
@@ -303,7 +358,13 @@ class Forecaster:
             states = self._warm(series, infos)
             nf = len(self.futr_exog)
             for u, s in series.items():
-                infos[u].update(state=states[u], y=float(s.values[-1, 0]), hist=s.values[-1, 1 + nf :], ds=s.ds[-1])
+                infos[u].update(
+                    state=states[u],
+                    y=float(s.values[-1, 0]),
+                    hist=s.values[-1, 1 + nf :],
+                    ds=s.ds[-1],
+                    tail=self._tail(s.values[:, 0]),
+                )
             ids = list(series)
         else:
             infos, ids = self._series, self._ids
@@ -314,8 +375,12 @@ class Forecaster:
             info = infos[u]
             hist = np.broadcast_to(info["hist"], (h, len(self.hist_exog)))
             exog = self._scaled_exog(futr[u], hist, info["stat"])  # (h, n_exog)
-            x = np.hstack([np.zeros((h, 1)), exog])
+            x = np.hstack([np.zeros((h, 1 + len(self.lags))), exog])
             x[0, 0] = info["y"] / info["scale"]
+            tail, top = info["tail"], len(info["tail"]) - 1  # tail[top] is the last observed value
+            for j, lag in enumerate(self.lags):  # step k reads y[n + k - lag]: history while k < lag
+                k = np.arange(min(h, lag))
+                x[k, 1 + j] = tail[top + 1 + k - lag] / info["scale"]
             last.append(x[0])
             ahead.append(x[1:])
         state = State.cat([infos[u]["state"] for u in ids])
@@ -330,6 +395,7 @@ class Forecaster:
             scale=scale,
             target_index=[0],
             ahead=np.stack(ahead),
+            lagged=[(1 + j, 0, lag) for j, lag in enumerate(self.lags)],
         )
         return paths.double().cpu().numpy(), ids, stamps
 
@@ -380,17 +446,15 @@ class Forecaster:
             qs = [float(q) for q in quantiles]
             if not all(0 < q < 1 for q in qs):
                 raise ConfigError(f"quantiles must be numbers in (0, 1), got {list(quantiles)}")
-            for q, v in zip(qs, np.quantile(p, qs, axis=0), strict=True):
-                cols[f"{name}-ql{q:g}"] = v
+            names = [f"{name}-ql{q:g}" for q in qs]
         else:
             levels = sorted(_LEVELS if level is None else (int(v) for v in level))
             if not all(0 < v < 100 for v in levels):
                 raise ConfigError(f"level must hold ints in (0, 100), got {list(level or [])}")
-            cols[f"{name}-median"] = np.quantile(p, 0.5, axis=0)
-            for v in reversed(levels):
-                cols[f"{name}-lo-{v}"] = np.quantile(p, (1 - v / 100) / 2, axis=0)
-            for v in levels:
-                cols[f"{name}-hi-{v}"] = np.quantile(p, 1 - (1 - v / 100) / 2, axis=0)
+            names = [f"{name}-median", *(f"{name}-lo-{v}" for v in reversed(levels))]
+            names += [f"{name}-hi-{v}" for v in levels]
+            qs = [0.5, *((1 - v / 100) / 2 for v in reversed(levels)), *(1 - (1 - v / 100) / 2 for v in levels)]
+        cols.update(zip(names, np.quantile(p, qs, axis=0), strict=True))  # one sort for every quantile
         h = p.shape[2]
         out = {self.id_col: np.repeat(_id_array(ids), h), self.time_col: np.concatenate([stamps[u] for u in ids])}
         out.update({k: v.reshape(-1) for k, v in cols.items()})
@@ -484,6 +548,7 @@ class Forecaster:
             "futr_exog": self.futr_exog,
             "hist_exog": self.hist_exog,
             "stat_exog": self.stat_exog,
+            "lags": self.lags,
             "steps": self.steps,
             "batch_size": self.batch_size,
             "num_samples": self.num_samples,
@@ -497,6 +562,7 @@ class Forecaster:
                     "hist": [float(v) for v in self._series[u]["hist"]],
                     "stat": [float(v) for v in self._series[u]["stat"]],
                     "ds": stamp(self._series[u]["ds"]),
+                    "tail": [float(v) for v in self._series[u]["tail"]],
                 }
                 for u in ids
             ],
@@ -534,6 +600,7 @@ class Forecaster:
             futr_exog=meta["futr_exog"],
             hist_exog=meta["hist_exog"],
             stat_exog=meta["stat_exog"],
+            lags=meta.get("lags", []),
             config=TrainConfig.from_json(run.config),
             steps=meta["steps"],
             batch_size=meta["batch_size"],
@@ -552,5 +619,8 @@ class Forecaster:
                 "hist": np.asarray(s["hist"], dtype=np.float64),
                 "stat": np.asarray(s["stat"], dtype=np.float64),
                 "ds": np.int64(s["ds"]) if int_ds else pd.Timestamp(s["ds"]).to_datetime64(),
+                "tail": np.asarray(s.get("tail", []), dtype=np.float64),
             }
+            if len(fc._series[s["id"]]["tail"]) != (max(fc.lags) if fc.lags else 0):
+                raise ConfigError(f"{path}: series {s['id']!r}: its stored tail does not match the lags {fc.lags}")
         return fc

@@ -97,6 +97,10 @@ class Likelihood:
     def mean(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         return self.distribution(raw, scale).mean
 
+    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """One draw per row, in the series' units (the hot loop of sample paths)."""
+        return self.distribution(raw, scale).sample()
+
     def __repr__(self) -> str:
         return f"Likelihood({self.name!r})"
 
@@ -112,6 +116,17 @@ class _StudentT(Likelihood):
             loc, sigma = loc * scale, sigma * scale
         return D.StudentT(2.0 + F.softplus(df), loc, sigma, validate_args=False)
 
+    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        # what D.StudentT.sample draws (a normal over the root of a chi-square / df), without
+        # building the distribution objects on every step
+        loc, s, df = self.split(raw)
+        sigma = F.softplus(s) + _MIN_SCALE
+        nu = 2.0 + F.softplus(df)
+        chi2 = torch._standard_gamma(0.5 * nu).mul_(2.0).clamp_(min=torch.finfo(nu.dtype).tiny)
+        t = torch.randn_like(loc).mul_(torch.rsqrt(chi2.div_(nu)))
+        z = t.mul_(sigma).add_(loc)
+        return z.mul_(scale) if scale is not None else z
+
 
 class _Normal(Likelihood):
     name = "normal"
@@ -123,6 +138,11 @@ class _Normal(Likelihood):
         if scale is not None:
             loc, sigma = loc * scale, sigma * scale
         return D.Normal(loc, sigma, validate_args=False)
+
+    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        loc, s = self.split(raw)
+        z = torch.randn_like(loc).mul_(F.softplus(s) + _MIN_SCALE).add_(loc)
+        return z.mul_(scale) if scale is not None else z
 
 
 class _NegBin(Likelihood):

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hiddenstate._kernels.torch import hx_for_layers, rnn_kernel
 from hiddenstate.errors import ConfigError, ShapeError
 from hiddenstate.state import State
 
@@ -64,6 +65,7 @@ def sample_paths(
     target_index: Sequence[int] | None = None,
     ahead: torch.Tensor | np.ndarray | None = None,
     seen_last: bool = False,
+    lagged: Sequence[tuple[int, int, int]] = (),
 ) -> torch.Tensor:
     """Sample paths ``(num_samples, batch, horizon, n_out)`` from ``state``.
 
@@ -83,6 +85,10 @@ def sample_paths(
         seen_last: ``state`` has read ``last`` already (as a served stream's state has): the first
             step's distribution comes from the head on the top layer's ``h``, which is the model's
             output at ``last``; ``last`` then only supplies the inputs held for the next steps.
+        lagged: ``(column, output, lag)`` triples, ``lag >= 2``: input ``column`` holds output
+            ``output`` from ``lag`` steps back (a lag feature, as DeepAR's). Its values for the first
+            ``lag`` steps come from ``last`` and ``ahead`` (the history); from step ``lag`` on, each
+            path reads its own draw from ``lag`` steps earlier. Needs ``ahead`` when ``horizon > 1``.
 
     Row ``s * batch + b`` of the repeated state is path ``s`` of row ``b``.
     """
@@ -106,6 +112,11 @@ def sample_paths(
     index = torch.as_tensor(list(target_index), dtype=torch.long, device=p.device)
     if index.numel() != n_out:
         raise ConfigError(f"target_index names {index.numel()} columns but the model has {n_out} outputs")
+    lags = _check_lagged(lagged, n_in, n_out)
+    if any(col in set(index.tolist()) for col, _, _ in lags):
+        raise ConfigError("lagged: a lag column cannot also be a target_index column (that one is lag 1)")
+    if lags and ahead is None and horizon > 1:
+        raise ConfigError("lagged inputs need `ahead`: their values before the draws reach them come from the history")
     s = None
     if scale is not None:
         s = torch.as_tensor(scale).to(p.device, p.dtype)
@@ -122,26 +133,119 @@ def sample_paths(
                 f"got {tuple(future.shape)}"
             )
         future = future[rows]  # (num_samples * batch, horizon - 1, n_in)
-    st = state.to(p.device).select(rows)
+    step = _stepper(model, state.to(p.device).select(rows))
     x = x[rows]  # (num_samples * batch, n_in)
-    draws = []
+    draws: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), _seeded(seed, p.device):
             for k in range(horizon):
-                if k and future is not None:
-                    x = future[:, k - 1].index_copy(1, index, x.index_select(1, index))
-                if k == 0 and seen_last:  # the output at `last` is the head on the top layer's h
-                    raw = model.apply_head(st.layers[-1].h.unsqueeze(1))
-                else:
-                    raw, st = model(x.unsqueeze(1), st)  # raw: (num_samples * batch, 1, n_params * n_out)
-                z = lik.distribution(raw[:, 0], s).sample()  # (num_samples * batch, n_out), series units
-                draws.append(z)
-                x = x.index_copy(1, index, z / s if s is not None else z)  # this path's draw goes back in
+                if k:
+                    z = draws[-1] / s if s is not None else draws[-1]
+                    x = future[:, k - 1].clone() if future is not None else x.clone()
+                    x[:, index] = z  # this path's draw goes back in
+                for col, out, lag in lags:  # this path's draw from `lag` steps back
+                    if k >= lag:
+                        x[:, col] = draws[k - lag][:, out] / s[:, out] if s is not None else draws[k - lag][:, out]
+                # the output at `last` is the head on the top layer's h when the state has read it
+                raw = step(None if k == 0 and seen_last else x)  # (num_samples * batch, n_params * n_out)
+                draws.append(lik.sample(raw, s))  # (num_samples * batch, n_out), series units
     finally:
         model.train(was_training)
     return torch.stack(draws, dim=1).view(num_samples, batch, horizon, n_out)
+
+
+_CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
+
+
+def _stepper(model: Any, state: State) -> Any:
+    """``step(x)``: one recurrent step of ``x`` ``(rows, n_in)`` (None: no input, the head on the
+    state's top ``h``), advancing the state kept inside; returns the head's output ``(rows, k)``.
+
+    For a plain stack (the default backend, no hooks, single-layer cells) the step calls each
+    layer's cell function directly on tensors kept between steps: the same arithmetic as the
+    model's one-step forward (to float rounding) without building a State per step. Anything
+    else goes through ``model(x, state)``.
+    """
+    rnn = getattr(model, "rnn", None)
+    cells = getattr(rnn, "_cell_list", None)
+    lean = (
+        cells is not None
+        and getattr(rnn, "_fused", None) is None
+        and all(not c._forward_hooks and not c._forward_pre_hooks and c.num_layers == 1 for c in cells)
+        and [ls.cell for ls in model.state_spec.layers] == [_kind(c) for c in cells]
+    )
+    if not lean:
+        box = [state]
+
+        def general(x: torch.Tensor | None) -> torch.Tensor:
+            if x is None:
+                return model.apply_head(box[0].layers[-1].h)
+            raw, box[0] = model(x.unsqueeze(1), box[0])
+            return raw[:, 0] if raw.dim() == 3 else raw  # a last-step model gives (rows, k)
+
+        return general
+    groups = rnn._groups if rnn._groupable(state.layers[0].h) else rnn._singles
+    kinds = [_kind(c) for c in cells]
+    hx: list[Any] = [hx_for_layers(state, a, b, kinds[a] == "lstm") for a, b in groups]
+    small = state.batch_size <= _CELL_ROWS
+
+    def lean_step(x: torch.Tensor | None) -> torch.Tensor:
+        if x is None:
+            top = hx[-1][0] if kinds[-1] == "lstm" else hx[-1]
+            return model.apply_head(top[-1])
+        out = x
+        for g, (a, b) in enumerate(groups):
+            kind = kinds[a]
+            if small:  # few rows: the cell functions, one layer at a time, beat the RNN kernel's setup
+                hs, cs = (hx[g][0].unbind(0), hx[g][1].unbind(0)) if kind == "lstm" else (hx[g].unbind(0), None)
+                new_h, new_c = [], []
+                for i, layer in enumerate(range(a, b)):
+                    w = [getattr(cells[layer], n) for n in cells[layer]._flat_weights_names]
+                    bias = (w[2], w[3]) if len(w) == 4 else (None, None)
+                    if kind == "lstm":
+                        h, c = torch.lstm_cell(out, (hs[i], cs[i]), w[0], w[1], *bias)
+                        new_c.append(c)
+                    else:
+                        h = _CELLS[kind](out, hs[i], w[0], w[1], *bias)
+                    new_h.append(h)
+                    out = h
+                hx[g] = (torch.stack(new_h), torch.stack(new_c)) if kind == "lstm" else torch.stack(new_h)
+            else:  # one kernel call for the group's layers, its state kept stacked between steps
+                seq, hx[g] = rnn_kernel(kind, cells[a:b], out.unsqueeze(1), hx[g], 0.0)
+                out = seq[:, 0]
+        return model.apply_head(out)
+
+    return lean_step
+
+
+_CELL_ROWS = 256
+
+
+def _kind(cell: Any) -> str | None:
+    if isinstance(cell, torch.nn.LSTM):
+        return "lstm" if cell.proj_size == 0 else None
+    if isinstance(cell, torch.nn.GRU):
+        return "gru"
+    if isinstance(cell, torch.nn.RNN):
+        return "rnn" if cell.nonlinearity == "tanh" else None
+    return None
+
+
+def _check_lagged(lagged: Sequence[tuple[int, int, int]], n_in: int, n_out: int) -> list[tuple[int, int, int]]:
+    out = []
+    for item in lagged:
+        if len(item) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in item):
+            raise ConfigError(f"lagged: expected (column, output, lag) int triples, got {item!r}")
+        col, o, lag = item
+        if not 0 <= col < n_in or not 0 <= o < n_out or lag < 2:
+            raise ConfigError(
+                f"lagged: {item!r} needs 0 <= column < {n_in}, 0 <= output < {n_out} and lag >= 2 "
+                "(lag 1 is the output's own input column, target_index)"
+            )
+        out.append((col, o, lag))
+    return out
 
 
 def path_quantiles(paths: torch.Tensor | np.ndarray, quantiles: Sequence[float]) -> np.ndarray:
