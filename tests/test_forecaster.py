@@ -155,7 +155,7 @@ def test_lags_are_the_target_values_lag_steps_back_over_the_scale() -> None:
     fc.fit(df)
     scale = fc._series["a"]["scale"]
     assert scale == pytest.approx(5.5)
-    x = fc._inputs(fc._read(df, "df", ["y"])["a"], fc._series["a"], 10) * scale
+    x = fc.features.inputs(fc._read(df, "df", ["y"])["a"], fc._series["a"], 10) * scale
     np.testing.assert_allclose(x[:, 0], y)
     np.testing.assert_allclose(x[:, 1], [1, 1, 2, 3, 4, 5, 6, 7, 8, 9])  # y[t - 1]
     np.testing.assert_allclose(x[:, 2], [1, 1, 1, 2, 3, 4, 5, 6, 7, 8])  # y[t - 2]

@@ -41,8 +41,17 @@ import numpy as np
 import torch
 
 from hiddenstate._extras import require
+from hiddenstate.data.features import SeriesFeatures
 from hiddenstate.data.lanes import StatefulBatches
-from hiddenstate.data.longframe import SeriesRows, fmt_stamp, future_stamps, read_long, step_of
+from hiddenstate.data.longframe import (
+    SeriesRows,
+    fmt_stamp,
+    forecast_frame,
+    future_stamps,
+    read_long,
+    samples_frame,
+    step_of,
+)
 from hiddenstate.data.scaled import ScaledBatches
 from hiddenstate.data.scaling import StandardScaler
 from hiddenstate.errors import ConfigError, DataError
@@ -55,27 +64,8 @@ from hiddenstate.train.trainer import Trainer
 
 __all__ = ["Forecaster"]
 
-_LEVELS = (80, 90)
-
-
-def _id_array(ids: Sequence[Any]) -> np.ndarray:
-    """The series ids as one array (strings and ints keep their kind)."""
-    a = np.asarray(list(ids))
-    return a if a.dtype.kind in "iuU" else np.asarray(list(ids), dtype=object)
-
 
 _FORMAT = "hiddenstate.forecaster/1"
-
-
-def _check_lags(lags: Sequence[int]) -> list[int]:
-    out = []
-    for v in lags:
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 2:
-            raise ConfigError(f"lags: each lag must be an int >= 2 (lag 1, the last value, is an input), got {v!r}")
-        out.append(int(v))
-    if len(set(out)) != len(out):
-        raise ConfigError(f"lags: {list(lags)} names a lag twice")
-    return sorted(out)
 
 
 class Forecaster:
@@ -123,11 +113,10 @@ class Forecaster:
         step_of(freq)  # fails early on a bad freq
         self.horizon, self.freq = horizon, freq
         self.id_col, self.time_col, self.target_col = id_col, time_col, target_col
-        self.futr_exog, self.hist_exog, self.stat_exog = list(futr_exog), list(hist_exog), list(stat_exog)
-        self.lags = _check_lags(lags)
+        self.features = SeriesFeatures(lags, futr_exog, hist_exog, stat_exog)
         self.config = config if config is not None else TrainConfig(epochs=20, lr=3e-3, progress=False)
         self.steps, self.batch_size, self.num_samples, self.alias = steps, batch_size, num_samples, alias
-        n_in = 1 + len(self.lags) + len(self.futr_exog) + len(self.hist_exog) + len(self.stat_exog)
+        n_in = self.features.n_in
         if model is None or (isinstance(model, Sequence) and all(isinstance(m, LayerSpec) for m in model)):
             layers = list(model) if model is not None else [LSTM(32), LSTM(32)]
             self.model = SequenceModel(n_in, 1, layers, likelihood=self.likelihood)
@@ -139,9 +128,7 @@ class Forecaster:
             self.model = model
         else:
             raise ConfigError(f"model: expected a list of layers (hs.LSTM(32), ...) or a SequenceModel, got {model!r}")
-        lag_cols = [f"{target_col}-lag{v}" for v in self.lags]
-        self.input_columns = [target_col, *lag_cols, *self.futr_exog, *self.hist_exog, *self.stat_exog]
-        self._exog: StandardScaler | None = None
+        self.input_columns = self.features.columns(target_col)
         self._ids: list[Any] = []
         self._series: dict[Any, dict[str, Any]] = {}  # per series: state, scale, last y/hist/ds, stat
         self.history_: Any = None  # the last fit's training History (epochs, losses, best epoch)
@@ -154,61 +141,24 @@ class Forecaster:
             df, what, id_col=self.id_col, time_col=self.time_col, columns=columns, freq=self.freq, min_rows=min_rows
         )
 
+    @property
+    def lags(self) -> list[int]:
+        return self.features.lags
+
+    @property
+    def futr_exog(self) -> list[str]:
+        return self.features.futr_exog
+
+    @property
+    def hist_exog(self) -> list[str]:
+        return self.features.hist_exog
+
+    @property
+    def stat_exog(self) -> list[str]:
+        return self.features.stat_exog
+
     def _history_columns(self) -> list[str]:
         return [self.target_col, *self.futr_exog, *self.hist_exog]
-
-    def _static(self, static_df: Any, ids: Sequence[Any]) -> dict[Any, np.ndarray]:
-        if not self.stat_exog:
-            return {uid: np.zeros(0) for uid in ids}
-        pd = require("pandas", "data")
-        if not isinstance(static_df, pd.DataFrame):
-            raise DataError(f"static_df: stat_exog {self.stat_exog} declared, so static_df must be a DataFrame")
-        for col in (self.id_col, *self.stat_exog):
-            if col not in static_df.columns:
-                raise DataError(f"static_df: missing column {col!r}")
-        rows = static_df.set_index(self.id_col)
-        out = {}
-        for uid in ids:
-            if uid not in rows.index:
-                raise DataError(f"static_df: no row for series {uid!r}")
-            out[uid] = rows.loc[uid, self.stat_exog].to_numpy(dtype=np.float64).reshape(-1)
-        return out
-
-    def _scaled_exog(self, futr: np.ndarray, hist: np.ndarray, stat: np.ndarray) -> np.ndarray:
-        """``[futr, hist, stat]`` ``(n, n_exog)`` standardised with the fitted scaler."""
-        parts = np.hstack([futr, hist, np.broadcast_to(stat, (len(futr), stat.size))])
-        return self._exog.transform(parts) if self._exog is not None and parts.shape[1] else parts
-
-    def _inputs(
-        self, rows: SeriesRows, info: dict[str, Any], stop: int, before: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Input rows ``0 .. stop-1`` of a series ``(stop, n_in)``: y / scale, its lags, next futr,
-        hist, stat. ``before``: the target values before row 0 (a stored tail), for the lags."""
-        nf, nh = len(self.futr_exog), len(self.hist_exog)
-        y, futr, hist = rows.values[:stop, 0], rows.values[1 : stop + 1, 1 : 1 + nf], rows.values[:stop, 1 + nf :]
-        futr = np.vstack([futr, np.zeros((stop - len(futr), nf))])  # the last row's next futr: not used in training
-        exog = self._scaled_exog(futr, hist[:, :nh], info["stat"])
-        parts = [(y / info["scale"])[:, None]]
-        if self.lags:
-            ext = self._extended(rows.values[:, 0], before)
-            pad = len(ext) - len(rows.values)
-            at = np.arange(stop)[:, None] + pad + 1 - np.asarray(self.lags)[None]  # y[t + 1 - lag]
-            parts.append(ext[at] / info["scale"])
-        return np.hstack([*parts, exog])
-
-    def _extended(self, y: np.ndarray, before: np.ndarray | None) -> np.ndarray:
-        """``y`` after ``max(lags) - 1`` earlier values: ``before``'s last ones, padded with the
-        series' first value where the series is younger than the longest lag."""
-        need = max(self.lags) - 1
-        prior = np.zeros(0) if before is None else np.asarray(before, dtype=np.float64)[max(0, len(before) - need) :]
-        if len(prior) < need:
-            fill = prior[0] if len(prior) else y[0]
-            prior = np.concatenate([np.full(need - len(prior), fill), prior])
-        return np.concatenate([prior, y])
-
-    def _tail(self, y: np.ndarray, before: np.ndarray | None = None) -> np.ndarray:
-        """The last ``max(lags)`` target values (the last row's included) kept with the state."""
-        return self._extended(y, before)[-max(self.lags) :] if self.lags else np.zeros(0)
 
     # -- fit ---------------------------------------------------------------------------------------
 
@@ -217,25 +167,13 @@ class Forecaster:
         validation loss and early stopping), then store each series' state over its rows."""
         series = self._read(df, "df", self._history_columns(), min_rows=3 + val_size)
         ids = list(series)
-        stat = self._static(static_df, ids)
-        n_exog = len(self.futr_exog) + len(self.hist_exog) + len(self.stat_exog)
-        self._exog = None
-        if n_exog:
-            train = [
-                np.hstack(
-                    [
-                        s.values[: len(s.ds) - val_size, 1:],
-                        np.broadcast_to(stat[u], (len(s.ds) - val_size, len(stat[u]))),
-                    ]
-                )
-                for u, s in series.items()
-            ]
-            self._exog = StandardScaler.fit(train)
+        stat = self.features.static(static_df, ids, self.id_col)
+        self.features.fit_exog(series, stat, val_size)
         infos = {}
         for uid, s in series.items():
             scale = float(mean_scale(s.values[: len(s.ds) - val_size, :1])[0])
             infos[uid] = {"scale": scale, "stat": stat[uid]}
-        inputs = {u: self._inputs(s, infos[u], len(s.ds)) for u, s in series.items()}
+        inputs = {u: self.features.inputs(s, infos[u], len(s.ds)) for u, s in series.items()}
         targets = {u: s.values[:, :1] for u, s in series.items()}
         scales = np.array([[infos[u]["scale"]] for u in ids])
         cut = lambda a, u: a[u][: len(a[u]) - val_size]  # noqa: E731
@@ -267,7 +205,7 @@ class Forecaster:
                 y=float(s.values[-1, 0]),
                 hist=s.values[-1, 1 + nf :],
                 ds=s.ds[-1],
-                tail=self._tail(s.values[:, 0]),
+                tail=self.features.tail(s.values[:, 0]),
             )
             if uid not in self._series:
                 self._ids.append(uid)
@@ -280,7 +218,7 @@ class Forecaster:
             by_len.setdefault(len(s.ds), []).append(uid)
         out: dict[Any, State] = {}
         for n, uids in by_len.items():
-            x = np.stack([self._inputs(series[u], infos[u], n - 1) for u in uids])  # (series, n-1, n_in)
+            x = np.stack([self.features.inputs(series[u], infos[u], n - 1) for u in uids])  # (series, n-1, n_in)
             state = self._advance(None, x)
             for i, u in enumerate(uids):
                 out[u] = state.select([i])
@@ -318,7 +256,9 @@ class Forecaster:
             old = np.concatenate([[info["y"]], np.zeros(nf), info["hist"]])[None]  # the stored last row
             both = SeriesRows(uid, np.concatenate([[info["ds"]], s.ds]), np.vstack([old, s.values]))
             before = info["tail"][:-1]  # the values before the old last row, for the lags
-            rows[uid] = self._inputs(both, info, len(s.ds), before)  # the old last row .. the new second-to-last
+            rows[uid] = self.features.inputs(
+                both, info, len(s.ds), before
+            )  # the old last row .. the new second-to-last
             groups.setdefault(len(s.ds), []).append(uid)
         for uids in groups.values():
             state = self._advance(
@@ -331,7 +271,7 @@ class Forecaster:
                     y=float(s.values[-1, 0]),
                     hist=s.values[-1, 1 + nf :],
                     ds=s.ds[-1],
-                    tail=self._tail(s.values[:, 0], tail) if self.lags else tail,
+                    tail=self.features.tail(s.values[:, 0], tail) if self.lags else tail,
                 )
         return self
 
@@ -363,39 +303,27 @@ class Forecaster:
                     y=float(s.values[-1, 0]),
                     hist=s.values[-1, 1 + nf :],
                     ds=s.ds[-1],
-                    tail=self._tail(s.values[:, 0]),
+                    tail=self.features.tail(s.values[:, 0]),
                 )
             ids = list(series)
         else:
             infos, ids = self._series, self._ids
         stamps = {u: future_stamps(infos[u]["ds"], self.freq, h) for u in ids}
         futr = self._future(futr_df, ids, stamps, h)
-        last, ahead = [], []
-        for u in ids:
-            info = infos[u]
-            hist = np.broadcast_to(info["hist"], (h, len(self.hist_exog)))
-            exog = self._scaled_exog(futr[u], hist, info["stat"])  # (h, n_exog)
-            x = np.hstack([np.zeros((h, 1 + len(self.lags))), exog])
-            x[0, 0] = info["y"] / info["scale"]
-            tail, top = info["tail"], len(info["tail"]) - 1  # tail[top] is the last observed value
-            for j, lag in enumerate(self.lags):  # step k reads y[n + k - lag]: history while k < lag
-                k = np.arange(min(h, lag))
-                x[k, 1 + j] = tail[top + 1 + k - lag] / info["scale"]
-            last.append(x[0])
-            ahead.append(x[1:])
+        rows = [self.features.forecast_rows(infos[u], futr[u], h) for u in ids]  # (h, n_in) each
         state = State.cat([infos[u]["state"] for u in ids])
         scale = np.array([[infos[u]["scale"]] for u in ids])
         paths = sample_paths(
             self.model,
             state,
-            np.stack(last),
+            np.stack([x[0] for x in rows]),
             h,
             num_samples,
             seed,
             scale=scale,
             target_index=[0],
-            ahead=np.stack(ahead),
-            lagged=[(1 + j, 0, lag) for j, lag in enumerate(self.lags)],
+            ahead=np.stack([x[1:] for x in rows]),
+            lagged=self.features.lagged(),
         )
         return paths.double().cpu().numpy(), ids, stamps
 
@@ -433,46 +361,12 @@ class Forecaster:
         <alias>-hi-90]`` (``level`` changes the intervals; ``quantiles`` gives ``<alias>-ql<q>``
         columns instead), from the stored states or, with ``df``, from states over ``df``."""
         paths, ids, stamps = self._paths(df, h, futr_df, num_samples or self.num_samples, seed)
-        return self._frame(paths, ids, stamps, level, quantiles)
-
-    def _frame(
-        self, paths: np.ndarray, ids: Sequence[Any], stamps: dict[Any, np.ndarray], level: Any, quantiles: Any
-    ) -> Any:
-        pd = require("pandas", "data")
-        p = paths[..., 0]  # (num_samples, series, h)
-        name = self.alias
-        cols: dict[str, np.ndarray] = {name: p.mean(axis=0)}
-        if quantiles is not None:
-            qs = [float(q) for q in quantiles]
-            if not all(0 < q < 1 for q in qs):
-                raise ConfigError(f"quantiles must be numbers in (0, 1), got {list(quantiles)}")
-            names = [f"{name}-ql{q:g}" for q in qs]
-        else:
-            levels = sorted(_LEVELS if level is None else (int(v) for v in level))
-            if not all(0 < v < 100 for v in levels):
-                raise ConfigError(f"level must hold ints in (0, 100), got {list(level or [])}")
-            names = [f"{name}-median", *(f"{name}-lo-{v}" for v in reversed(levels))]
-            names += [f"{name}-hi-{v}" for v in levels]
-            qs = [0.5, *((1 - v / 100) / 2 for v in reversed(levels)), *(1 - (1 - v / 100) / 2 for v in levels)]
-        cols.update(zip(names, np.quantile(p, qs, axis=0), strict=True))  # one sort for every quantile
-        h = p.shape[2]
-        out = {self.id_col: np.repeat(_id_array(ids), h), self.time_col: np.concatenate([stamps[u] for u in ids])}
-        out.update({k: v.reshape(-1) for k, v in cols.items()})
-        return pd.DataFrame(out)
+        return forecast_frame(paths[..., 0], ids, stamps, (self.id_col, self.time_col, self.alias), level, quantiles)
 
     def sample(self, n_paths: int = 100, seed: int | None = None, h: int | None = None, futr_df: Any = None) -> Any:
         """``[unique_id, ds, sample_id, <alias>]``: ``n_paths`` paths per series from the stored states."""
-        pd = require("pandas", "data")
         paths, ids, stamps = self._paths(None, h, futr_df, n_paths, seed)
-        s, b, hh = paths.shape[:3]
-        return pd.DataFrame(
-            {
-                self.id_col: np.tile(np.repeat(_id_array(ids), hh), s),
-                self.time_col: np.tile(np.concatenate([stamps[u] for u in ids]), s),
-                "sample_id": np.repeat(np.arange(s), b * hh),
-                self.alias: paths.reshape(-1),
-            }
-        )
+        return samples_frame(paths[..., 0], ids, stamps, (self.id_col, self.time_col, self.alias))
 
     # -- cross-validation --------------------------------------------------------------------------
 
@@ -553,7 +447,7 @@ class Forecaster:
             "batch_size": self.batch_size,
             "num_samples": self.num_samples,
             "alias": self.alias,
-            "exog_scaler": None if self._exog is None else self._exog.to_json(),
+            "exog_scaler": None if self.features.exog is None else self.features.exog.to_json(),
             "series": [
                 {
                     "id": u.item() if isinstance(u, np.generic) else u,
@@ -607,7 +501,7 @@ class Forecaster:
             num_samples=meta["num_samples"],
             alias=meta["alias"],
         )
-        fc._exog = None if meta["exog_scaler"] is None else StandardScaler.from_json(meta["exog_scaler"])
+        fc.features.exog = None if meta["exog_scaler"] is None else StandardScaler.from_json(meta["exog_scaler"])
         int_ds = isinstance(step_of(fc.freq), int)
         pd = require("pandas", "data")
         for i, s in enumerate(meta["series"]):

@@ -1,4 +1,5 @@
-"""Long-format frames (``unique_id``, ``ds``, ``y``, exogenous columns) read into per-series arrays.
+"""Long-format frames (``unique_id``, ``ds``, ``y``, exogenous columns) read into per-series arrays,
+and forecasts written back as long frames (:func:`forecast_frame`, :func:`samples_frame`).
 
 Every check fails in one line that names the frame, the series and the column: a missing column,
 unsorted or duplicated timestamps, a gap in ``freq``, a missing value. pandas is the ``[data]``
@@ -16,7 +17,7 @@ import numpy as np
 from hiddenstate._extras import require
 from hiddenstate.errors import ConfigError, DataError
 
-__all__ = ["SeriesRows", "fmt_stamp", "future_stamps", "read_long", "step_of"]
+__all__ = ["SeriesRows", "fmt_stamp", "forecast_frame", "future_stamps", "read_long", "samples_frame", "step_of"]
 
 
 def _pd() -> Any:
@@ -124,3 +125,63 @@ def read_long(
             raise DataError(f"{what}: series {uid!r}: column {columns[c]!r} is missing at {fmt_stamp(ds[r])}")
         out[uid] = SeriesRows(uid, ds, vals)
     return out
+
+
+# -- forecasts as long frames ----------------------------------------------------------------------
+
+LEVELS = (80, 90)
+
+
+def _id_array(ids: Sequence[Any]) -> np.ndarray:
+    """The series ids as one array (strings and ints keep their kind)."""
+    a = np.asarray(list(ids))
+    return a if a.dtype.kind in "iuU" else np.asarray(list(ids), dtype=object)
+
+
+def forecast_frame(
+    paths: np.ndarray,
+    ids: Sequence[Any],
+    stamps: dict[Any, np.ndarray],
+    names: tuple[str, str, str],
+    level: Sequence[int] | None = None,
+    quantiles: Sequence[float] | None = None,
+) -> Any:
+    """``[id, time, <alias>, <alias>-median, <alias>-lo-90, <alias>-lo-80, <alias>-hi-80,
+    <alias>-hi-90]`` from ``paths`` ``(num_samples, series, h)`` (NeuralForecast's names; ``level``
+    changes the intervals, ``quantiles`` gives ``<alias>-ql<q>`` columns instead). ``names``: the
+    id, time and alias column names."""
+    id_col, time_col, name = names
+    cols: dict[str, np.ndarray] = {name: paths.mean(axis=0)}
+    if quantiles is not None:
+        qs = [float(q) for q in quantiles]
+        if not all(0 < q < 1 for q in qs):
+            raise ConfigError(f"quantiles must be numbers in (0, 1), got {list(quantiles)}")
+        labels = [f"{name}-ql{q:g}" for q in qs]
+    else:
+        levels = sorted(LEVELS if level is None else (int(v) for v in level))
+        if not all(0 < v < 100 for v in levels):
+            raise ConfigError(f"level must hold ints in (0, 100), got {list(level or [])}")
+        labels = [f"{name}-median", *(f"{name}-lo-{v}" for v in reversed(levels))]
+        labels += [f"{name}-hi-{v}" for v in levels]
+        qs = [0.5, *((1 - v / 100) / 2 for v in reversed(levels)), *(1 - (1 - v / 100) / 2 for v in levels)]
+    cols.update(zip(labels, np.quantile(paths, qs, axis=0), strict=True))  # one sort for every quantile
+    h = paths.shape[2]
+    out = {id_col: np.repeat(_id_array(ids), h), time_col: np.concatenate([stamps[u] for u in ids])}
+    out.update({k: v.reshape(-1) for k, v in cols.items()})
+    return _pd().DataFrame(out)
+
+
+def samples_frame(
+    paths: np.ndarray, ids: Sequence[Any], stamps: dict[Any, np.ndarray], names: tuple[str, str, str]
+) -> Any:
+    """``[id, time, sample_id, <alias>]``: every path of ``paths`` ``(num_samples, series, h)``."""
+    id_col, time_col, name = names
+    s, b, h = paths.shape
+    return _pd().DataFrame(
+        {
+            id_col: np.tile(np.repeat(_id_array(ids), h), s),
+            time_col: np.tile(np.concatenate([stamps[u] for u in ids]), s),
+            "sample_id": np.repeat(np.arange(s), b * h),
+            name: paths.reshape(-1),
+        }
+    )
