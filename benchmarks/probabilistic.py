@@ -26,8 +26,10 @@ each series; every model trains on the rows before the first window only.
 - ``seasonal_naive``, ``auto_ets``: statsforecast, fitted on the last ``--stats-rows`` rows
   before the first window, intervals at levels 20..95 (``cross_validation(refit=False)``).
 
-Metrics (``hiddenstate.metrics``): CRPS as GluonTS's / GIFT-Eval's mean weighted quantile loss
-over 0.1..0.9, MASE of the median and MSIS (alpha 0.05) on the seasonal naive scale of each
+Metrics (``hiddenstate.metrics``): CRPS of the 100 paths (``crps(..., normalize=True)``: summed
+over every window and step, over the sum of ``|y|``; the neural models only, statsforecast gives
+intervals, not paths), wQL, GluonTS's / GIFT-Eval's mean weighted quantile loss over 0.1..0.9
+(what GIFT-Eval's tables call CRPS), MASE of the median and MSIS (alpha 0.05) on the seasonal naive scale of each
 window's history (season 24 hourly, 96 for 15 minutes, 48 half-hourly), coverage of the 80% and 90%
 intervals. Timings: training; predicting one window of every series with 100 paths; and, for
 hiddenstate, ``update`` with one new row per series then ``predict`` against ``predict(df=full
@@ -90,11 +92,14 @@ class Scores:
     def __init__(self, y: np.ndarray, histories: list[np.ndarray], season: int) -> None:
         self.y, self.histories, self.season = y, histories, season  # y: (items, H)
 
-    def row(self, qs: np.ndarray, lo: dict[int, np.ndarray], hi: dict[int, np.ndarray]) -> dict[str, float]:
+    def row(
+        self, qs: np.ndarray, lo: dict[int, np.ndarray], hi: dict[int, np.ndarray], samples: np.ndarray | None = None
+    ) -> dict[str, float]:
         med = qs[list(Q).index(0.5)]
         items = range(len(self.y))
-        return {
-            "CRPS": metrics.weighted_quantile_loss(qs, self.y),
+        out = {} if samples is None else {"CRPS": metrics.crps(samples, self.y, normalize=True)}
+        return out | {
+            "wQL": metrics.weighted_quantile_loss(qs, self.y),
             "MASE": float(np.mean([metrics.mase(med[i], self.y[i], self.histories[i], self.season) for i in items])),
             "MSIS": float(
                 np.mean([metrics.msis(lo[95][i], hi[95][i], self.y[i], self.histories[i], self.season) for i in items])
@@ -104,12 +109,12 @@ class Scores:
         }
 
 
-def from_samples(samples: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray], dict[int, np.ndarray]]:
-    """``samples`` (num_samples, items, H) -> quantiles and intervals."""
+def from_samples(samples: np.ndarray) -> tuple[Any, ...]:
+    """``samples`` (num_samples, items, H) -> quantiles, intervals and the samples."""
     qs = np.quantile(samples, Q, axis=0)
     lo = {v: np.quantile(samples, (1 - v / 100) / 2, axis=0) for v in (80, 90, 95)}
     hi = {v: np.quantile(samples, 1 - (1 - v / 100) / 2, axis=0) for v in (80, 90, 95)}
-    return qs, lo, hi
+    return qs, lo, hi, samples
 
 
 def lags_for(season: int, spec: str) -> list[int]:
@@ -324,6 +329,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "dataset",
         "model",
         "CRPS",
+        "wQL",
         "MASE",
         "MSIS",
         "cov80",
@@ -345,7 +351,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 else v
                 if isinstance(v, str)
                 else f"{v:.3f}"
-                if c in ("CRPS", "cov80", "cov90", "advance_s")
+                if c in ("CRPS", "wQL", "cov80", "cov90", "advance_s")
                 else f"{v:.2f}"
             )
         lines.append("| " + " | ".join(cells) + " |")
@@ -360,6 +366,7 @@ def ratios(rows: list[dict[str, Any]]) -> str:
         parts = [f"{ds}:"]
         if ours and peer:
             parts.append(f"CRPS ours/deepar {ours['CRPS'] / peer['CRPS']:.2f}")
+            parts.append(f"wQL ours/deepar {ours['wQL'] / peer['wQL']:.2f}")
             parts.append(f"sampling deepar/ours {peer['predict_s'] / ours['predict_s']:.1f}x")
         if ours:
             parts.append(f"re-predict/update-then-predict {ours['repredict_s'] / ours['update_s']:.1f}x")
