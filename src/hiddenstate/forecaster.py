@@ -198,18 +198,18 @@ class Forecaster:
         """Each series' state over all its rows but the last, and what the last row holds."""
         states = self._warm(series, infos)
         for uid, s in series.items():
-            nf = len(self.futr_exog)
-            info = dict(infos[uid])
-            info.update(
-                state=states[uid],
-                y=float(s.values[-1, 0]),
-                hist=s.values[-1, 1 + nf :],
-                ds=s.ds[-1],
-                tail=self.features.tail(s.values[:, 0]),
-            )
+            info = dict(infos[uid]) | self._last(s, states[uid])
             if uid not in self._series:
                 self._ids.append(uid)
             self._series[uid] = info
+
+    def _last(self, s: SeriesRows, state: State, before: np.ndarray | None = None) -> dict[str, Any]:
+        """What a series keeps after reading ``s``: its state, last row (y, hist, ds) and lag tail
+        (``before``: the stored tail ``s`` continues)."""
+        nf = len(self.futr_exog)
+        y = s.values[:, 0]
+        tail = self.features.tail(y, before)
+        return {"state": state, "y": float(y[-1]), "hist": s.values[-1, 1 + nf :], "ds": s.ds[-1], "tail": tail}
 
     def _warm(self, series: dict[Any, SeriesRows], infos: dict[Any, dict[str, Any]]) -> dict[Any, State]:
         """Run each series' rows 0 .. n-2 from the initial state; series of one length in one batch."""
@@ -265,14 +265,7 @@ class Forecaster:
                 State.cat([self._series[u]["state"] for u in uids]), np.stack([rows[u] for u in uids])
             )
             for i, u in enumerate(uids):
-                s, tail = new[u], self._series[u]["tail"]
-                self._series[u].update(
-                    state=state.select([i]),
-                    y=float(s.values[-1, 0]),
-                    hist=s.values[-1, 1 + nf :],
-                    ds=s.ds[-1],
-                    tail=self.features.tail(s.values[:, 0], tail) if self.lags else tail,
-                )
+                self._series[u].update(self._last(new[u], state.select([i]), before=self._series[u]["tail"]))
         return self
 
     # -- predict and sample ------------------------------------------------------------------------
@@ -296,15 +289,8 @@ class Forecaster:
             series = self._read(df, "df", self._history_columns(), min_rows=2)
             infos = {u: dict(self._known(u, "predict")) for u in series}
             states = self._warm(series, infos)
-            nf = len(self.futr_exog)
             for u, s in series.items():
-                infos[u].update(
-                    state=states[u],
-                    y=float(s.values[-1, 0]),
-                    hist=s.values[-1, 1 + nf :],
-                    ds=s.ds[-1],
-                    tail=self.features.tail(s.values[:, 0]),
-                )
+                infos[u].update(self._last(s, states[u]))
             ids = list(series)
         else:
             infos, ids = self._series, self._ids

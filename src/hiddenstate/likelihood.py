@@ -109,40 +109,41 @@ class _StudentT(Likelihood):
     name = "studentt"
     param_names = ("loc", "scale", "df")
 
-    def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
+    def _params(self, raw: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """``(df, loc, sigma)`` in the series' units."""
         loc, s, df = self.split(raw)
         sigma = F.softplus(s) + _MIN_SCALE
         if scale is not None:
             loc, sigma = loc * scale, sigma * scale
-        return D.StudentT(2.0 + F.softplus(df), loc, sigma, validate_args=False)
+        return 2.0 + F.softplus(df), loc, sigma
+
+    def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
+        return D.StudentT(*self._params(raw, scale), validate_args=False)
 
     def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         # what D.StudentT.sample draws (a normal over the root of a chi-square / df), without
         # building the distribution objects on every step
-        loc, s, df = self.split(raw)
-        sigma = F.softplus(s) + _MIN_SCALE
-        nu = 2.0 + F.softplus(df)
+        nu, loc, sigma = self._params(raw, scale)
         chi2 = torch._standard_gamma(0.5 * nu).mul_(2.0).clamp_(min=torch.finfo(nu.dtype).tiny)
-        t = torch.randn_like(loc).mul_(torch.rsqrt(chi2.div_(nu)))
-        z = t.mul_(sigma).add_(loc)
-        return z.mul_(scale) if scale is not None else z
+        return torch.randn_like(loc).mul_(torch.rsqrt(chi2.div_(nu))).mul_(sigma).add_(loc)
 
 
 class _Normal(Likelihood):
     name = "normal"
     param_names = ("loc", "scale")
 
-    def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
+    def _params(self, raw: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loc, sigma)`` in the series' units."""
         loc, s = self.split(raw)
         sigma = F.softplus(s) + _MIN_SCALE
-        if scale is not None:
-            loc, sigma = loc * scale, sigma * scale
-        return D.Normal(loc, sigma, validate_args=False)
+        return (loc * scale, sigma * scale) if scale is not None else (loc, sigma)
+
+    def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
+        return D.Normal(*self._params(raw, scale), validate_args=False)
 
     def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        loc, s = self.split(raw)
-        z = torch.randn_like(loc).mul_(F.softplus(s) + _MIN_SCALE).add_(loc)
-        return z.mul_(scale) if scale is not None else z
+        loc, sigma = self._params(raw, scale)
+        return torch.randn_like(loc).mul_(sigma).add_(loc)
 
 
 class _NegBin(Likelihood):

@@ -163,18 +163,17 @@ def _stepper(model: Any, state: State) -> Any:
     """``step(x)``: one recurrent step of ``x`` ``(rows, n_in)`` (None: no input, the head on the
     state's top ``h``), advancing the state kept inside; returns the head's output ``(rows, k)``.
 
-    For a plain stack (the default backend, no hooks, single-layer cells) the step calls each
-    layer's cell function directly on tensors kept between steps: the same arithmetic as the
-    model's one-step forward (to float rounding) without building a State per step. Anything
-    else goes through ``model(x, state)``.
+    For a plain stack (the default backend, no hooks) the step keeps the state's tensors between
+    steps and calls, up to 256 rows, each layer's cell function, above that one RNN kernel call
+    per group of same-sized layers: the same arithmetic as the model's one-step forward (to float
+    rounding) without building a State per step. Anything else goes through ``model(x, state)``.
     """
     rnn = getattr(model, "rnn", None)
     cells = getattr(rnn, "_cell_list", None)
     lean = (
         cells is not None
         and getattr(rnn, "_fused", None) is None
-        and all(not c._forward_hooks and not c._forward_pre_hooks and c.num_layers == 1 for c in cells)
-        and [ls.cell for ls in model.state_spec.layers] == [_kind(c) for c in cells]
+        and all(not c._forward_hooks and not c._forward_pre_hooks for c in cells)
     )
     if not lean:
         box = [state]
@@ -186,51 +185,45 @@ def _stepper(model: Any, state: State) -> Any:
             return raw[:, 0] if raw.dim() == 3 else raw  # a last-step model gives (rows, k)
 
         return general
+    kinds = [ls.cell for ls in model.state_spec.layers]
+    if state.batch_size <= _CELL_ROWS:  # few rows: the cell functions, one layer at a time, beat the kernel's setup
+        return _cell_stepper(model, cells, kinds, state)
     groups = rnn._groups if rnn._groupable(state.layers[0].h) else rnn._singles
-    kinds = [_kind(c) for c in cells]
     hx: list[Any] = [hx_for_layers(state, a, b, kinds[a] == "lstm") for a, b in groups]
-    small = state.batch_size <= _CELL_ROWS
 
-    def lean_step(x: torch.Tensor | None) -> torch.Tensor:
+    def kernel_step(x: torch.Tensor | None) -> torch.Tensor:
         if x is None:
             top = hx[-1][0] if kinds[-1] == "lstm" else hx[-1]
             return model.apply_head(top[-1])
         out = x
-        for g, (a, b) in enumerate(groups):
-            kind = kinds[a]
-            if small:  # few rows: the cell functions, one layer at a time, beat the RNN kernel's setup
-                hs, cs = (hx[g][0].unbind(0), hx[g][1].unbind(0)) if kind == "lstm" else (hx[g].unbind(0), None)
-                new_h, new_c = [], []
-                for i, layer in enumerate(range(a, b)):
-                    w = [getattr(cells[layer], n) for n in cells[layer]._flat_weights_names]
-                    bias = (w[2], w[3]) if len(w) == 4 else (None, None)
-                    if kind == "lstm":
-                        h, c = torch.lstm_cell(out, (hs[i], cs[i]), w[0], w[1], *bias)
-                        new_c.append(c)
-                    else:
-                        h = _CELLS[kind](out, hs[i], w[0], w[1], *bias)
-                    new_h.append(h)
-                    out = h
-                hx[g] = (torch.stack(new_h), torch.stack(new_c)) if kind == "lstm" else torch.stack(new_h)
-            else:  # one kernel call for the group's layers, its state kept stacked between steps
-                seq, hx[g] = rnn_kernel(kind, cells[a:b], out.unsqueeze(1), hx[g], 0.0)
-                out = seq[:, 0]
+        for g, (a, b) in enumerate(groups):  # one kernel call per group, its state kept stacked
+            seq, hx[g] = rnn_kernel(kinds[a], cells[a:b], out.unsqueeze(1), hx[g], 0.0)
+            out = seq[:, 0]
         return model.apply_head(out)
 
-    return lean_step
+    return kernel_step
 
 
 _CELL_ROWS = 256
 
 
-def _kind(cell: Any) -> str | None:
-    if isinstance(cell, torch.nn.LSTM):
-        return "lstm" if cell.proj_size == 0 else None
-    if isinstance(cell, torch.nn.GRU):
-        return "gru"
-    if isinstance(cell, torch.nn.RNN):
-        return "rnn" if cell.nonlinearity == "tanh" else None
-    return None
+def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state: State) -> Any:
+    """The step through each layer's cell function, each layer's state kept between steps."""
+    steps = []
+    for cell, kind in zip(cells, kinds, strict=True):
+        w = [getattr(cell, n) for n in cell._flat_weights_names]
+        steps.append((_CELLS[kind], w[0], w[1], *((w[2], w[3]) if len(w) == 4 else (None, None))))
+    hx: list[Any] = [(ls.h, ls.c) if kind == "lstm" else ls.h for ls, kind in zip(state.layers, kinds, strict=True)]
+
+    def cell_step(x: torch.Tensor | None) -> torch.Tensor:
+        if x is not None:
+            for i, (fn, w_ih, w_hh, b_ih, b_hh) in enumerate(steps):
+                hx[i] = fn(x, hx[i], w_ih, w_hh, b_ih, b_hh)
+                x = hx[i][0] if isinstance(hx[i], tuple) else hx[i]
+        top = hx[-1][0] if isinstance(hx[-1], tuple) else hx[-1]
+        return model.apply_head(top)
+
+    return cell_step
 
 
 def _check_lagged(lagged: Sequence[tuple[int, int, int]], n_in: int, n_out: int) -> list[tuple[int, int, int]]:
