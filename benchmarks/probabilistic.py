@@ -15,9 +15,11 @@ each series; every model trains on the rows before the first window only.
   carries the state over as long a history as inference does, in chunks of ``--steps`` rows
   (default two days, at most 96). The last ``--val`` rows before the first window (default: as
   many as the test span) are the validation rows: up to ``--epochs`` epochs, early stopping after
-  ``--patience`` epochs without a better validation loss, the best epoch's weights kept. Fitted
-  once; the state is carried from window to window with ``update`` (the rows are read once), 100
-  paths per window.
+  ``--patience`` epochs without a better validation loss, the best epoch's weights kept; then the
+  spread (the factor on every step's scale) fitted on the validation rows' windows of 48
+  (``Forecaster.calibrate``; ``--no-calibrate`` keeps 1). The table also scores the same paths'
+  random numbers at spread 1 ("hiddenstate, spread 1"). Fitted once; the state is carried from
+  window to window with ``update`` (the rows are read once), 100 paths per window.
 - ``deepar``: ``gluonts.torch.model.deepar.DeepAREstimator`` (2 x LSTM(40), Student-t, mean
   scaling, GluonTS's default lags, time features and context = 48), batch 32, trained on as many
   series-steps through the loss as hiddenstate took (a window is 48 context + 48 ahead steps), on
@@ -145,9 +147,15 @@ def run_hiddenstate(
     t0 = time.perf_counter()
     fc.fit(df[pos < cuts[0]], val_size=val)
     train_s = time.perf_counter() - t0
+    calib_s = 0.0
+    if args.calibrate:  # the spread fitted on the validation rows' windows (what fit(calibrate=True) does)
+        t0 = time.perf_counter()
+        fc.calibrate(df[pos < cuts[0]], n_windows=val // H)
+        calib_s = time.perf_counter() - t0
     epochs, chunks = len(fc.history_.rows), fc.train_chunks_
     ids = list(df["unique_id"].unique())
-    samples, predict_s = [], []
+    samples, raw, predict_s = [], [], []
+    spread = fc.spread_
     for k, cut in enumerate(cuts):
         if k:
             fc.update(df[(pos >= cuts[k - 1]) & (pos < cut)])  # the state carried over the last window's rows
@@ -156,6 +164,12 @@ def run_hiddenstate(
         s = fc.sample(n_paths=100, seed=k, futr_df=ahead)
         predict_s.append(time.perf_counter() - t0)
         samples.append(s["HiddenState"].to_numpy().reshape(100, len(ids), H))
+        if args.calibrate:  # the same paths' random numbers at the model's own spread, for the table
+            fc.spread_ = 1.0
+            raw.append(
+                fc.sample(n_paths=100, seed=k, futr_df=ahead)["HiddenState"].to_numpy().reshape(100, len(ids), H)
+            )
+            fc.spread_ = spread
     # one new row per series: update + predict, against predict over the whole history
     last = cuts[-1]
     new, history = df[pos == last], df[pos <= last]
@@ -171,6 +185,9 @@ def run_hiddenstate(
     n_steps = chunks * epochs
     return {
         "samples": np.concatenate(samples, axis=1),  # (100, windows * series, H), window-major
+        "raw_samples": np.concatenate(raw, axis=1) if raw else None,  # the same at spread 1
+        "spread": spread,
+        "calib_s": calib_s,
         "train_s": train_s,
         "predict_s": float(np.median(predict_s)),
         "update_s": update_s,
@@ -213,7 +230,7 @@ def torch_seed(seed: int) -> None:
     np.random.seed(seed)
 
 
-def run_deepar(df: Any, freq: str, cuts: list[int], steps: int, val: int) -> dict[str, Any]:
+def run_deepar(df: Any, freq: str, cuts: list[int], steps: int, val: int, seed: int = 0) -> dict[str, Any]:
     import pandas as pd
     from gluonts.dataset.common import ListDataset
     from gluonts.torch.model.deepar import DeepAREstimator
@@ -240,7 +257,7 @@ def run_deepar(df: Any, freq: str, cuts: list[int], steps: int, val: int) -> dic
             "default_root_dir": tempfile.mkdtemp(prefix="deepar-"),  # its checkpoint, not in the repository
         },
     )
-    torch_seed(0)
+    torch_seed(seed)
     t0 = time.perf_counter()
     predictor = est.train(train, validation_data=valid)  # its best checkpoint on the validation loss
     train_s = time.perf_counter() - t0
@@ -304,15 +321,18 @@ def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     ours = run_hiddenstate(df, freq, cuts, season, val, args)
     print(
         f"  hiddenstate done: {ours['epochs']} epochs (best {ours['best_epoch']}), {ours['optimizer_steps']} steps "
-        f"of {ours['chunk']} rows in {ours['train_s']:.0f}s",
+        f"of {ours['chunk']} rows in {ours['train_s']:.0f}s; spread {ours['spread']:.3f} "
+        f"(calibrated in {ours['calib_s']:.1f}s)",
         flush=True,
     )
     if not args.no_deepar:
         # the same number of series-steps through the loss: DeepAR's windows are 32 x (48 context + 48 ahead)
-        deepar = run_deepar(df, freq, cuts, math.ceil(ours["sample_steps"] / (32 * 2 * H)), val)
+        deepar = run_deepar(df, freq, cuts, math.ceil(ours["sample_steps"] / (32 * 2 * H)), val, args.seed)
         print(f"  deepar done: {deepar['optimizer_steps']} steps in {deepar['train_s']:.0f}s", flush=True)
         interleaved(ours, deepar, args.rounds)
     rows.append({"model": "hiddenstate", **scores.row(*from_samples(ours["samples"])), **_times(ours)})
+    if ours["raw_samples"] is not None:
+        rows.append({"model": "hiddenstate, spread 1", **scores.row(*from_samples(ours["raw_samples"]))})
     if not args.no_deepar:
         rows.append({"model": "deepar (gluonts)", **scores.row(*from_samples(deepar["samples"])), **_times(deepar)})
     if not args.no_stats:
@@ -407,7 +427,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=5, help="epochs without a better val loss before stopping")
     parser.add_argument("--val", type=int, default=None, help="validation rows per series (default: the test span)")
     parser.add_argument("--lags", default="auto", help="target lags: auto (1-7 and 14 seasons), none, or a list")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="hiddenstate's and DeepAR's seed")
+    parser.add_argument(
+        "--no-calibrate", dest="calibrate", action="store_false", help="no spread fitted on the validation windows"
+    )
     parser.add_argument("--rounds", type=int, default=9, help="interleaved sampling timings of ours and DeepAR")
     parser.add_argument(
         "--lanes", type=int, default=0, help="hiddenstate lanes (0: one per series, each read whole as at inference)"

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hiddenstate import metrics
 from hiddenstate._extras import require
 from hiddenstate.data.features import SeriesFeatures
 from hiddenstate.data.lanes import StatefulBatches
@@ -57,7 +58,7 @@ from hiddenstate.data.scaling import StandardScaler
 from hiddenstate.errors import ConfigError, DataError
 from hiddenstate.likelihood import mean_scale, resolve_likelihood
 from hiddenstate.model import LSTM, SequenceModel
-from hiddenstate.paths import sample_paths
+from hiddenstate.paths import check_spread, sample_paths
 from hiddenstate.state import LayerSpec, State
 from hiddenstate.train.config import TrainConfig
 from hiddenstate.train.trainer import Trainer
@@ -133,6 +134,8 @@ class Forecaster:
         self._series: dict[Any, dict[str, Any]] = {}  # per series: state, scale, last y/hist/ds, stat
         self.history_: Any = None  # the last fit's training History (epochs, losses, best epoch)
         self.train_chunks_ = 0
+        self.spread_ = 1.0  # the factor on every step's scale parameter (see calibrate)
+        self.calibration_: dict[str, Any] | None = None  # the last calibrate's windows and scores
 
     # -- reading frames ---------------------------------------------------------------------------
 
@@ -162,9 +165,19 @@ class Forecaster:
 
     # -- fit ---------------------------------------------------------------------------------------
 
-    def fit(self, df: Any, static_df: Any = None, val_size: int = 0) -> Forecaster:
+    def fit(self, df: Any, static_df: Any = None, val_size: int = 0, calibrate: bool = False) -> Forecaster:
         """Train on every series of ``df`` (the last ``val_size`` rows of each held out for the
-        validation loss and early stopping), then store each series' state over its rows."""
+        validation loss and early stopping), then store each series' state over its rows.
+
+        ``calibrate``: then fit :attr:`spread_` on the validation rows, ``val_size // horizon``
+        windows of ``horizon`` steps (see :meth:`calibrate`); otherwise the spread is 1."""
+        if calibrate:
+            if not self.likelihood_spreads():
+                raise ConfigError(f"calibrate: likelihood {self.likelihood!r} has no scale parameter to widen")
+            if val_size < self.horizon:
+                raise ConfigError(
+                    f"calibrate: needs val_size >= horizon ({self.horizon}) validation rows per series, got {val_size}"
+                )
         series = self._read(df, "df", self._history_columns(), min_rows=3 + val_size)
         ids = list(series)
         stat = self.features.static(static_df, ids, self.id_col)
@@ -192,7 +205,90 @@ class Forecaster:
         self.model.eval()
         self._ids, self._series = [], {}
         self._store(series, infos)
+        self.spread_, self.calibration_ = 1.0, None
+        if calibrate:
+            self._calibrate(series, val_size // self.horizon)
         return self
+
+    def likelihood_spreads(self) -> bool:
+        """Whether the likelihood has a scale parameter :attr:`spread_` can widen (Student-t, normal)."""
+        return bool(self.model.likelihood.spreads)
+
+    # -- calibration -------------------------------------------------------------------------------
+
+    def calibrate(
+        self, df: Any, n_windows: int = 1, num_samples: int = 100, seed: int = 0, grid: Sequence[float] | None = None
+    ) -> Forecaster:
+        """Fit :attr:`spread_`, the factor on every step's scale parameter, on the last
+        ``n_windows`` windows of ``horizon`` rows of each series of ``df`` (rows the weights were
+        not trained on: ``fit(..., val_size=..., calibrate=True)`` uses its validation rows).
+
+        The state is carried once over each series to the first window and from window to window;
+        window ``k``'s paths are those ``sample(n_paths=num_samples, seed=seed + k)`` would draw
+        from its state, with the same random numbers for every factor, and the factor with the
+        least CRPS summed over every window, series and step is kept. ``grid``: the factors
+        to try (default: 0.25 .. 4 in steps of sqrt(2), then steps of 2^(1/8) around the best).
+        The stored states are left as they were; ``calibration_`` holds the factors and scores."""
+        self._fitted()
+        if not self.likelihood_spreads():
+            raise ConfigError(f"calibrate: likelihood {self.likelihood!r} has no scale parameter to widen")
+        if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1:
+            raise ConfigError(f"n_windows must be an int >= 1, got {n_windows!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an int (window k draws with seed + k), got {seed!r}")
+        series = self._read(df, "df", self._history_columns(), min_rows=1)
+        for u in series:
+            self._known(u, "calibrate")
+        return self._calibrate(series, n_windows, num_samples, seed, grid)
+
+    def _calibrate(
+        self,
+        series: dict[Any, SeriesRows],
+        n_windows: int,
+        num_samples: int = 100,
+        seed: int = 0,
+        grid: Sequence[float] | None = None,
+    ) -> Forecaster:
+        from hiddenstate.calibration import search_spread
+
+        h, nf = self.horizon, len(self.futr_exog)
+        starts = {}
+        for u, s in series.items():
+            first = len(s.ds) - n_windows * h
+            if first < 3:
+                raise DataError(f"df: series {u!r} has {len(s.ds)} rows, too few for {n_windows} windows of {h}")
+            starts[u] = [first + k * h for k in range(n_windows)]
+        ids = list(series)
+        base = {u: {"scale": self._series[u]["scale"], "stat": self._series[u]["stat"]} for u in ids}
+        head = {u: SeriesRows(u, s.ds[: starts[u][0]], s.values[: starts[u][0]]) for u, s in series.items()}
+        states = self._warm(head, base)
+        infos = {u: base[u] | self._last(head[u], states[u]) for u in ids}
+        windows = []  # per window: what each series keeps at its start, the window's covariates, the truth
+        for k in range(n_windows):  # carry each series' state from window to window
+            if k:
+                infos = self._carry(
+                    infos, {u: self._rows(s, starts[u][k - 1], starts[u][k]) for u, s in series.items()}
+                )
+            span = {u: slice(starts[u][k], starts[u][k] + h) for u in ids}
+            futr = [series[u].values[span[u], 1 : 1 + nf] for u in ids]
+            windows.append(([infos[u] for u in ids], futr, np.stack([series[u].values[span[u], 0] for u in ids])))
+
+        def score(spread: float) -> float:
+            """The CRPS summed over every window, series and step; window k's paths are those of
+            ``sample(seed=seed + k)`` from its state, the same random numbers for every spread."""
+            total = 0.0
+            for k, (kept, futr, y) in enumerate(windows):
+                paths = self._draw(kept, futr, h, num_samples, seed + k, spread)[..., 0]
+                total += metrics.crps(paths, y) * y.size
+            return total
+
+        self.spread_, self.calibration_ = search_spread(score, grid)
+        self.calibration_ |= {"windows": n_windows, "seed": seed, "num_samples": num_samples}
+        return self
+
+    @staticmethod
+    def _rows(s: SeriesRows, a: int, b: int) -> SeriesRows:
+        return SeriesRows(s.uid, s.ds[a:b], s.values[a:b])
 
     def _store(self, series: dict[Any, SeriesRows], infos: dict[Any, dict[str, Any]]) -> None:
         """Each series' state over all its rows but the last, and what the last row holds."""
@@ -241,32 +337,35 @@ class Forecaster:
         """Advance each series' stored state over its new rows only (cost: the new rows)."""
         self._fitted()
         new = self._read(df_new, "df_new", self._history_columns())
-        nf = len(self.futr_exog)
-        groups: dict[int, list[Any]] = {}
-        rows: dict[Any, np.ndarray] = {}
         for uid in new:
             self._known(uid, "update")
         for uid, s in new.items():  # every check before any state changes
-            info = self._series[uid]
-            first = future_stamps(info["ds"], self.freq, 1)[0]
+            first = future_stamps(self._series[uid]["ds"], self.freq, 1)[0]
             if s.ds[0] != first:
                 raise DataError(
                     f"df_new: series {uid!r}: new rows must start at {fmt_stamp(first)}, got {fmt_stamp(s.ds[0])}"
                 )
+        self._series.update(self._carry(self._series, new))
+        return self
+
+    def _carry(self, infos: dict[Any, dict[str, Any]], new: dict[Any, SeriesRows]) -> dict[Any, dict[str, Any]]:
+        """What each series in ``new`` keeps after reading its rows ``new[u]``, which continue ``infos[u]``."""
+        nf = len(self.futr_exog)
+        groups: dict[int, list[Any]] = {}
+        rows: dict[Any, np.ndarray] = {}
+        for uid, s in new.items():
+            info = infos[uid]
             old = np.concatenate([[info["y"]], np.zeros(nf), info["hist"]])[None]  # the stored last row
             both = SeriesRows(uid, np.concatenate([[info["ds"]], s.ds]), np.vstack([old, s.values]))
             before = info["tail"][:-1]  # the values before the old last row, for the lags
-            rows[uid] = self.features.inputs(
-                both, info, len(s.ds), before
-            )  # the old last row .. the new second-to-last
+            rows[uid] = self.features.inputs(both, info, len(s.ds), before)  # old last row .. new second-to-last
             groups.setdefault(len(s.ds), []).append(uid)
+        out = {}
         for uids in groups.values():
-            state = self._advance(
-                State.cat([self._series[u]["state"] for u in uids]), np.stack([rows[u] for u in uids])
-            )
+            state = self._advance(State.cat([infos[u]["state"] for u in uids]), np.stack([rows[u] for u in uids]))
             for i, u in enumerate(uids):
-                self._series[u].update(self._last(new[u], state.select([i]), before=self._series[u]["tail"]))
-        return self
+                out[u] = dict(infos[u]) | self._last(new[u], state.select([i]), before=infos[u]["tail"])
+        return out
 
     # -- predict and sample ------------------------------------------------------------------------
 
@@ -296,22 +395,30 @@ class Forecaster:
             infos, ids = self._series, self._ids
         stamps = {u: future_stamps(infos[u]["ds"], self.freq, h) for u in ids}
         futr = self._future(futr_df, ids, stamps, h)
-        rows = [self.features.forecast_rows(infos[u], futr[u], h) for u in ids]  # (h, n_in) each
-        state = State.cat([infos[u]["state"] for u in ids])
-        scale = np.array([[infos[u]["scale"]] for u in ids])
+        paths = self._draw([infos[u] for u in ids], [futr[u] for u in ids], h, num_samples, seed, self.spread_)
+        return paths, ids, stamps
+
+    def _draw(
+        self, infos: Sequence[dict[str, Any]], futr: Sequence[np.ndarray], h: int, n: int, seed: Any, spread: float
+    ) -> np.ndarray:
+        """Paths ``(n, len(infos), h, 1)`` in the series' units from what each series keeps."""
+        rows = [self.features.forecast_rows(info, f, h) for info, f in zip(infos, futr, strict=True)]  # (h, n_in)
+        state = State.cat([info["state"] for info in infos])
+        scale = np.array([[info["scale"]] for info in infos])
         paths = sample_paths(
             self.model,
             state,
             np.stack([x[0] for x in rows]),
             h,
-            num_samples,
+            n,
             seed,
             scale=scale,
             target_index=[0],
             ahead=np.stack([x[1:] for x in rows]),
             lagged=self.features.lagged(),
+            spread=spread,
         )
-        return paths.double().cpu().numpy(), ids, stamps
+        return paths.double().cpu().numpy()
 
     def _future(self, futr_df: Any, ids: Sequence[Any], stamps: dict[Any, np.ndarray], h: int) -> dict[Any, np.ndarray]:
         if not self.futr_exog:
@@ -433,6 +540,7 @@ class Forecaster:
             "batch_size": self.batch_size,
             "num_samples": self.num_samples,
             "alias": self.alias,
+            "spread": self.spread_,
             "exog_scaler": None if self.features.exog is None else self.features.exog.to_json(),
             "series": [
                 {
@@ -488,6 +596,10 @@ class Forecaster:
             alias=meta["alias"],
         )
         fc.features.exog = None if meta["exog_scaler"] is None else StandardScaler.from_json(meta["exog_scaler"])
+        try:
+            fc.spread_ = check_spread(meta.get("spread", 1.0), fc.model.likelihood)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: the stored forecaster's {exc}") from None
         int_ds = isinstance(step_of(fc.freq), int)
         pd = require("pandas", "data")
         for i, s in enumerate(meta["series"]):

@@ -97,8 +97,14 @@ class Likelihood:
     def mean(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         return self.distribution(raw, scale).mean
 
-    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """One draw per row, in the series' units (the hot loop of sample paths)."""
+    #: whether :meth:`sample` takes a ``spread`` other than 1 (a location-scale family)
+    spreads = False
+
+    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None, spread: float = 1.0) -> torch.Tensor:
+        """One draw per row, in the series' units (the hot loop of sample paths). ``spread``
+        multiplies the distribution's scale parameter (location-scale families only)."""
+        if spread != 1.0:
+            raise ConfigError(f"likelihood {self.name!r} has no scale parameter to spread; spread must be 1")
         return self.distribution(raw, scale).sample()
 
     def __repr__(self) -> str:
@@ -108,6 +114,7 @@ class Likelihood:
 class _StudentT(Likelihood):
     name = "studentt"
     param_names = ("loc", "scale", "df")
+    spreads = True
 
     def _params(self, raw: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """``(df, loc, sigma)`` in the series' units."""
@@ -120,17 +127,19 @@ class _StudentT(Likelihood):
     def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
         return D.StudentT(*self._params(raw, scale), validate_args=False)
 
-    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None, spread: float = 1.0) -> torch.Tensor:
         # what D.StudentT.sample draws (a normal over the root of a chi-square / df), without
         # building the distribution objects on every step
         nu, loc, sigma = self._params(raw, scale)
         chi2 = torch._standard_gamma(0.5 * nu).mul_(2.0).clamp_(min=torch.finfo(nu.dtype).tiny)
-        return torch.randn_like(loc).mul_(torch.rsqrt(chi2.div_(nu))).mul_(sigma).add_(loc)
+        z = torch.randn_like(loc).mul_(torch.rsqrt(chi2.div_(nu))).mul_(sigma)
+        return (z.mul_(spread) if spread != 1.0 else z).add_(loc)
 
 
 class _Normal(Likelihood):
     name = "normal"
     param_names = ("loc", "scale")
+    spreads = True
 
     def _params(self, raw: torch.Tensor, scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loc, sigma)`` in the series' units."""
@@ -141,9 +150,10 @@ class _Normal(Likelihood):
     def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
         return D.Normal(*self._params(raw, scale), validate_args=False)
 
-    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None, spread: float = 1.0) -> torch.Tensor:
         loc, sigma = self._params(raw, scale)
-        return torch.randn_like(loc).mul_(sigma).add_(loc)
+        z = torch.randn_like(loc).mul_(sigma)
+        return (z.mul_(spread) if spread != 1.0 else z).add_(loc)
 
 
 class _NegBin(Likelihood):

@@ -66,6 +66,7 @@ def sample_paths(
     ahead: torch.Tensor | np.ndarray | None = None,
     seen_last: bool = False,
     lagged: Sequence[tuple[int, int, int]] = (),
+    spread: float = 1.0,
 ) -> torch.Tensor:
     """Sample paths ``(num_samples, batch, horizon, n_out)`` from ``state``.
 
@@ -89,6 +90,9 @@ def sample_paths(
             ``output`` from ``lag`` steps back (a lag feature, as DeepAR's). Its values for the first
             ``lag`` steps come from ``last`` and ``ahead`` (the history); from step ``lag`` on, each
             path reads its own draw from ``lag`` steps earlier. Needs ``ahead`` when ``horizon > 1``.
+        spread: a factor on the scale parameter of every step's distribution (Student-t and
+            normal), fitted on held-out rows by ``Forecaster.calibrate``; each path is fed its
+            widened draws, so the factor acts through the recurrence as well. 1: the model's own.
 
     Row ``s * batch + b`` of the repeated state is path ``s`` of row ``b``.
     """
@@ -113,6 +117,7 @@ def sample_paths(
     if index.numel() != n_out:
         raise ConfigError(f"target_index names {index.numel()} columns but the model has {n_out} outputs")
     lags = _check_lagged(lagged, n_in, n_out)
+    check_spread(spread, lik)
     if any(col in set(index.tolist()) for col, _, _ in lags):
         raise ConfigError("lagged: a lag column cannot also be a target_index column (that one is lag 1)")
     if lags and ahead is None and horizon > 1:
@@ -150,7 +155,7 @@ def sample_paths(
                         x[:, col] = draws[k - lag][:, out] / s[:, out] if s is not None else draws[k - lag][:, out]
                 # the output at `last` is the head on the top layer's h when the state has read it
                 raw = step(None if k == 0 and seen_last else x)  # (num_samples * batch, n_params * n_out)
-                draws.append(lik.sample(raw, s))  # (num_samples * batch, n_out), series units
+                draws.append(lik.sample(raw, s, spread))  # (num_samples * batch, n_out), series units
     finally:
         model.train(was_training)
     return torch.stack(draws, dim=1).view(num_samples, batch, horizon, n_out)
@@ -224,6 +229,15 @@ def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state:
         return model.apply_head(top)
 
     return cell_step
+
+
+def check_spread(spread: Any, lik: Any) -> float:
+    """``spread`` as a float: finite and > 0, and 1 for a likelihood without a scale parameter."""
+    if isinstance(spread, bool) or not isinstance(spread, int | float) or not np.isfinite(spread) or spread <= 0:
+        raise ConfigError(f"spread must be a finite number > 0, got {spread!r}")
+    if spread != 1.0 and not lik.spreads:
+        raise ConfigError(f"spread: likelihood {lik.name!r} has no scale parameter to widen; use studentt or normal")
+    return float(spread)
 
 
 def _check_lagged(lagged: Sequence[tuple[int, int, int]], n_in: int, n_out: int) -> list[tuple[int, int, int]]:
