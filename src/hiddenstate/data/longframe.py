@@ -132,10 +132,10 @@ def read_long(
 LEVELS = (80, 90)
 
 
-def _id_array(ids: Sequence[Any]) -> np.ndarray:
-    """The series ids as one array (strings and ints keep their kind)."""
-    a = np.asarray(list(ids))
-    return a if a.dtype.kind in "iuU" else np.asarray(list(ids), dtype=object)
+def _ids_at(ids: Sequence[Any], codes: np.ndarray) -> Any:
+    """The column of series ids ``ids[codes]``: one pandas Index taken at the codes, so strings
+    and ints keep the kind pandas gives them without converting every row's value."""
+    return _pd().Index(list(ids)).take(codes)
 
 
 def forecast_frame(
@@ -166,7 +166,7 @@ def forecast_frame(
         qs = [0.5, *((1 - v / 100) / 2 for v in reversed(levels)), *(1 - (1 - v / 100) / 2 for v in levels)]
     cols.update(zip(labels, np.quantile(paths, qs, axis=0), strict=True))  # one sort for every quantile
     h = paths.shape[2]
-    out = {id_col: np.repeat(_id_array(ids), h), time_col: np.concatenate([stamps[u] for u in ids])}
+    out = {id_col: _ids_at(ids, np.repeat(np.arange(len(ids)), h)), time_col: np.concatenate([stamps[u] for u in ids])}
     out.update({k: v.reshape(-1) for k, v in cols.items()})
     return _pd().DataFrame(out)
 
@@ -179,7 +179,7 @@ def samples_frame(
     s, b, h = paths.shape
     return _pd().DataFrame(
         {
-            id_col: np.tile(np.repeat(_id_array(ids), h), s),
+            id_col: _ids_at(ids, np.tile(np.repeat(np.arange(b), h), s)),
             time_col: np.tile(np.concatenate([stamps[u] for u in ids]), s),
             "sample_id": np.repeat(np.arange(s), b * h),
             name: paths.reshape(-1),
