@@ -14,7 +14,8 @@ each series; every model trains on the rows before the first window only.
   builds such time features itself), each series whole in one lane (``--lanes``), so training
   carries the state over as long a history as inference does, in chunks of ``--steps`` rows
   (default two days, at most 96). The last ``--val`` rows before the first window (default: as
-  many as the test span) are the validation rows: up to ``--epochs`` epochs, early stopping after
+  many as the test span) are the validation rows: Adam at ``--lr`` 3e-3, times ``--decay`` 0.9
+  each epoch, up to ``--epochs`` 25 epochs, early stopping after
   ``--patience`` epochs without a better validation loss, the best epoch's weights kept; then the
   spread (the factor on every step's scale) fitted on the validation rows' windows of 48
   (``Forecaster.calibrate``; ``--no-calibrate`` keeps 1). The table also scores the same paths'
@@ -120,10 +121,15 @@ def from_samples(samples: np.ndarray) -> tuple[Any, ...]:
     return qs, lo, hi, samples
 
 
-def lags_for(season: int, spec: str) -> list[int]:
-    """``auto``: one to seven seasons (days) and fourteen; else a comma-separated list; ``none``: no lags."""
+def lags_for(season: int, spec: str, freq: str = "h") -> list[int]:
+    """``auto``: one to seven seasons (days) and fourteen; ``gluonts``: DeepAR's own lags for
+    ``freq`` but lag 1 (our ``y[t]`` input); ``none``: no lags; else a comma-separated list."""
     if spec == "auto":
         return [season * k for k in (1, 2, 3, 4, 5, 6, 7, 14)]
+    if spec == "gluonts":
+        from gluonts.time_feature import get_lags_for_frequency
+
+        return [v for v in get_lags_for_frequency(freq) if v > 1]
     return [] if spec == "none" else [int(v) for v in spec.split(",")]
 
 
@@ -132,14 +138,16 @@ def run_hiddenstate(
 ) -> dict[str, Any]:
     steps = args.steps or min(2 * season, 2 * H)  # gradients reach back over two days, at most 96 rows
     lanes = args.lanes or df["unique_id"].nunique()  # default: each series whole in one lane, as at inference
+    decay = {"schedule": "exponential", "gamma": args.decay, "step_size": 1} if args.decay < 1 else {}
     cfg = hs.TrainConfig(
-        epochs=args.epochs, lr=3e-3, progress=False, device="cpu", seed=args.seed, threads=1, patience=args.patience
-    )
+        epochs=args.epochs, lr=args.lr, progress=False, device="cpu", seed=args.seed, threads=1,
+        patience=args.patience, **decay,
+    )  # fmt: skip
     torch_seed(args.seed)  # the weights' initialisation too
     futr = list(CALENDAR) if args.calendar else []
     fc = hs.Forecaster(
         [hs.LSTM(40), hs.LSTM(40)], horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=steps,
-        batch_size=lanes, futr_exog=futr, lags=lags_for(season, args.lags),
+        batch_size=lanes, futr_exog=futr, lags=lags_for(season, args.lags, freq),
     )  # fmt: skip
     if futr:
         df = with_calendar(df)
@@ -152,6 +160,10 @@ def run_hiddenstate(
         t0 = time.perf_counter()
         fc.calibrate(df[pos < cuts[0]], n_windows=val // H)
         calib_s = time.perf_counter() - t0
+        span = df[(pos >= cuts[0] - val // H * H) & (pos < cuts[0])]["y"].abs().sum()
+        val_crps = min(fc.calibration_["scores"]) / span  # the validation windows' CRPS (normalized)
+    else:
+        val_crps = float("nan")
     epochs, chunks = len(fc.history_.rows), fc.train_chunks_
     ids = list(df["unique_id"].unique())
     samples, raw, predict_s = [], [], []
@@ -188,6 +200,7 @@ def run_hiddenstate(
         "raw_samples": np.concatenate(raw, axis=1) if raw else None,  # the same at spread 1
         "spread": spread,
         "calib_s": calib_s,
+        "val_crps": val_crps,
         "train_s": train_s,
         "predict_s": float(np.median(predict_s)),
         "update_s": update_s,
@@ -322,7 +335,7 @@ def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     print(
         f"  hiddenstate done: {ours['epochs']} epochs (best {ours['best_epoch']}), {ours['optimizer_steps']} steps "
         f"of {ours['chunk']} rows in {ours['train_s']:.0f}s; spread {ours['spread']:.3f} "
-        f"(calibrated in {ours['calib_s']:.1f}s)",
+        f"(calibrated in {ours['calib_s']:.1f}s; validation CRPS {ours['val_crps']:.4f})",
         flush=True,
     )
     if not args.no_deepar:
@@ -423,10 +436,14 @@ def ratios(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="etth1,ettm1,taylor")
-    parser.add_argument("--epochs", type=int, default=40, help="hiddenstate's most epochs (early stopping ends sooner)")
+    parser.add_argument("--epochs", type=int, default=25, help="hiddenstate's most epochs (early stopping ends sooner)")
     parser.add_argument("--patience", type=int, default=5, help="epochs without a better val loss before stopping")
+    parser.add_argument("--lr", type=float, default=3e-3, help="hiddenstate's learning rate (Adam)")
+    parser.add_argument("--decay", type=float, default=0.9, help="hiddenstate's lr factor per epoch (1: constant)")
     parser.add_argument("--val", type=int, default=None, help="validation rows per series (default: the test span)")
-    parser.add_argument("--lags", default="auto", help="target lags: auto (1-7 and 14 seasons), none, or a list")
+    parser.add_argument(
+        "--lags", default="auto", help="target lags: auto (1-7 and 14 seasons), gluonts (DeepAR's), none, or a list"
+    )
     parser.add_argument("--seed", type=int, default=0, help="hiddenstate's and DeepAR's seed")
     parser.add_argument(
         "--no-calibrate", dest="calibrate", action="store_false", help="no spread fitted on the validation windows"

@@ -215,6 +215,7 @@ def test_bad_lagged_arguments() -> None:
         ([(1, 1, 3)], "0 <= output < 1"),
         ([(0, 0, 3)], "cannot also be a target_index column"),
         ([(1, 0)], "int triples"),
+        ([(1, 0, 2), (1, 0, 3)], "column 1 is named twice"),
     ]:
         with pytest.raises(ConfigError, match=msg):
             sample_paths(model, state, last, 3, 2, target_index=[0], ahead=ahead, lagged=bad)

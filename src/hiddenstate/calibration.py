@@ -34,9 +34,7 @@ COARSE = tuple(float(2.0 ** (k / 2)) for k in range(-4, 5))
 _FINE = tuple(float(2.0 ** (j / 8)) for j in (-3, -2, -1, 1, 2, 3))
 
 
-def search_spread(
-    score: Callable[[float], float], grid: Sequence[float] | None = None
-) -> tuple[float, dict[str, Any]]:
+def search_spread(score: Callable[[float], float], grid: Sequence[float] | None = None) -> tuple[float, dict[str, Any]]:
     """The factor with the least ``score`` and ``{"spreads": [...], "scores": [...]}`` in the
     order tried. ``grid``: the factors to try instead of the coarse-then-fine default."""
     tried: dict[float, float] = {}

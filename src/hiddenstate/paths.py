@@ -141,18 +141,24 @@ def sample_paths(
     step = _stepper(model, state.to(p.device).select(rows))
     x = x[rows]  # (num_samples * batch, n_in)
     draws: list[torch.Tensor] = []
+    fed = torch.empty(horizon, x.shape[0], n_out, dtype=p.dtype, device=p.device)  # draws / scale, as fed back
+    lags.sort(key=lambda t: t[2])  # the lags reaching the draws at step k are the first `reach[k]`
+    reach = [sum(lag <= k for _, _, lag in lags) for k in range(horizon)]
+    lag_col, lag_out, lag_len = (
+        torch.tensor([t[i] for t in lags], dtype=torch.long, device=p.device) for i in range(3)
+    )
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), _seeded(seed, p.device):
             for k in range(horizon):
                 if k:
-                    z = draws[-1] / s if s is not None else draws[-1]
+                    fed[k - 1] = draws[-1] / s if s is not None else draws[-1]
                     x = future[:, k - 1].clone() if future is not None else x.clone()
-                    x[:, index] = z  # this path's draw goes back in
-                for col, out, lag in lags:  # this path's draw from `lag` steps back
-                    if k >= lag:
-                        x[:, col] = draws[k - lag][:, out] / s[:, out] if s is not None else draws[k - lag][:, out]
+                    x[:, index] = fed[k - 1]  # this path's draw goes back in
+                m = reach[k]
+                if m:  # each lag column reads this path's own draw from `lag` steps back, in one gather
+                    x[:, lag_col[:m]] = fed[k - lag_len[:m], :, lag_out[:m]].T
                 # the output at `last` is the head on the top layer's h when the state has read it
                 raw = step(None if k == 0 and seen_last else x)  # (num_samples * batch, n_params * n_out)
                 draws.append(lik.sample(raw, s, spread))  # (num_samples * batch, n_out), series units
@@ -251,6 +257,8 @@ def _check_lagged(lagged: Sequence[tuple[int, int, int]], n_in: int, n_out: int)
                 f"lagged: {item!r} needs 0 <= column < {n_in}, 0 <= output < {n_out} and lag >= 2 "
                 "(lag 1 is the output's own input column, target_index)"
             )
+        if any(col == c for c, _, _ in out):
+            raise ConfigError(f"lagged: column {col} is named twice")
         out.append((col, o, lag))
     return out
 
