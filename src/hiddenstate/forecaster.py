@@ -54,19 +54,15 @@ from hiddenstate.data.longframe import (
     step_of,
 )
 from hiddenstate.data.scaled import ScaledBatches
-from hiddenstate.data.scaling import StandardScaler
 from hiddenstate.errors import ConfigError, DataError
 from hiddenstate.likelihood import mean_scale, resolve_likelihood
 from hiddenstate.model import LSTM, SequenceModel
-from hiddenstate.paths import check_spread, sample_paths
+from hiddenstate.paths import sample_paths
 from hiddenstate.state import LayerSpec, State
 from hiddenstate.train.config import TrainConfig
 from hiddenstate.train.trainer import Trainer
 
 __all__ = ["Forecaster"]
-
-
-_FORMAT = "hiddenstate.forecaster/1"
 
 
 class Forecaster:
@@ -519,100 +515,15 @@ class Forecaster:
     # -- save and load -----------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model and every series' state, scale and last row into the run directory ``path``."""
-        from hiddenstate.runs.run import save_run
+        """Write the model and every series' state, scale and last row into the run directory
+        ``path`` (see :mod:`hiddenstate.forecaster_store`)."""
+        from hiddenstate.forecaster_store import save_forecaster
 
-        self._fitted()
-        ids = self._ids
-        kind = "int" if isinstance(step_of(self.freq), int) else "datetime"
-        stamp = (lambda v: int(v)) if kind == "int" else (lambda v: require("pandas", "data").Timestamp(v).isoformat())
-        meta = {
-            "format": _FORMAT,
-            "horizon": self.horizon,
-            "freq": self.freq,
-            "likelihood": self.likelihood,
-            "columns": {"id": self.id_col, "time": self.time_col, "target": self.target_col},
-            "futr_exog": self.futr_exog,
-            "hist_exog": self.hist_exog,
-            "stat_exog": self.stat_exog,
-            "lags": self.lags,
-            "steps": self.steps,
-            "batch_size": self.batch_size,
-            "num_samples": self.num_samples,
-            "alias": self.alias,
-            "spread": self.spread_,
-            "exog_scaler": None if self.features.exog is None else self.features.exog.to_json(),
-            "series": [
-                {
-                    "id": u.item() if isinstance(u, np.generic) else u,
-                    "scale": self._series[u]["scale"],
-                    "y": self._series[u]["y"],
-                    "hist": [float(v) for v in self._series[u]["hist"]],
-                    "stat": [float(v) for v in self._series[u]["stat"]],
-                    "ds": stamp(self._series[u]["ds"]),
-                    "tail": [float(v) for v in self._series[u]["tail"]],
-                }
-                for u in ids
-            ],
-        }
-        save_run(
-            path,
-            self.model,
-            scaler=None,
-            inputs=self.input_columns,
-            targets=[self.target_col],
-            train_config=self.config,
-            lane_state=State.cat([self._series[u]["state"] for u in ids]),
-            extra={"forecaster": meta},
-        )
-        return Path(path)
+        return save_forecaster(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Forecaster:
         """A forecaster saved by :meth:`save`, every series' state as it was (no pickle: JSON and safetensors)."""
-        from hiddenstate.runs.run import load_run
+        from hiddenstate.forecaster_store import load_forecaster
 
-        run = load_run(path)
-        meta = run.extra.get("forecaster")
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT or run.lane_state is None:
-            raise ConfigError(f"{path}: not a saved Forecaster (no forecaster entry and series states in the run)")
-        cols = meta["columns"]
-        fc = cls(
-            run.model,
-            meta["horizon"],
-            meta["freq"],
-            meta["likelihood"],
-            id_col=cols["id"],
-            time_col=cols["time"],
-            target_col=cols["target"],
-            futr_exog=meta["futr_exog"],
-            hist_exog=meta["hist_exog"],
-            stat_exog=meta["stat_exog"],
-            lags=meta.get("lags", []),
-            config=TrainConfig.from_json(run.config),
-            steps=meta["steps"],
-            batch_size=meta["batch_size"],
-            num_samples=meta["num_samples"],
-            alias=meta["alias"],
-        )
-        fc.features.exog = None if meta["exog_scaler"] is None else StandardScaler.from_json(meta["exog_scaler"])
-        try:
-            fc.spread_ = check_spread(meta.get("spread", 1.0), fc.model.likelihood)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: the stored forecaster's {exc}") from None
-        int_ds = isinstance(step_of(fc.freq), int)
-        pd = require("pandas", "data")
-        for i, s in enumerate(meta["series"]):
-            fc._ids.append(s["id"])
-            fc._series[s["id"]] = {
-                "state": run.lane_state.select([i]),
-                "scale": float(s["scale"]),
-                "y": float(s["y"]),
-                "hist": np.asarray(s["hist"], dtype=np.float64),
-                "stat": np.asarray(s["stat"], dtype=np.float64),
-                "ds": np.int64(s["ds"]) if int_ds else pd.Timestamp(s["ds"]).to_datetime64(),
-                "tail": np.asarray(s.get("tail", []), dtype=np.float64),
-            }
-            if len(fc._series[s["id"]]["tail"]) != (max(fc.lags) if fc.lags else 0):
-                raise ConfigError(f"{path}: series {s['id']!r}: its stored tail does not match the lags {fc.lags}")
-        return fc
+        return load_forecaster(cls, path)
