@@ -100,12 +100,19 @@ class Likelihood:
     #: whether :meth:`sample` takes a ``spread`` other than 1 (a location-scale family)
     spreads = False
 
-    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None, spread: float = 1.0) -> torch.Tensor:
+    def sample(
+        self,
+        raw: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        spread: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """One draw per row, in the series' units (the hot loop of sample paths). ``spread``
-        multiplies the distribution's scale parameter (location-scale families only)."""
-        if spread != 1.0:
-            raise ConfigError(f"likelihood {self.name!r} has no scale parameter to spread; spread must be 1")
-        return self.distribution(raw, scale).sample()
+        multiplies the distribution's scale parameter (location-scale families only);
+        ``generator``: the random numbers' source (None: torch's global one). Each family draws
+        from its ``torch.distributions`` object's law (normal and negative binomial: the very
+        draws of its ``sample``, from the same random numbers)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"Likelihood({self.name!r})"
@@ -127,12 +134,19 @@ class _StudentT(Likelihood):
     def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
         return D.StudentT(*self._params(raw, scale), validate_args=False)
 
-    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None, spread: float = 1.0) -> torch.Tensor:
-        # what D.StudentT.sample draws (a normal over the root of a chi-square / df), without
-        # building the distribution objects on every step
+    def sample(
+        self,
+        raw: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        spread: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        # D.StudentT's law (a normal over the root of a chi-square / df) without building the
+        # distribution objects on every step; the chi-square is drawn first, so the random
+        # numbers are not D.StudentT.sample's
         nu, loc, sigma = self._params(raw, scale)
-        chi2 = torch._standard_gamma(0.5 * nu).mul_(2.0).clamp_(min=torch.finfo(nu.dtype).tiny)
-        z = torch.randn_like(loc).mul_(torch.rsqrt(chi2.div_(nu))).mul_(sigma)
+        chi2 = torch._standard_gamma(0.5 * nu, generator=generator).mul_(2.0).clamp_(min=torch.finfo(nu.dtype).tiny)
+        z = _randn(loc, generator).mul_(torch.rsqrt(chi2.div_(nu))).mul_(sigma)
         return (z.mul_(spread) if spread != 1.0 else z).add_(loc)
 
 
@@ -150,9 +164,15 @@ class _Normal(Likelihood):
     def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
         return D.Normal(*self._params(raw, scale), validate_args=False)
 
-    def sample(self, raw: torch.Tensor, scale: torch.Tensor | None = None, spread: float = 1.0) -> torch.Tensor:
+    def sample(
+        self,
+        raw: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        spread: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         loc, sigma = self._params(raw, scale)
-        z = torch.randn_like(loc).mul_(sigma)
+        z = _randn(loc, generator).mul_(sigma)
         return (z.mul_(spread) if spread != 1.0 else z).add_(loc)
 
 
@@ -166,10 +186,29 @@ class _NegBin(Likelihood):
             logits = logits + torch.log(scale)
         return D.NegativeBinomial(F.softplus(r) + _MIN_SCALE, logits=logits, validate_args=False)
 
+    def sample(
+        self,
+        raw: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        spread: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        if spread != 1.0:
+            raise ConfigError(f"likelihood {self.name!r} has no scale parameter to spread; spread must be 1")
+        # what D.NegativeBinomial.sample draws: a Poisson of a gamma rate
+        d = self.distribution(raw, scale)
+        rate = torch._standard_gamma(d.total_count, generator=generator) / torch.exp(-d.logits)
+        return torch.poisson(rate.clamp_(min=torch.finfo(rate.dtype).tiny), generator=generator)
+
     def nll(self, raw: torch.Tensor, y: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         if bool((y < 0).any()):
             raise ConfigError("likelihood 'negbin' models counts; the targets hold negative values")
         return super().nll(raw, y, scale)
+
+
+def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normals shaped like ``like`` (what ``torch.randn_like`` draws, from ``generator``)."""
+    return torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=generator)
 
 
 _FAMILIES: dict[str, Likelihood] = {c.name: c() for c in (_StudentT, _Normal, _NegBin)}

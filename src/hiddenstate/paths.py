@@ -27,8 +27,7 @@ Quantiles and means come from the paths (:func:`path_quantiles`).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,16 +40,10 @@ from hiddenstate.state import State
 __all__ = ["path_quantiles", "sample_paths"]
 
 
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Draw from torch's generator seeded with ``seed`` and leave the caller's generator as it was."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A generator seeded with ``seed`` on ``device`` (None: torch's global generator, which a seed
+    leaves as it was). It gives the same random numbers as ``torch.manual_seed(seed)`` would."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
 def sample_paths(
@@ -150,7 +143,8 @@ def sample_paths(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _seeded(seed, p.device):
+        gen = _generator(seed, p.device)
+        with torch.no_grad():
             for k in range(horizon):
                 if k:
                     fed[k - 1] = draws[-1] / s if s is not None else draws[-1]
@@ -161,7 +155,7 @@ def sample_paths(
                     x[:, lag_col[:m]] = fed[k - lag_len[:m], :, lag_out[:m]].T
                 # the output at `last` is the head on the top layer's h when the state has read it
                 raw = step(None if k == 0 and seen_last else x)  # (num_samples * batch, n_params * n_out)
-                draws.append(lik.sample(raw, s, spread))  # (num_samples * batch, n_out), series units
+                draws.append(lik.sample(raw, s, spread, gen))  # (num_samples * batch, n_out), series units
     finally:
         model.train(was_training)
     return torch.stack(draws, dim=1).view(num_samples, batch, horizon, n_out)
