@@ -15,7 +15,7 @@ each series; every model trains on the rows before the first window only.
   carries the state over as long a history as inference does, in chunks of ``--steps`` rows
   (default two days, at most 96). The last ``--val`` rows before the first window (default: as
   many as the test span) are the validation rows: Adam at ``--lr`` 3e-3, times ``--decay`` 0.9
-  each epoch, up to ``--epochs`` 25 epochs, early stopping after
+  at each epoch after the first, up to ``--epochs`` 25 epochs, early stopping after
   ``--patience`` epochs without a better validation loss, the best epoch's weights kept.
   ``--calibrate`` also fits the spread (the factor on every step's scale) on the validation rows'
   windows of 48 (``Forecaster.calibrate``) and adds a row "hiddenstate, calibrated" that scores
