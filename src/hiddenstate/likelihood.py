@@ -112,6 +112,15 @@ class Likelihood:
         ``generator``: the random numbers' source (None: torch's global one). Each family draws
         from its ``torch.distributions`` object's law (normal and negative binomial: the very
         draws of its ``sample``, from the same random numbers)."""
+        if spread != 1.0 and not self.spreads:
+            raise ConfigError(f"likelihood {self.name!r} has no scale parameter to spread; spread must be 1")
+        loc, z = self._offset(raw, scale, generator)
+        return (z.mul_(spread) if spread != 1.0 else z).add_(loc)
+
+    def _offset(
+        self, raw: torch.Tensor, scale: torch.Tensor | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A location-scale family's ``(loc, draw - loc)``, both in the series' units."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -134,20 +143,15 @@ class _StudentT(Likelihood):
     def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
         return D.StudentT(*self._params(raw, scale), validate_args=False)
 
-    def sample(
-        self,
-        raw: torch.Tensor,
-        scale: torch.Tensor | None = None,
-        spread: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    def _offset(
+        self, raw: torch.Tensor, scale: torch.Tensor | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # D.StudentT's law (a normal over the root of a chi-square / df) without building the
         # distribution objects on every step; the chi-square is drawn first, so the random
         # numbers are not D.StudentT.sample's
         nu, loc, sigma = self._params(raw, scale)
         chi2 = torch._standard_gamma(0.5 * nu, generator=generator).mul_(2.0).clamp_(min=torch.finfo(nu.dtype).tiny)
-        z = _randn(loc, generator).mul_(torch.rsqrt(chi2.div_(nu))).mul_(sigma)
-        return (z.mul_(spread) if spread != 1.0 else z).add_(loc)
+        return loc, _randn(loc, generator).mul_(torch.rsqrt(chi2.div_(nu))).mul_(sigma)
 
 
 class _Normal(Likelihood):
@@ -164,16 +168,11 @@ class _Normal(Likelihood):
     def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
         return D.Normal(*self._params(raw, scale), validate_args=False)
 
-    def sample(
-        self,
-        raw: torch.Tensor,
-        scale: torch.Tensor | None = None,
-        spread: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    def _offset(
+        self, raw: torch.Tensor, scale: torch.Tensor | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         loc, sigma = self._params(raw, scale)
-        z = _randn(loc, generator).mul_(sigma)
-        return (z.mul_(spread) if spread != 1.0 else z).add_(loc)
+        return loc, _randn(loc, generator).mul_(sigma)
 
 
 class _NegBin(Likelihood):
