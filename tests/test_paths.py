@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import hiddenstate as hs
+from hiddenstate._kernels.fused import fused_available
 from hiddenstate.data.lanes import StatefulBatches
 from hiddenstate.errors import ConfigError, ShapeError
 from hiddenstate.forecast import warm
@@ -187,15 +188,36 @@ def test_a_lag_column_reads_the_history_then_each_paths_own_draw_lag_steps_back(
             torch.testing.assert_close(x[:, col], want, msg=f"step {k}, lag {lag}")
 
 
+_BRANCHES = {  # name: (paths per row, whether the BLAS + kernel step may run)
+    "cell-functions": (3, True),  # 6 rows
+    "gemm-pointwise": (20, True),  # 40 rows, LSTM layers only; the others take the cell functions
+    "rnn-kernel": (200, False),  # 400 rows
+}
+
+
 @pytest.mark.parametrize("cells", [[hs.LSTM(6), hs.LSTM(6)], [hs.GRU(5), hs.LSTM(7)], [hs.RNN(4)]])
-@pytest.mark.parametrize("ns", [3, 200], ids=["cell-functions", "rnn-kernel"])
-def test_the_lean_step_loop_samples_what_the_models_forward_does(cells, ns) -> None:
-    """Below 256 rows the loop calls the cell functions, above it the RNN kernel; both give the
-    paths the model's own one-step forward gives (a hook forces that path), to float rounding."""
+@pytest.mark.parametrize("branch", list(_BRANCHES))
+def test_the_lean_step_loop_samples_what_the_models_forward_does(cells, branch, monkeypatch) -> None:
+    """Below 16 rows the loop calls the cell functions; from 16 rows, an all-LSTM stack takes one
+    BLAS product and one pass of the C kernel per layer; otherwise, above 256 rows, the RNN
+    kernel. Every branch gives the paths the model's own one-step forward gives (a hook forces
+    that path), to float rounding."""
+    from hiddenstate import paths
+
+    ns, gemm = _BRANCHES[branch]
+    if not gemm:
+        monkeypatch.setattr(paths, "_pointwise_ok", lambda *a: False)
+    elif branch == "gemm-pointwise" and not fused_available():
+        pytest.skip("no C compiler for the kernel")
     torch.manual_seed(1)
     model = hs.SequenceModel(2, 1, cells, likelihood="normal").eval()
     state = warm(model, torch.randn(2, 30, 2))
     last, ahead = torch.randn(2, 2), torch.randn(2, 5, 2)
+    all_lstm = all(ls.cell == "lstm" for ls in model.state_spec.layers)
+    want = {"cell-functions": "cell_step", "rnn-kernel": "kernel_step"}.get(
+        branch, "gemm_step" if all_lstm else "cell_step"
+    )
+    assert paths._stepper(model, state.select(torch.arange(2).repeat(ns))).__name__ == want
     lean = sample_paths(model, state, last, 6, ns, seed=9, target_index=[0], ahead=ahead)
     _, handle = _spy_inputs(model)
     try:
@@ -203,6 +225,43 @@ def test_the_lean_step_loop_samples_what_the_models_forward_does(cells, ns) -> N
     finally:
         handle.remove()
     torch.testing.assert_close(lean, general, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lstm_pointwise_is_the_lstm_cell_after_its_products(dtype) -> None:
+    """The kernel's activations and cell update, fed the products, give ``torch.lstm_cell``'s
+    h and c, with h written into a column slice of a wider buffer and nothing else touched."""
+    from hiddenstate._kernels.fused import lstm_pointwise
+
+    torch.manual_seed(0)
+    rows, n_in, hidden = 37, 5, 11
+    w_ih, w_hh = torch.randn(4 * hidden, n_in, dtype=dtype), torch.randn(4 * hidden, hidden, dtype=dtype)
+    b_ih, b_hh = torch.randn(4 * hidden, dtype=dtype), torch.randn(4 * hidden, dtype=dtype)
+    x, h, c = (torch.randn(rows, n, dtype=dtype) for n in (n_in, hidden, hidden))
+    want_h, want_c = torch.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+    gates = x @ w_ih.T + h @ w_hh.T + b_ih + b_hh
+    buf = torch.full((rows, n_in + hidden), 7.0, dtype=dtype)
+    c_t = c.clone()
+    lstm_pointwise(gates, c_t, buf[:, n_in:])
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(buf[:, n_in:], want_h, **tol)
+    torch.testing.assert_close(c_t, want_c, **tol)
+    assert bool((buf[:, :n_in] == 7.0).all())  # the x columns of the buffer are left alone
+    input_gate = torch.sigmoid((x @ w_ih.T + h @ w_hh.T + b_ih + b_hh)[:, :hidden])
+    torch.testing.assert_close(gates[:, :hidden], input_gate, **tol)  # the gates hold the activations
+
+
+def test_lstm_pointwise_refuses_mismatched_tensors() -> None:
+    from hiddenstate._kernels.fused import lstm_pointwise
+
+    c = torch.zeros(4, 3)
+    with pytest.raises(ConfigError, match=r"lstm_pointwise: expected CPU float32/float64 gates \(rows, 4H\)"):
+        lstm_pointwise(torch.zeros(4, 11), c, torch.zeros(4, 3))  # 11 gates, not 12
+    with pytest.raises(ConfigError, match="lstm_pointwise"):
+        lstm_pointwise(torch.zeros(4, 12, dtype=torch.float64), c, torch.zeros(4, 3))  # mixed dtypes
+    with pytest.raises(ConfigError, match="lstm_pointwise"):
+        lstm_pointwise(torch.zeros(4, 12), c, torch.zeros(3, 4).T)  # h rows not contiguous
 
 
 def test_bad_lagged_arguments() -> None:

@@ -191,6 +191,8 @@ def _stepper(model: Any, state: State) -> Any:
 
         return general
     kinds = [ls.cell for ls in model.state_spec.layers]
+    if _pointwise_ok(kinds, cells, state):  # LSTM layers: one product and one kernel pass per layer
+        return _gemm_stepper(model, cells, state)
     if state.batch_size <= _CELL_ROWS:  # few rows: the cell functions, one layer at a time, beat the kernel's setup
         return _cell_stepper(model, cells, kinds, state)
     groups = rnn._groups if rnn._groupable(state.layers[0].h) else rnn._singles
@@ -210,6 +212,7 @@ def _stepper(model: Any, state: State) -> Any:
 
 
 _CELL_ROWS = 256
+_GEMM_ROWS, _GEMM_HIDDEN = 16, 64
 
 
 def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state: State) -> Any:
@@ -229,6 +232,57 @@ def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state:
         return model.apply_head(top)
 
     return cell_step
+
+
+def _pointwise_ok(kinds: Sequence[str], cells: Sequence[Any], state: State) -> bool:
+    """Whether :func:`_gemm_stepper` runs: LSTM layers only (plain ones: bias, no projection), of
+    at most 64 units, at least 16 rows, CPU float32/float64, and the small C kernel built or
+    buildable here. Below 16 rows the cell functions are as fast; for wider layers the products
+    dominate and the RNN kernel's own are as fast (docs/forecasting.md gives the timings)."""
+    from hiddenstate._kernels.fused import fused_available
+
+    h = state.layers[0].h
+    return (
+        state.batch_size >= _GEMM_ROWS
+        and all(k == "lstm" for k in kinds)
+        and all(ls.h.shape[-1] <= _GEMM_HIDDEN for ls in state.layers)
+        and all(getattr(c, "bias", False) and not getattr(c, "proj_size", 0) and c.num_layers == 1 for c in cells)
+        and h.device.type == "cpu"
+        and h.dtype in (torch.float32, torch.float64)
+        and all(w.dtype == h.dtype for c in cells for w in c.parameters())
+        and fused_available()
+    )
+
+
+def _gemm_stepper(model: Any, cells: Sequence[Any], state: State) -> Any:
+    """The step for a stack of LSTM layers: per layer one BLAS product of ``[x, h]`` with the
+    stacked weights ``[W_ih, W_hh]^T``, then one pass of the C kernel for the activations and the
+    cell update (:func:`~hiddenstate._kernels.fused.lstm_pointwise`), which writes ``h`` back
+    into the buffer the next product reads. The same function as ``nn.LSTM`` to ~1e-6 (the
+    kernel's exp); what the elementwise ops cost per step is one pass over the gates."""
+    from hiddenstate._kernels.fused import lstm_pointwise
+
+    rows = state.batch_size
+    layers = []
+    for cell, ls in zip(cells, state.layers, strict=True):
+        w_ih, w_hh, b_ih, b_hh = (getattr(cell, n) for n in cell._flat_weights_names)
+        n_in, hidden = w_ih.shape[1], w_hh.shape[1]
+        xh = w_ih.new_empty(rows, n_in + hidden)  # [x, h]: the product's one operand
+        xh[:, n_in:] = ls.h
+        w = torch.cat([w_ih, w_hh], 1).T.contiguous()  # (n_in + hidden, 4 * hidden)
+        layers.append((n_in, xh, w, b_ih + b_hh, ls.c.clone(), w_ih.new_empty(rows, 4 * hidden)))
+
+    def gemm_step(x: torch.Tensor | None) -> torch.Tensor:
+        if x is not None:
+            for n_in, xh, w, b, c, gates in layers:
+                xh[:, :n_in] = x
+                torch.addmm(b, xh, w, out=gates)
+                x = xh[:, n_in:]
+                lstm_pointwise(gates, c, x)  # h_t goes where the next step's product reads h
+        n_in, xh = layers[-1][:2]
+        return model.apply_head(xh[:, n_in:])
+
+    return gemm_step
 
 
 def check_spread(spread: Any, lik: Any) -> float:

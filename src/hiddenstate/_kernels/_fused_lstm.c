@@ -167,6 +167,17 @@ static inline void FN(cell)(long h, const R* restrict a, const R* cp, R* c, R* r
     }
 }
 
+/* One step of B rows whose gate products came from elsewhere (a BLAS call): a (B, 4H), rows
+   a_rs apart, holds the pre-activations (bias included) and is overwritten by the activations;
+   c (B, H), rows c_rs apart, goes from c_{t-1} to c_t in place; hn (B, H), rows h_rs apart,
+   gets h_t. The same activations and cell update as the forward loop below. */
+void FN(hs_lstm_pointwise)(long B, long H, R* a, long a_rs, R* c, long c_rs, R* hn, long h_rs) {
+    for (long b = 0; b < B; b++) {
+        FN(gates)(H, a + b * a_rs);
+        FN(cell)(H, a + b * a_rs, c + b * c_rs, c + b * c_rs, hn + b * h_rs);
+    }
+}
+
 /* x (B, T, IN) at x + b * xb + t * xt, features contiguous. Returns 0, or -1 when out of memory.
    Each step works on the whole batch at once, batch row after batch row inside every weight
    row, so the chains of multiply-adds into one row's gates interleave with the other rows'

@@ -50,7 +50,7 @@ from torch import nn
 from hiddenstate._kernels.cache import cache_dir, install, verified
 from hiddenstate.errors import ConfigError
 
-__all__ = ["build_kernel", "check_fusable", "fused_available", "fused_lstm"]
+__all__ = ["build_kernel", "check_fusable", "fused_available", "fused_lstm", "lstm_pointwise"]
 
 _SOURCE = Path(__file__).with_name("_fused_lstm.c")
 _FLAGS = ("-O3", "-fno-trapping-math", "-std=c99", "-shared", "-fPIC")
@@ -133,6 +133,9 @@ def build_kernel() -> ctypes.CDLL:
         bwd = getattr(lib, f"hs_lstm_backward_{suffix}")
         bwd.argtypes = [size] * 4 + [ptr, size, size] + [ptr] * 8 + [size, size] + [ptr] * 3 + [size] * 2 + [ptr] * 3
         bwd.restype = ctypes.c_int
+        pw = getattr(lib, f"hs_lstm_pointwise_{suffix}")
+        pw.argtypes = [size, size, ptr, size, ptr, size, ptr, size]
+        pw.restype = None
     return lib
 
 
@@ -263,6 +266,32 @@ def fused_lstm(
         hseq, cseq, _ = _forward(x, h0, c0, weights, keep=False)
         out, h_n, c_n = hseq.transpose(0, 1), hseq[-1], cseq[-1]
     return out, (h_n.unsqueeze(0), c_n.unsqueeze(0))
+
+
+def lstm_pointwise(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) -> None:
+    """One LSTM step after its products, in place: ``gates`` ``(rows, 4H)`` holds the
+    pre-activations ``x W_ih^T + h W_hh^T + b`` and gets the activations, ``c`` ``(rows, H)`` goes
+    from ``c_{t-1}`` to ``c_t``, ``h_out`` ``(rows, H)`` gets ``h_t``. The products stay with the
+    BLAS (which wins for wide layers and many rows) and the activations run in one pass of the
+    kernel instead of a dozen elementwise ops. CPU tensors of one float dtype, each row
+    contiguous (rows may be strided: ``h_out`` can be a column slice of a larger buffer); no
+    autograd."""
+    rows, hidden = c.shape
+    suffix = _SUFFIX.get(c.dtype)
+    tensors = (gates, c, h_out)
+    if (
+        suffix is None
+        or any(t.dtype != c.dtype or t.device.type != "cpu" or t.dim() != 2 or t.stride(1) != 1 for t in tensors)
+        or tuple(gates.shape) != (rows, 4 * hidden)
+        or tuple(h_out.shape) != (rows, hidden)
+    ):
+        raise ConfigError(
+            "lstm_pointwise: expected CPU float32/float64 gates (rows, 4H), c and h_out (rows, H) with "
+            f"contiguous rows, got {[(tuple(t.shape), t.dtype, t.stride()) for t in tensors]}"
+        )
+    getattr(build_kernel(), f"hs_lstm_pointwise_{suffix}")(
+        rows, hidden, gates.data_ptr(), gates.stride(0), c.data_ptr(), c.stride(0), h_out.data_ptr(), h_out.stride(0)
+    )
 
 
 def check_fusable(cells: nn.ModuleList) -> None:

@@ -8,6 +8,7 @@ extra and is imported on first use.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,13 @@ def step_of(freq: Any) -> Any:
         if freq < 1:
             raise ConfigError(f"freq: expected a positive int step, got {freq}")
         return int(freq)
+    if isinstance(freq, str):
+        return _offset(freq)  # parsed once per string: every read and forecast asks
+    return _offset.__wrapped__(freq)
+
+
+@functools.lru_cache(maxsize=64)
+def _offset(freq: Any) -> Any:
     try:
         return _pd().tseries.frequencies.to_offset(freq)
     except (ValueError, TypeError):
@@ -61,6 +69,9 @@ def _expected(first: Any, n: int, freq: Any) -> np.ndarray:
     if isinstance(step, int):
         return np.asarray(first) + step * np.arange(n)
     pd = _pd()
+    start = np.asarray(first)
+    if isinstance(step, pd.offsets.Tick) and start.dtype.kind == "M":  # a fixed duration, naive stamps
+        return start + np.arange(n) * np.timedelta64(step.nanos, "ns")
     return np.asarray(pd.date_range(pd.Timestamp(first), periods=n, freq=step).to_numpy())
 
 
