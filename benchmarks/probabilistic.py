@@ -8,8 +8,9 @@ columns a series, and pmdarima's ``taylor`` half-hourly electricity series. Hori
 windows are GIFT-Eval's: ``min(ceil(0.1 * length / 48), 20)`` non-overlapping windows at the end of
 each series; every model trains on the rows before the first window only.
 
-- ``hiddenstate``: ``hs.Forecaster`` (2 x LSTM(40), Student-t, mean scaling), seasonal lags of
-  the target (``--lags``, default one to seven days and fourteen days: 24, 48, ..., 168, 336 hourly),
+- ``hiddenstate``: ``hs.Forecaster`` (2 x LSTM(40), ``--dropout`` between them, default 0;
+  Student-t, mean scaling), seasonal lags of the target (``--lags``, default one to seven days
+  and fourteen days: 24, 48, ..., 168, 336 hourly),
   hour-of-day and day-of-week as known future covariates (``--no-calendar`` drops them; DeepAR
   builds such time features itself), each series whole in one lane (``--lanes``), so training
   carries the state over as long a history as inference does, in chunks of ``--steps`` rows
@@ -146,10 +147,14 @@ def run_hiddenstate(
     )  # fmt: skip
     torch_seed(args.seed)  # the weights' initialisation too
     futr = list(CALENDAR) if args.calendar else []
-    fc = hs.Forecaster(
-        [hs.LSTM(40), hs.LSTM(40)], horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=steps,
-        batch_size=lanes, futr_exog=futr, lags=lags_for(season, args.lags, freq),
-    )  # fmt: skip
+    layers = [hs.LSTM(40), hs.LSTM(40)]
+    opts = dict(horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=steps, batch_size=lanes,
+                futr_exog=futr, lags=lags_for(season, args.lags, freq))  # fmt: skip
+    fc = hs.Forecaster(layers, **opts)
+    if args.dropout:  # the same model with dropout between the layers (DeepAR's default is 0.1)
+        torch_seed(args.seed)
+        model = hs.SequenceModel(fc.features.n_in, 1, layers, likelihood="studentt", dropout=args.dropout)
+        fc = hs.Forecaster(model, **opts)
     if futr:
         df = with_calendar(df)
     pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
@@ -452,6 +457,7 @@ def main(argv: list[str] | None = None) -> None:
         "--lags", default="auto", help="target lags: auto (1-7 and 14 seasons), gluonts (DeepAR's), none, or a list"
     )
     parser.add_argument("--seed", type=int, default=0, help="hiddenstate's and DeepAR's seed")
+    parser.add_argument("--dropout", type=float, default=0.0, help="hiddenstate's dropout between its layers")
     parser.add_argument(
         "--calibrate", action="store_true", help="also fit the spread on the validation windows (a second row)"
     )
