@@ -252,6 +252,35 @@ def test_lstm_pointwise_is_the_lstm_cell_after_its_products(dtype) -> None:
     torch.testing.assert_close(gates[:, :hidden], input_gate, **tol)  # the gates hold the activations
 
 
+def test_without_the_kernel_the_loop_takes_its_other_steps(monkeypatch) -> None:
+    """A kernel that cannot be built (no compiler) leaves sampling working, through the cell
+    functions, with the same paths to float rounding; the failed build is asked about once."""
+    from hiddenstate import paths
+    from hiddenstate._kernels import fused
+
+    torch.manual_seed(2)
+    model = hs.SequenceModel(2, 1, [hs.LSTM(6), hs.LSTM(6)], likelihood="normal").eval()
+    state = warm(model, torch.randn(2, 30, 2))
+    last, ahead = torch.randn(2, 2), torch.randn(2, 5, 2)
+    want = sample_paths(model, state, last, 6, 20, seed=4, target_index=[0], ahead=ahead)
+    calls = []
+
+    def no_compiler() -> None:
+        calls.append(1)
+        raise ConfigError("the fused backend builds a small C kernel on first use and found no C compiler")
+
+    monkeypatch.setattr(fused, "build_kernel", no_compiler)
+    paths._kernel_ready.cache_clear()
+    try:
+        assert paths._stepper(model, state.select(torch.arange(2).repeat(20))).__name__ == "cell_step"
+        got = [sample_paths(model, state, last, 6, 20, seed=4, target_index=[0], ahead=ahead) for _ in range(3)]
+    finally:
+        paths._kernel_ready.cache_clear()
+    assert len(calls) == 1
+    for g in got:
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-5)
+
+
 def test_lstm_pointwise_refuses_mismatched_tensors() -> None:
     from hiddenstate._kernels.fused import lstm_pointwise
 

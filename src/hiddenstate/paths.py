@@ -27,6 +27,7 @@ Quantiles and means come from the paths (:func:`path_quantiles`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -239,8 +240,6 @@ def _pointwise_ok(kinds: Sequence[str], cells: Sequence[Any], state: State) -> b
     at most 64 units, at least 16 rows, CPU float32/float64, and the small C kernel built or
     buildable here. Below 16 rows the cell functions are as fast; for wider layers the products
     dominate and the RNN kernel's own are as fast (docs/forecasting.md gives the timings)."""
-    from hiddenstate._kernels.fused import fused_available
-
     h = state.layers[0].h
     return (
         state.batch_size >= _GEMM_ROWS
@@ -250,8 +249,17 @@ def _pointwise_ok(kinds: Sequence[str], cells: Sequence[Any], state: State) -> b
         and h.device.type == "cpu"
         and h.dtype in (torch.float32, torch.float64)
         and all(w.dtype == h.dtype for c in cells for w in c.parameters())
-        and fused_available()
+        and _kernel_ready()
     )
+
+
+@functools.cache
+def _kernel_ready() -> bool:
+    """Whether the C kernel is built or builds here, asked once per process: a build that fails
+    (no compiler, a compiler error) is not retried on every call, the loop takes its other steps."""
+    from hiddenstate._kernels.fused import fused_available
+
+    return fused_available()
 
 
 def _gemm_stepper(model: Any, cells: Sequence[Any], state: State) -> Any:
