@@ -15,7 +15,9 @@ and prints each one's median beside the one the loop picks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,22 +30,19 @@ from hiddenstate.forecast import warm
 SHAPES = [(8, 100), (8, 700), (40, 16), (40, 100), (40, 700), (40, 2800), (64, 700), (128, 700)]  # (hidden, rows)
 
 
-def _forced(kind: str) -> Any:
-    """A context that makes the loop take ``kind``'s step: 'gemm', 'cell' or 'kernel'."""
-
-    class _Force:
-        def __enter__(self) -> None:
-            self.saved = paths._pointwise_ok, paths._CELL_ROWS, paths._GEMM_ROWS, paths._GEMM_HIDDEN
-            if kind == "gemm":  # whatever the shape
-                paths._GEMM_ROWS, paths._GEMM_HIDDEN = 0, 10**9
-            else:
-                paths._pointwise_ok = lambda *a: False
-                paths._CELL_ROWS = 10**9 if kind == "cell" else 0
-
-        def __exit__(self, *exc: object) -> None:
-            paths._pointwise_ok, paths._CELL_ROWS, paths._GEMM_ROWS, paths._GEMM_HIDDEN = self.saved
-
-    return _Force()
+@contextlib.contextmanager
+def _forced(kind: str) -> Iterator[None]:
+    """Make the loop take ``kind``'s step, whatever the shape: 'gemm', 'cell' or 'kernel'."""
+    saved = paths._pointwise_ok, paths._CELL_ROWS, paths._GEMM_ROWS, paths._GEMM_HIDDEN
+    if kind == "gemm":
+        paths._GEMM_ROWS, paths._GEMM_HIDDEN = 0, 10**9
+    else:
+        paths._pointwise_ok = lambda *a: False
+        paths._CELL_ROWS = 10**9 if kind == "cell" else 0
+    try:
+        yield
+    finally:
+        paths._pointwise_ok, paths._CELL_ROWS, paths._GEMM_ROWS, paths._GEMM_HIDDEN = saved
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -194,7 +194,7 @@ def _stepper(model: Any, state: State) -> Any:
 
         return general
     kinds = [ls.cell for ls in model.state_spec.layers]
-    if _pointwise_ok(kinds, cells, state):  # LSTM layers: one product and one kernel pass per layer
+    if _pointwise_ok(cells, state):  # LSTM layers: one product and one kernel pass per layer
         return _gemm_stepper(model, cells, state)
     if state.batch_size <= _CELL_ROWS:  # few rows: the cell functions, one layer at a time, beat the kernel's setup
         return _cell_stepper(model, cells, kinds, state)
@@ -237,17 +237,17 @@ def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state:
     return cell_step
 
 
-def _pointwise_ok(kinds: Sequence[str], cells: Sequence[Any], state: State) -> bool:
-    """Whether :func:`_gemm_stepper` runs: LSTM layers only (plain ones: bias, no projection), of
-    at most 64 units, at least 16 rows, CPU float32/float64, and the small C kernel built or
-    buildable here. Below 16 rows the cell functions are as fast; for wider layers the products
-    dominate and the RNN kernel's own are as fast (docs/forecasting.md gives the timings)."""
+def _pointwise_ok(cells: Sequence[Any], state: State) -> bool:
+    """Whether :func:`_gemm_stepper` runs: layers the C kernel can run (plain LSTM ones), of at
+    most 64 units, at least 16 rows, CPU float32/float64, and the kernel built or buildable here.
+    Below 16 rows the cell functions are as fast; for wider layers the products dominate and the
+    RNN kernel's own are as fast (docs/performance.md gives the timings)."""
+    from hiddenstate._kernels.fused import fusable
+
     h = state.layers[0].h
     return (
         state.batch_size >= _GEMM_ROWS
-        and all(k == "lstm" for k in kinds)
-        and all(ls.h.shape[-1] <= _GEMM_HIDDEN for ls in state.layers)
-        and all(getattr(c, "bias", False) and not getattr(c, "proj_size", 0) and c.num_layers == 1 for c in cells)
+        and all(fusable(c) and c.hidden_size <= _GEMM_HIDDEN for c in cells)
         and h.device.type == "cpu"
         and h.dtype in (torch.float32, torch.float64)
         and all(w.dtype == h.dtype for c in cells for w in c.parameters())
@@ -274,13 +274,15 @@ def _gemm_stepper(model: Any, cells: Sequence[Any], state: State) -> Any:
 
     rows = state.batch_size
     layers = []
-    for cell, ls in zip(cells, state.layers, strict=True):
-        w_ih, w_hh, b_ih, b_hh = (getattr(cell, n) for n in cell._flat_weights_names)
-        n_in, hidden = w_ih.shape[1], w_hh.shape[1]
-        xh = w_ih.new_empty(rows, n_in + hidden)  # [x, h]: the product's one operand
-        xh[:, n_in:] = ls.h
-        w = torch.cat([w_ih, w_hh], 1).T.contiguous()  # (n_in + hidden, 4 * hidden)
-        layers.append((n_in, xh, w, b_ih + b_hh, ls.c.clone(), w_ih.new_empty(rows, 4 * hidden)))
+    with torch.no_grad():  # buffers and stacked weights, outside autograd
+        for cell, ls in zip(cells, state.layers, strict=True):
+            w_ih, w_hh, b_ih, b_hh = (getattr(cell, n) for n in cell._flat_weights_names)
+            n_in, hidden = w_ih.shape[1], w_hh.shape[1]
+            xh = w_ih.new_empty(rows, n_in + hidden)  # [x, h]: the product's one operand
+            xh[:, n_in:] = ls.h
+            w = torch.cat([w_ih, w_hh], 1).T.contiguous()  # (n_in + hidden, 4 * hidden)
+            layers.append((n_in, xh, w, b_ih + b_hh, ls.c.clone(), w_ih.new_empty(rows, 4 * hidden)))
+    top = layers[-1][1][:, layers[-1][0] :]  # the top layer's h, where its kernel pass writes it
 
     def gemm_step(x: torch.Tensor | None) -> torch.Tensor:
         if x is not None:
@@ -289,8 +291,7 @@ def _gemm_stepper(model: Any, cells: Sequence[Any], state: State) -> Any:
                 torch.addmm(b, xh, w, out=gates)
                 x = xh[:, n_in:]
                 lstm_pointwise(gates, c, x)  # h_t goes where the next step's product reads h
-        n_in, xh = layers[-1][:2]
-        return model.apply_head(xh[:, n_in:])
+        return model.apply_head(top)
 
     return gemm_step
 

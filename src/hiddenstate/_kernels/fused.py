@@ -50,7 +50,7 @@ from torch import nn
 from hiddenstate._kernels.cache import cache_dir, install, verified
 from hiddenstate.errors import ConfigError
 
-__all__ = ["build_kernel", "check_fusable", "fused_available", "fused_lstm", "lstm_pointwise"]
+__all__ = ["build_kernel", "check_fusable", "fusable", "fused_available", "fused_lstm", "lstm_pointwise"]
 
 _SOURCE = Path(__file__).with_name("_fused_lstm.c")
 _FLAGS = ("-O3", "-fno-trapping-math", "-std=c99", "-shared", "-fPIC")
@@ -294,10 +294,15 @@ def lstm_pointwise(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) ->
     )
 
 
+def fusable(cell: nn.Module) -> bool:
+    """Whether the kernel can run ``cell``: a one-layer ``nn.LSTM`` with biases and no projection."""
+    return isinstance(cell, nn.LSTM) and cell.num_layers == 1 and cell.bias and not cell.proj_size
+
+
 def check_fusable(cells: nn.ModuleList) -> None:
     """Raise ConfigError unless every layer can run on the fused backend (and it builds)."""
     for i, cell in enumerate(cells):
-        if not isinstance(cell, nn.LSTM) or cell.num_layers != 1 or not cell.bias or cell.proj_size:
+        if not fusable(cell):
             kind = type(cell).__name__.lower()
             raise ConfigError(
                 f"layer {i} ({kind}, hidden {cell.hidden_size}): the fused backend runs lstm layers only; "
