@@ -345,7 +345,8 @@ class Evaluation:
 
     ``model`` and ``baseline`` map ``"normalised"`` and ``"original"`` to :func:`metrics` dicts.
     ``sample`` holds one forecast for plotting, in original units: ``history`` ``(warmup, n_out)``,
-    ``truth``, ``pred`` and ``baseline`` ``(horizon, n_out)``.
+    ``truth``, ``pred`` and ``baseline`` ``(horizon, n_out)``, and ``series`` and ``origin``, the
+    series and row (the last one read) of that forecast.
     """
 
     horizon: int
@@ -406,7 +407,7 @@ def evaluate_forecasts(
     stride = max(1, -(-total // max_origins))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("pred_n", "true_n", "base_n", "pred", "true", "base")}
     sample: dict[str, np.ndarray] = {}
-    for x, y, (lo, hi) in zip(inputs, targets, spans, strict=True):
+    for i, (x, y, (lo, hi)) in enumerate(zip(inputs, targets, spans, strict=True)):
         if hi < lo:
             continue
         origins = list(range(lo, hi + 1, stride))
@@ -434,6 +435,8 @@ def evaluate_forecasts(
                 "truth": true[mid],
                 "pred": pred[mid],
                 "baseline": base[mid],
+                "series": np.asarray(i),  # which series and row the origin is, for the bands of a likelihood model
+                "origin": np.asarray(o),
             }
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return Evaluation(

@@ -457,6 +457,42 @@ class Forecaster:
         paths, ids, stamps = self._paths(None, h, futr_df, n_paths, seed)
         return samples_frame(paths[..., 0], ids, stamps, (self.id_col, self.time_col, self.alias))
 
+    def plot(
+        self,
+        path: str | os.PathLike[str],
+        df: Any = None,
+        forecasts: Any = None,
+        *,
+        ids: Sequence[Any] | None = None,
+        level: Sequence[int] | None = None,
+        n_paths: int = 0,
+        seed: int | None = None,
+        futr_df: Any = None,
+        history_rows: int | None = None,
+    ) -> Path:
+        """Write fan charts (a PNG, one panel per series; ``pip install 'hiddenstate[cli]'``).
+
+        ``forecasts``: a :meth:`predict` or :meth:`cross_validation` frame; None: ``predict``
+        from the stored states at ``level`` (default 50 and 90) and ``seed``. ``df``, the history
+        in this forecaster's columns, is drawn only (the states are not recomputed from it), up
+        to ``history_rows`` rows (default: four horizons) before each forecast, and its rows
+        inside the forecast span as the truth. ``n_paths`` > 0 adds that many sample paths
+        (:meth:`sample`, the same ``seed``). See :func:`hiddenstate.plots.fan_figure`.
+        """
+        require("matplotlib", "cli")
+        from hiddenstate.plots import plot_fan
+
+        if isinstance(n_paths, bool) or not isinstance(n_paths, int) or n_paths < 0:
+            raise ConfigError(f"n_paths must be an int >= 0, got {n_paths!r}")
+        if forecasts is None:
+            forecasts = self.predict(futr_df=futr_df, level=level or (50, 90), seed=seed)
+        samples = self.sample(n_paths=n_paths, seed=seed, futr_df=futr_df) if n_paths else None
+        return plot_fan(
+            path, df, forecasts, id_col=self.id_col, time_col=self.time_col, target_col=self.target_col,
+            alias=self.alias, ids=ids, level=level, samples=samples,
+            history_rows=4 * self.horizon if history_rows is None else history_rows,
+        )  # fmt: skip
+
     # -- cross-validation --------------------------------------------------------------------------
 
     def cross_validation(

@@ -394,8 +394,37 @@ def forecast_csv(run: Any, dataset: Any, settings: RunSettings, horizon: int, me
     return buf.getvalue()
 
 
+BAND_LEVELS = (50, 90)
+
+
+def forecast_bands(
+    run: Any, dataset: Any, settings: RunSettings, evaluation: Any, num_samples: int = 200, seed: int = 0
+) -> dict[int, tuple[np.ndarray, np.ndarray]] | None:
+    """For a likelihood model, the central 50% and 90% intervals of ``num_samples`` sample paths
+    from the plotted forecast's origin (``{level: (lo, hi)}``, each ``(horizon, n_targets)``, in
+    original units); None for a point model, an encoder model, or one whose targets are not all
+    inputs (a path feeds each draw back)."""
+    from hiddenstate.forecast import _encoder_size, target_indices
+
+    s = evaluation.sample
+    if getattr(run.model, "likelihood", None) is None or "origin" not in s or _encoder_size(run.model):
+        return None
+    inputs, _ = columns(dataset, settings)
+    tidx = target_indices(run.inputs, run.targets)
+    if tidx is None or len(tidx) != len(run.targets):
+        return None
+    o, horizon = int(s["origin"]), int(s["truth"].shape[0])
+    carried = settings.state_policy in ("carry", "carry+encode")
+    first = 0 if carried else max(0, o - settings.steps)  # the rows its state reads, as the evaluation's
+    x = dataset.arrays(inputs)[int(s["series"])][first : o + 1]
+    qs = [q for v in BAND_LEVELS for q in ((1 - v / 100) / 2, 1 - (1 - v / 100) / 2)]
+    out = run.forecast(x, horizon, quantiles=qs, num_samples=num_samples, seed=seed)[:, 0]  # (2 * levels, H, n)
+    return {v: (out[2 * k], out[2 * k + 1]) for k, v in enumerate(BAND_LEVELS)}
+
+
 def write_plots(run: Any, dataset: Any, settings: RunSettings, evaluation: Any, out_dir: Path) -> list[Path]:
-    """``forecast.png`` from the evaluation's sample and ``states.png`` over the start of the first series."""
+    """``forecast.png`` from the evaluation's sample (with the paths' 50% and 90% intervals for a
+    likelihood model) and ``states.png`` over the start of the first series."""
     from hiddenstate.cli.plots import plot_forecast, plot_states
 
     inputs, _ = columns(dataset, settings)
@@ -408,6 +437,7 @@ def write_plots(run: Any, dataset: Any, settings: RunSettings, evaluation: Any, 
             s["pred"],
             list(run.targets),
             baseline=s["baseline"],
+            bands=forecast_bands(run, dataset, settings, evaluation),
             title=f"{evaluation.method} forecast on the test split vs truth ({Path(dataset.source).name})",
         )
     ]

@@ -11,7 +11,7 @@ display is needed and a user's interactive backend is left alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,48 +21,57 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 
+from hiddenstate.plots import FORECAST_COLOR as _FORECAST_COLOR
+from hiddenstate.plots import TRUTH_COLOR as _TRUTH_COLOR
+from hiddenstate.plots import band_alpha as _band_alpha
+from hiddenstate.plots import save_png as _save
 from hiddenstate.state import State
 
 Model = Any  # a SequenceModel (or anything with .rnn/.state_spec and initial_state)
 
-__all__ = ["plot_forecast", "plot_states", "state_trajectories"]
+__all__ = ["forecast_figure", "plot_forecast", "plot_states", "state_trajectories"]
 
-_FORECAST_COLOR = "#d62728"
 _BASELINE_COLOR = "#7f7f7f"
-_TRUTH_COLOR = "#1f77b4"
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    tmp.replace(path)
-    return path
 
 
 def plot_forecast(
-    path: str | Path,
+    path: str | Path, history: np.ndarray, truth: np.ndarray, pred: np.ndarray, names: Sequence[str], **kw: Any
+) -> Path:
+    """Write :func:`forecast_figure` (the same arguments: ``baseline``, ``bands``, ``title``) to ``path``."""
+    return _save(forecast_figure(history, truth, pred, names, **kw), Path(path))
+
+
+def forecast_figure(
     history: np.ndarray,
     truth: np.ndarray,
     pred: np.ndarray,
     names: Sequence[str],
     *,
     baseline: np.ndarray | None = None,
+    bands: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     title: str = "",
-) -> Path:
-    """Write a forecast-vs-truth figure, one panel per target.
+) -> Figure:
+    """The forecast-vs-truth figure, one panel per target.
 
     ``history`` ``(warmup, n_targets)`` is drawn before the forecast origin; ``truth``, ``pred`` and
-    the optional repeat-last ``baseline`` are ``(horizon, n_targets)``; all in original units.
+    the optional repeat-last ``baseline`` are ``(horizon, n_targets)``; ``bands`` maps a level
+    (80 for the central 80%) to its ``(lo, hi)``, each ``(horizon, n_targets)``, drawn as shaded
+    intervals from the sample paths (a likelihood model); all in original units.
     """
     history, truth, pred = (np.asarray(a, dtype=np.float64) for a in (history, truth, pred))
     n = len(names)
-    height = 2.6 * n + 0.9
+    raise_title = 0.25 if bands else 0.0  # the legend's row is longer: the title goes above it
+    height = 2.6 * n + 0.9 + raise_title
     fig = Figure(figsize=(11, height))
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)
     t_hist = np.arange(-history.shape[0] + 1, 1)  # the origin (last known step) is 0
     t_fut = np.arange(1, truth.shape[0] + 1)
     for j, ax in enumerate(axes[:, 0]):
+        for level, (lo, hi) in sorted((bands or {}).items(), reverse=True):  # the widest first, lightest
+            ax.fill_between(
+                t_fut, np.asarray(lo, np.float64)[:, j], np.asarray(hi, np.float64)[:, j],
+                color=_FORECAST_COLOR, alpha=_band_alpha(level), lw=0, label=f"{level}% interval",
+            )  # fmt: skip
         ax.plot(t_hist, history[:, j], color=_TRUTH_COLOR, lw=1.0, alpha=0.55, label="history")
         ax.plot(np.r_[0, t_fut], np.r_[history[-1, j], truth[:, j]], color=_TRUTH_COLOR, lw=1.4, label="truth")
         # join the forecast to the last observation so the hand-off is visible
@@ -73,14 +82,17 @@ def plot_forecast(
         ax.axvline(0.5, color="black", lw=0.8, ls=":")
         ax.set_ylabel(names[j])
         ax.grid(alpha=0.25)
-    axes[0, 0].legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, fontsize=8, frameon=False)
+    axes[0, 0].legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=6, fontsize=8, frameon=False)
     axes[0, 0].set_title(
-        title or f"forecast of {truth.shape[0]} steps after {history.shape[0]} steps of history", loc="left"
+        title or f"forecast of {truth.shape[0]} steps after {history.shape[0]} steps of history",
+        loc="left",
+        pad=6 + 72 * raise_title,
     )
     axes[-1, 0].set_xlabel("steps relative to the forecast origin")
     # fixed margins in inches: tight_layout measures every tick label and costs seconds
-    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.45 / height, bottom=0.55 / height, hspace=0.12)
-    return _save(fig, Path(path))
+    top = 1 - (0.45 + raise_title) / height
+    fig.subplots_adjust(left=0.08, right=0.98, top=top, bottom=0.55 / height, hspace=0.12)
+    return fig
 
 
 def state_trajectories(
