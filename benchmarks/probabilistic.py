@@ -2,6 +2,7 @@
 
     python benchmarks/probabilistic.py                       # ETTh1, ETTm1, taylor
     python benchmarks/probabilistic.py --datasets etth1 --epochs 2 --quick
+    python benchmarks/probabilistic.py --datasets etth1,taylor --seeds 0,1,2,3,4,5,6,7 --no-stats
 
 Data (raw scale): ETTh1 and ETTm1 (``../shared/data/ett``, or ``$HIDDENSTATE_ETT``), each of the 7
 columns a series, and pmdarima's ``taylor`` half-hourly electricity series. Horizon 48. The test
@@ -40,6 +41,11 @@ intervals. Timings: training; predicting one window of every series with 100 pat
 ``--rounds`` timings, ours and DeepAR's in turn, after both are trained); and, for
 hiddenstate, ``update`` with one new row per series then ``predict`` against ``predict(df=full
 history)``. Wall times on a shared machine are noisy: the ratios in one run are what to read.
+
+``--seeds`` trains and scores both neural models at each seed in turn (statsforecast, which is
+deterministic, once), then adds a mean row per model and, per dataset, the CRPS pairs seed by
+seed: how often ours is at or below DeepAR's, and the mean difference with its paired standard
+error. One seed's CRPS moves by a few percent with the seed (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -323,7 +329,7 @@ def run_stats(df: Any, freq: str, cuts: list[int], season: int, rows: int) -> di
     return out
 
 
-def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench(name: str, args: argparse.Namespace, stats: bool = True) -> list[dict[str, Any]]:
     df, freq, season = load(name)
     n = int(df.groupby("unique_id").size().min())
     cuts = windows(n)
@@ -334,7 +340,9 @@ def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     y = np.stack([series[u][c : c + H] for c in cuts for u in ids])  # (windows * series, H), window-major
     histories = [series[u][:c] for c in cuts for u in ids]
     scores = Scores(y, histories, season)
-    print(f"\n{name}: {len(ids)} series x {n} rows, freq {freq}, {len(cuts)} windows of {H}", flush=True)
+    print(
+        f"\n{name}: {len(ids)} series x {n} rows, freq {freq}, {len(cuts)} windows of {H}, seed {args.seed}", flush=True
+    )
     rows = []
     val = args.val if args.val is not None else len(cuts) * H  # validation rows: as many as the test span
     ours = run_hiddenstate(df, freq, cuts, season, val, args)
@@ -360,13 +368,52 @@ def bench(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append({"model": "hiddenstate, calibrated", **scores.row(*from_samples(ours["samples"]))})
     if not args.no_deepar:
         rows.append({"model": "deepar (gluonts)", **scores.row(*from_samples(deepar["samples"])), **_times(deepar)})
-    if not args.no_stats:
+    if stats and not args.no_stats:
         for model, res in run_stats(df, freq, cuts, season, args.stats_rows).items():
             assert np.allclose(res["truth"], y), "statsforecast windows do not line up with ours"
             rows.append({"model": model, **scores.row(*res["quantiles"]), "train_s": res["train_s"]})
     for r in rows:
         r["dataset"] = name
+        r["seed"] = args.seed if r["model"] in NEURAL else None
     return rows
+
+
+NEURAL = ("hiddenstate", "hiddenstate, calibrated", "deepar (gluonts)")
+SCORES = ("CRPS", "wQL", "MASE", "MSIS", "cov80", "cov90")
+
+
+def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per dataset and neural model, the mean of every figure over the seeds (``seed`` "mean of N")."""
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        for model in NEURAL:
+            runs = [r for r in rows if r["dataset"] == ds and r["model"] == model]
+            if runs:
+                keys = [k for k, v in runs[0].items() if isinstance(v, float) and all(k in r for r in runs)]
+                mean = {k: float(np.mean([r[k] for r in runs])) for k in keys}
+                out.append({"dataset": ds, "model": model, "seed": f"mean of {len(runs)}", **mean})
+    return out
+
+
+def paired(rows: list[dict[str, Any]]) -> str:
+    """Per dataset, ours against DeepAR seed by seed: the CRPS pairs, how often ours is at or below,
+    and the mean difference with its paired standard error."""
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        by = {(r["model"], r["seed"]): r for r in rows if r["dataset"] == ds and isinstance(r.get("seed"), int)}
+        seeds = sorted(s for m, s in by if m == "hiddenstate" and ("deepar (gluonts)", s) in by)
+        if len(seeds) < 2:
+            continue
+        ours = np.array([by[("hiddenstate", s)]["CRPS"] for s in seeds])
+        peer = np.array([by[("deepar (gluonts)", s)]["CRPS"] for s in seeds])
+        d = ours - peer
+        pairs = ", ".join(f"{s}: {a:.3f}/{b:.3f}" for s, a, b in zip(seeds, ours, peer, strict=True))
+        out.append(
+            f"{ds}: CRPS ours/deepar by seed ({pairs}); ours at or below on {int((d <= 0).sum())} of {len(seeds)}; "
+            f"mean {ours.mean():.4f} vs {peer.mean():.4f}, difference {d.mean():+.4f} "
+            f"+- {d.std(ddof=1) / np.sqrt(len(d)):.4f} (paired standard error)"
+        )
+    return "\n".join(out)
 
 
 def interleaved(ours: dict[str, Any], peer: dict[str, Any], rounds: int) -> None:
@@ -398,6 +445,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     cols = [
         "dataset",
         "model",
+        *(["seed"] if any(r.get("seed") is not None for r in rows) else []),
         "CRPS",
         "wQL",
         "MASE",
@@ -415,15 +463,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for c in cols:
             v = r.get(c)
-            cells.append(
-                ""
-                if v is None
-                else v
-                if isinstance(v, str)
-                else f"{v:.3f}"
-                if c in ("CRPS", "wQL", "cov80", "cov90", "advance_s")
-                else f"{v:.2f}"
-            )
+            if v is None:
+                cells.append("")
+            elif isinstance(v, str | int):
+                cells.append(str(v))
+            else:
+                cells.append(f"{v:.3f}" if c in ("CRPS", "wQL", "cov80", "cov90", "advance_s") else f"{v:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -457,6 +502,9 @@ def main(argv: list[str] | None = None) -> None:
         "--lags", default="auto", help="target lags: auto (1-7 and 14 seasons), gluonts (DeepAR's), none, or a list"
     )
     parser.add_argument("--seed", type=int, default=0, help="hiddenstate's and DeepAR's seed")
+    parser.add_argument(
+        "--seeds", default="", help="several seeds in one run, e.g. 0,1,2: a row per seed, their means, pairs"
+    )
     parser.add_argument("--dropout", type=float, default=0.0, help="hiddenstate's dropout between its layers")
     parser.add_argument(
         "--calibrate", action="store_true", help="also fit the spread on the validation windows (a second row)"
@@ -486,12 +534,20 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, load average {load_avg[0]:.1f}"
     )
     rows = []
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     for name in args.datasets.split(","):
         if name != "taylor" and not ETT.exists():
             print(f"skipping {name}: {ETT} not found (set HIDDENSTATE_ETT)")
             continue
-        rows += bench(name, args)
-    print("\n" + table(rows) + "\n\n" + ratios(rows))
+        for k, seed in enumerate(seeds):  # statsforecast is deterministic: once
+            args.seed = seed
+            rows += bench(name, args, stats=k == 0)
+    if len(seeds) > 1:
+        means = mean_rows(rows)
+        rows += means
+        print("\n" + table(rows) + "\n\n" + ratios(means) + "\n\n" + paired(rows))
+    else:
+        print("\n" + table(rows) + "\n\n" + ratios(rows))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

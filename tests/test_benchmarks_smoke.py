@@ -88,3 +88,26 @@ def test_serve_backend_prints_both_backends(capsys: pytest.CaptureFixture[str]) 
     _main("serve_backend")(["--tiny"])
     row = capsys.readouterr().out.strip().splitlines()[-1].split()
     assert row[:2] == ["8", "4"] and row[-1].endswith("x") and float(row[2]) > 0
+
+
+def test_the_probabilistic_seed_summary_averages_and_pairs_each_seed() -> None:
+    p = importlib.import_module("benchmarks.probabilistic")
+    rows = [
+        {"dataset": "d", "model": "hiddenstate", "seed": 0, "CRPS": 0.20, "cov80": 0.8, "train_s": 1.0},
+        {"dataset": "d", "model": "deepar (gluonts)", "seed": 0, "CRPS": 0.18, "cov80": 0.9, "train_s": 3.0},
+        {"dataset": "d", "model": "SeasonalNaive", "seed": None, "wQL": 0.3},
+        {"dataset": "d", "model": "hiddenstate", "seed": 1, "CRPS": 0.19, "cov80": 0.7, "train_s": 2.0},
+        {"dataset": "d", "model": "deepar (gluonts)", "seed": 1, "CRPS": 0.22, "cov80": 0.8, "train_s": 5.0},
+        {"dataset": "d", "model": "hiddenstate", "seed": 2, "CRPS": 0.18, "cov80": 0.9, "train_s": 3.0},
+        {"dataset": "d", "model": "deepar (gluonts)", "seed": 2, "CRPS": 0.19, "cov80": 0.7, "train_s": 4.0},
+    ]
+    means = {r["model"]: r for r in p.mean_rows(rows)}
+    assert sorted(means) == ["deepar (gluonts)", "hiddenstate"]
+    assert means["hiddenstate"]["seed"] == "mean of 3"
+    assert means["hiddenstate"]["CRPS"] == pytest.approx(0.19) and means["deepar (gluonts)"]["train_s"] == 4.0
+    line = p.paired(rows)
+    assert "(0: 0.200/0.180, 1: 0.190/0.220, 2: 0.180/0.190)" in line
+    assert "ours at or below on 2 of 3" in line
+    # differences +0.02, -0.03, -0.01: mean -0.0067, sd 0.0252, standard error 0.0145
+    assert "difference -0.0067 +- 0.0145" in line
+    assert "| seed |" in p.table(rows) and "| mean of 3 |" in p.table(rows + p.mean_rows(rows))
