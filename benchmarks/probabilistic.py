@@ -42,6 +42,10 @@ intervals. Timings: training; predicting one window of every series with 100 pat
 hiddenstate, ``update`` with one new row per series then ``predict`` against ``predict(df=full
 history)``. Wall times on a shared machine are noisy: the ratios in one run are what to read.
 
+``--plot DIR`` writes ``DIR/<dataset>-seed<N>.png``: every series' last test window, the 50% and
+90% intervals and median of each neural model's paths beside the truth (matplotlib; these
+figures hold the data, so they stay out of the repository).
+
 ``--seeds`` trains and scores both neural models at each seed in turn (statsforecast, which is
 deterministic, once), then adds a mean row per model and, per dataset, the CRPS pairs seed by
 seed: how often ours is at or below DeepAR's, and the mean difference with its paired standard
@@ -372,10 +376,52 @@ def bench(name: str, args: argparse.Namespace, stats: bool = True) -> list[dict[
         for model, res in run_stats(df, freq, cuts, season, args.stats_rows).items():
             assert np.allclose(res["truth"], y), "statsforecast windows do not line up with ours"
             rows.append({"model": model, **scores.row(*res["quantiles"]), "train_s": res["train_s"]})
+    if args.plot is not None:
+        paths = {"hiddenstate": ours["raw_samples"] if ours["raw_samples"] is not None else ours["samples"]}
+        if not args.no_deepar:
+            paths["DeepAR (GluonTS)"] = deepar["samples"]
+        out = plot_last_window(args.plot / f"{name}-seed{args.seed}.png", name, ids, series, cuts[-1], paths)
+        print(f"  wrote {out}", flush=True)
     for r in rows:
         r["dataset"] = name
         r["seed"] = args.seed if r["model"] in NEURAL else None
     return rows
+
+
+def plot_last_window(
+    path: Path, name: str, ids: list[Any], series: dict[Any, np.ndarray], cut: int, paths: dict[str, np.ndarray]
+) -> Path:
+    """The last test window of each series: one row of panels per series, one column per neural
+    model (its 50% and 90% intervals over the 100 paths, the median, the truth, two days before)."""
+    from matplotlib.figure import Figure
+
+    from hiddenstate.plots import FORECAST_COLOR, TRUTH_COLOR, band_alpha, save_png
+
+    fig = Figure(figsize=(5.5 * len(paths), 1.9 * len(ids) + 0.8))
+    axes = fig.subplots(len(ids), len(paths), squeeze=False, sharex=True, sharey="row")
+    before, ahead = np.arange(-2 * H + 1, 1), np.arange(1, H + 1)
+    for i, uid in enumerate(ids):
+        y = series[uid]
+        for j, (model, samples) in enumerate(paths.items()):
+            ax = axes[i, j]
+            window = samples[:, len(samples[0]) - len(ids) + i]  # the last window: (100, H)
+            for level in (90, 50):
+                lo, hi = np.quantile(window, [(1 - level / 100) / 2, 1 - (1 - level / 100) / 2], axis=0)
+                ax.fill_between(ahead, lo, hi, color=FORECAST_COLOR, alpha=band_alpha(level), lw=0,
+                                label=f"{level}%")  # fmt: skip
+            ax.plot(ahead, np.median(window, axis=0), color=FORECAST_COLOR, lw=1.3, label="median")
+            ax.plot(before, y[cut - 2 * H : cut], color=TRUTH_COLOR, lw=0.9, alpha=0.6)
+            ax.plot(ahead, y[cut : cut + H], color=TRUTH_COLOR, lw=1.3, label="truth")
+            ax.grid(alpha=0.25)
+            if i == 0:
+                ax.set_title(model, loc="left", fontsize=10)
+            if j == 0:
+                ax.set_ylabel(str(uid), fontsize=9)
+    axes[0, -1].legend(loc="upper left", fontsize=7, frameon=False, ncol=4)
+    fig.suptitle(f"{name}: the last test window, 100 paths each", x=0.01, ha="left", fontsize=11)
+    fig.subplots_adjust(left=0.07, right=0.99, top=1 - 0.6 / fig.get_figheight(), bottom=0.3 / fig.get_figheight())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_png(fig, path)
 
 
 NEURAL = ("hiddenstate", "hiddenstate, calibrated", "deepar (gluonts)")
@@ -521,6 +567,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--stats-rows", type=int, default=2000, help="rows before the first window for statsforecast")
     parser.add_argument("--quick", action="store_true", help="the last two windows only")
+    parser.add_argument(
+        "--plot", type=Path, default=None, help="a folder: a PNG of each dataset's last test window, per model"
+    )
     parser.add_argument("--no-deepar", action="store_true")
     parser.add_argument("--no-stats", action="store_true")
     args = parser.parse_args(argv)

@@ -282,10 +282,12 @@ def test_val_size_holds_out_the_tail_for_the_validation_loss() -> None:
 
 
 @pytest.mark.slow
-def test_probabilistic_benchmark_runs(capsys) -> None:
+def test_probabilistic_benchmark_runs(capsys, tmp_path) -> None:
     pytest.importorskip("pmdarima", reason="the taylor series ships with pmdarima (bench extra)")
     from benchmarks import probabilistic
 
-    probabilistic.main(["--datasets", "taylor", "--quick", "--epochs", "1", "--no-deepar", "--no-stats"])
+    args = ["--datasets", "taylor", "--quick", "--epochs", "1", "--no-deepar", "--no-stats", "--plot", str(tmp_path)]
+    probabilistic.main(args)
     out = capsys.readouterr().out
     assert "| taylor | hiddenstate |" in out and "re-predict/update-then-predict" in out
+    assert (tmp_path / "taylor-seed0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
