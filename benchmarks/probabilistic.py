@@ -536,6 +536,17 @@ def ratios(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else ``platform.processor()``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="etth1,ettm1,taylor")
@@ -579,9 +590,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     load_avg = os.getloadavg()
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.machine()}, {os.cpu_count()} cores, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.machine()}, {os.cpu_count()} cores "
+        f"({cpu_name()}; torch's CPU kernels: {torch.backends.cpu.get_cpu_capability()}), "
         f"torch {torch.__version__}, load average {load_avg[0]:.1f}"
-    )
+    )  # the kernels' width changes float rounding, so a training run reproduces on the same kind of CPU only
     rows = []
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     for name in args.datasets.split(","):
