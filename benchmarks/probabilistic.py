@@ -376,6 +376,10 @@ def bench(name: str, args: argparse.Namespace, stats: bool = True) -> list[dict[
         for model, res in run_stats(df, freq, cuts, season, args.stats_rows).items():
             assert np.allclose(res["truth"], y), "statsforecast windows do not line up with ours"
             rows.append({"model": model, **scores.row(*res["quantiles"]), "train_s": res["train_s"]})
+    neural = {"ours": ours["raw_samples"] if ours["raw_samples"] is not None else ours["samples"]}
+    if not args.no_deepar:
+        neural["deepar"] = deepar["samples"]
+    print(breakdown(neural, y, ids), flush=True)
     if args.plot is not None:
         paths = {"hiddenstate": ours["raw_samples"] if ours["raw_samples"] is not None else ours["samples"]}
         if not args.no_deepar:
@@ -386,6 +390,24 @@ def bench(name: str, args: argparse.Namespace, stats: bool = True) -> list[dict[
         r["dataset"] = name
         r["seed"] = args.seed if r["model"] in NEURAL else None
     return rows
+
+
+def breakdown(neural: dict[str, np.ndarray], y: np.ndarray, ids: list[Any]) -> str:
+    """Where each neural model's CRPS comes from: per series, and per third of the horizon
+    (normalized as the table's: over that part's sum of ``|y|``). ``y`` is window-major."""
+    k = len(ids)
+    thirds = [(a, min(a + -(-H // 3), H)) for a in range(0, H, -(-H // 3))]
+    lines = []
+    for model, samples in neural.items():
+        per_series = [metrics.crps(samples[:, i::k], y[i::k], normalize=True) for i in range(k)]
+        per_third = [metrics.crps(samples[:, :, a:b], y[:, a:b], normalize=True) for a, b in thirds]
+        lines.append(
+            f"  {model} CRPS by series: "
+            + ", ".join(f"{u} {v:.3f}" for u, v in zip(ids, per_series, strict=True))
+            + "; by step: "
+            + ", ".join(f"{a + 1}-{b} {v:.3f}" for (a, b), v in zip(thirds, per_third, strict=True))
+        )
+    return "\n".join(lines)
 
 
 def plot_last_window(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,3 +112,15 @@ def test_the_probabilistic_seed_summary_averages_and_pairs_each_seed() -> None:
     # differences +0.02, -0.03, -0.01: mean -0.0067, sd 0.0252, standard error 0.0145
     assert "difference -0.0067 +- 0.0145" in line
     assert "| seed |" in p.table(rows) and "| mean of 3 |" in p.table(rows + p.mean_rows(rows))
+
+
+def test_the_probabilistic_breakdown_splits_the_crps_by_series_and_step() -> None:
+    p = importlib.import_module("benchmarks.probabilistic")
+    rng = np.random.default_rng(0)
+    y = rng.integers(8, 16, size=(2 * 3, p.H)) / 8  # 2 windows x 3 series, window-major; exact in binary
+    samples = np.repeat(y[None], 10, axis=0)  # exact for every series ...
+    samples[:, 1::3, 32:] += 1.0  # ... but series "b" is off by 1 in the last third of the horizon
+    line = p.breakdown({"m": samples}, y, ["a", "b", "c"])
+    b = p.metrics.crps(samples[:, 1::3], y[1::3], normalize=True)
+    assert b > 0 and f"a 0.000, b {b:.3f}, c 0.000" in line
+    assert "1-16 0.000, 17-32 0.000, 33-48" in line and "33-48 0.000" not in line
