@@ -128,8 +128,8 @@ class Scores:
 def from_samples(samples: np.ndarray) -> tuple[Any, ...]:
     """``samples`` (num_samples, items, H) -> quantiles, intervals and the samples."""
     qs = np.quantile(samples, Q, axis=0)
-    lo = {v: np.quantile(samples, (1 - v / 100) / 2, axis=0) for v in (80, 90, 95)}
-    hi = {v: np.quantile(samples, 1 - (1 - v / 100) / 2, axis=0) for v in (80, 90, 95)}
+    lo = {v: np.quantile(samples, metrics.central_interval(v)[0], axis=0) for v in (80, 90, 95)}
+    hi = {v: np.quantile(samples, metrics.central_interval(v)[1], axis=0) for v in (80, 90, 95)}
     return qs, lo, hi, samples
 
 
@@ -376,15 +376,13 @@ def bench(name: str, args: argparse.Namespace, stats: bool = True) -> list[dict[
         for model, res in run_stats(df, freq, cuts, season, args.stats_rows).items():
             assert np.allclose(res["truth"], y), "statsforecast windows do not line up with ours"
             rows.append({"model": model, **scores.row(*res["quantiles"]), "train_s": res["train_s"]})
-    neural = {"ours": ours["raw_samples"] if ours["raw_samples"] is not None else ours["samples"]}
+    # each neural model's paths (ours at its own spread), for the breakdown and the figure
+    neural = {"hiddenstate": ours["raw_samples"] if ours["raw_samples"] is not None else ours["samples"]}
     if not args.no_deepar:
-        neural["deepar"] = deepar["samples"]
+        neural["DeepAR (GluonTS)"] = deepar["samples"]
     print(breakdown(neural, y, ids), flush=True)
     if args.plot is not None:
-        paths = {"hiddenstate": ours["raw_samples"] if ours["raw_samples"] is not None else ours["samples"]}
-        if not args.no_deepar:
-            paths["DeepAR (GluonTS)"] = deepar["samples"]
-        out = plot_last_window(args.plot / f"{name}-seed{args.seed}.png", name, ids, series, cuts[-1], paths)
+        out = plot_last_window(args.plot / f"{name}-seed{args.seed}.png", name, ids, series, cuts[-1], neural)
         print(f"  wrote {out}", flush=True)
     for r in rows:
         r["dataset"] = name
@@ -396,7 +394,7 @@ def breakdown(neural: dict[str, np.ndarray], y: np.ndarray, ids: list[Any]) -> s
     """Where each neural model's CRPS comes from: per series, and per third of the horizon
     (normalized as the table's: over that part's sum of ``|y|``). ``y`` is window-major."""
     k = len(ids)
-    thirds = [(a, min(a + -(-H // 3), H)) for a in range(0, H, -(-H // 3))]
+    thirds = [(a, a + H // 3) for a in range(0, H, H // 3)]  # H = 48: 1-16, 17-32, 33-48
     lines = []
     for model, samples in neural.items():
         per_series = [metrics.crps(samples[:, i::k], y[i::k], normalize=True) for i in range(k)]
@@ -417,7 +415,8 @@ def plot_last_window(
     model (its 50% and 90% intervals over the 100 paths, the median, the truth, two days before)."""
     from matplotlib.figure import Figure
 
-    from hiddenstate.plots import FORECAST_COLOR, TRUTH_COLOR, band_alpha, save_png
+    from hiddenstate.metrics import central_interval
+    from hiddenstate.plots import FORECAST_COLOR, TRUTH_COLOR, save_png, shade_intervals
 
     fig = Figure(figsize=(5.5 * len(paths), 1.9 * len(ids) + 0.8))
     axes = fig.subplots(len(ids), len(paths), squeeze=False, sharex=True, sharey="row")
@@ -427,10 +426,7 @@ def plot_last_window(
         for j, (model, samples) in enumerate(paths.items()):
             ax = axes[i, j]
             window = samples[:, len(samples[0]) - len(ids) + i]  # the last window: (100, H)
-            for level in (90, 50):
-                lo, hi = np.quantile(window, [(1 - level / 100) / 2, 1 - (1 - level / 100) / 2], axis=0)
-                ax.fill_between(ahead, lo, hi, color=FORECAST_COLOR, alpha=band_alpha(level), lw=0,
-                                label=f"{level}%")  # fmt: skip
+            shade_intervals(ax, ahead, {v: tuple(np.quantile(window, central_interval(v), axis=0)) for v in (50, 90)})
             ax.plot(ahead, np.median(window, axis=0), color=FORECAST_COLOR, lw=1.3, label="median")
             ax.plot(before, y[cut - 2 * H : cut], color=TRUTH_COLOR, lw=0.9, alpha=0.6)
             ax.plot(ahead, y[cut : cut + H], color=TRUTH_COLOR, lw=1.3, label="truth")
@@ -447,7 +443,6 @@ def plot_last_window(
 
 
 NEURAL = ("hiddenstate", "hiddenstate, calibrated", "deepar (gluonts)")
-SCORES = ("CRPS", "wQL", "MASE", "MSIS", "cov80", "cov90")
 
 
 def mean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ from hiddenstate.forecast import metrics as point
 
 __all__ = [
     "QUANTILES",
+    "central_interval",
     "coverage",
     "crps",
     "mase",
@@ -149,6 +150,16 @@ def mase(pred: Any, y: Any, insample: Any, season: int = 1) -> float:
     p, t = _array(pred, "pred"), _array(y, "y")
     _same("pred", p, t)
     return _scaled(np.abs(t - p), seasonal_error(insample, season))
+
+
+def central_interval(level: float) -> tuple[float, float]:
+    """The quantiles bounding the central ``level``% interval.
+
+    >>> [round(q, 6) for q in central_interval(80)]
+    [0.1, 0.9]
+    """
+    tail = (1 - level / 100) / 2
+    return tail, 1 - tail
 
 
 def coverage(lo: Any, hi: Any, y: Any) -> float:

@@ -9,7 +9,8 @@ draws through its object API: no pyplot, no backend change, no display needed.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from matplotlib.figure import Figure
 
 from hiddenstate.errors import ConfigError, DataError
 
-__all__ = ["fan_figure", "plot_fan"]
+__all__ = ["fan_figure", "plot_fan", "shade_intervals"]
 
 FORECAST_COLOR = "#d62728"
 TRUTH_COLOR = "#1f77b4"
@@ -67,13 +68,8 @@ def fan_figure(
     _need_columns("forecasts", forecasts, [id_col, time_col])
     centre = f"{alias}-median" if f"{alias}-median" in forecasts.columns else alias
     _need_columns("forecasts", forecasts, [centre])
-    present = sorted(
-        int(c.rsplit("-", 1)[1])
-        for c in forecasts.columns
-        if c.startswith(f"{alias}-lo-")
-        and c.rsplit("-", 1)[1].isdigit()
-        and f"{alias}-hi-{c.rsplit('-', 1)[1]}" in forecasts.columns
-    )
+    lows = (re.fullmatch(rf"{re.escape(alias)}-lo-(\d+)", str(c)) for c in forecasts.columns)
+    present = sorted(int(m[1]) for m in lows if m and f"{alias}-hi-{m[1]}" in forecasts.columns)
     levels = present if level is None else [int(v) for v in level]
     missing = [v for v in levels if v not in present]
     if missing:
@@ -112,11 +108,8 @@ def fan_figure(
         groups = list(f.groupby("cutoff", sort=True)) if windows else [(None, f)]
         for k, (_, w) in enumerate(groups):
             first = k == 0
-            for v in sorted(levels, reverse=True):  # the widest first, lightest
-                ax.fill_between(
-                    w[time_col], w[f"{alias}-lo-{v}"], w[f"{alias}-hi-{v}"], color=FORECAST_COLOR,
-                    alpha=band_alpha(v), lw=0, label=f"{v}% interval" if first else None,
-                )  # fmt: skip
+            bands = {v: (w[f"{alias}-lo-{v}"], w[f"{alias}-hi-{v}"]) for v in levels}
+            shade_intervals(ax, w[time_col], bands, labelled=first)
             ax.plot(
                 w[time_col],
                 w[centre],
@@ -156,6 +149,16 @@ def _need_columns(what: str, frame: Any, columns: Sequence[str]) -> None:
         raise DataError(f"{what}: no column {missing[0]!r} (columns: {', '.join(map(str, have))})")
 
 
-def band_alpha(level: int) -> float:
+def shade_intervals(ax: Any, x: Any, bands: Mapping[int, tuple[Any, Any]], *, labelled: bool = True) -> None:
+    """Shade each central interval ``{level: (lo, hi)}`` over ``x`` on ``ax``: the widest first
+    and lightest, so the narrower ones sit darker on top."""
+    for level, (lo, hi) in sorted(bands.items(), reverse=True):
+        ax.fill_between(
+            x, lo, hi, color=FORECAST_COLOR, alpha=_band_alpha(level), lw=0,
+            label=f"{level}% interval" if labelled else None,
+        )  # fmt: skip
+
+
+def _band_alpha(level: int) -> float:
     """Shading of a central interval: the narrower, the darker (50%: 0.38, 90%: 0.18)."""
     return float(np.clip(0.58 - 0.4 * level / 100, 0.1, 0.5))

@@ -405,6 +405,7 @@ def forecast_bands(
     original units); None for a point model, an encoder model, or one whose targets are not all
     inputs (a path feeds each draw back)."""
     from hiddenstate.forecast import _encoder_size, target_indices
+    from hiddenstate.metrics import central_interval
 
     s = evaluation.sample
     if getattr(run.model, "likelihood", None) is None or "origin" not in s or _encoder_size(run.model):
@@ -417,7 +418,7 @@ def forecast_bands(
     carried = settings.state_policy in ("carry", "carry+encode")
     first = 0 if carried else max(0, o - settings.steps)  # the rows its state reads, as the evaluation's
     x = dataset.arrays(inputs)[int(s["series"])][first : o + 1]
-    qs = [q for v in BAND_LEVELS for q in ((1 - v / 100) / 2, 1 - (1 - v / 100) / 2)]
+    qs = [q for v in BAND_LEVELS for q in central_interval(v)]
     out = run.forecast(x, horizon, quantiles=qs, num_samples=num_samples, seed=seed)[:, 0]  # (2 * levels, H, n)
     return {v: (out[2 * k], out[2 * k + 1]) for k, v in enumerate(BAND_LEVELS)}
 

@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 
 from hiddenstate.plots import FORECAST_COLOR as _FORECAST_COLOR
 from hiddenstate.plots import TRUTH_COLOR as _TRUTH_COLOR
-from hiddenstate.plots import band_alpha as _band_alpha
 from hiddenstate.plots import save_png as _save
+from hiddenstate.plots import shade_intervals
 from hiddenstate.state import State
 
 Model = Any  # a SequenceModel (or anything with .rnn/.state_spec and initial_state)
@@ -67,11 +67,9 @@ def forecast_figure(
     t_hist = np.arange(-history.shape[0] + 1, 1)  # the origin (last known step) is 0
     t_fut = np.arange(1, truth.shape[0] + 1)
     for j, ax in enumerate(axes[:, 0]):
-        for level, (lo, hi) in sorted((bands or {}).items(), reverse=True):  # the widest first, lightest
-            ax.fill_between(
-                t_fut, np.asarray(lo, np.float64)[:, j], np.asarray(hi, np.float64)[:, j],
-                color=_FORECAST_COLOR, alpha=_band_alpha(level), lw=0, label=f"{level}% interval",
-            )  # fmt: skip
+        shade_intervals(
+            ax, t_fut, {v: (np.asarray(lo)[:, j], np.asarray(hi)[:, j]) for v, (lo, hi) in (bands or {}).items()}
+        )
         ax.plot(t_hist, history[:, j], color=_TRUTH_COLOR, lw=1.0, alpha=0.55, label="history")
         ax.plot(np.r_[0, t_fut], np.r_[history[-1, j], truth[:, j]], color=_TRUTH_COLOR, lw=1.4, label="truth")
         # join the forecast to the last observation so the hand-off is visible
