@@ -158,8 +158,10 @@ def run_hiddenstate(
     torch_seed(args.seed)  # the weights' initialisation too
     futr = list(CALENDAR) if args.calendar else []
     layers = [hs.LSTM(40), hs.LSTM(40)]
+    static_df = static_features(df, cuts[0] - val, args.static)
+    stat = [c for c in static_df.columns if c != "unique_id"] if static_df is not None else []
     opts = dict(horizon=H, freq=freq, likelihood="studentt", config=cfg, steps=steps, batch_size=lanes,
-                futr_exog=futr, lags=lags_for(season, args.lags, freq))  # fmt: skip
+                futr_exog=futr, stat_exog=stat, lags=lags_for(season, args.lags, freq))  # fmt: skip
     fc = hs.Forecaster(layers, **opts)
     if args.dropout:  # the same model with dropout between the layers (DeepAR's default is 0.1)
         torch_seed(args.seed)
@@ -169,7 +171,7 @@ def run_hiddenstate(
         df = with_calendar(df)
     pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
     t0 = time.perf_counter()
-    fc.fit(df[pos < cuts[0]], val_size=val)
+    fc.fit(df[pos < cuts[0]], static_df=static_df, val_size=val)
     train_s = time.perf_counter() - t0
     calib_s, val_crps, val_best = 0.0, float("nan"), float("nan")
     if val >= H:  # the validation windows' CRPS (normalized) at spread 1; with --calibrate, the spread
@@ -229,6 +231,25 @@ def run_hiddenstate(
         "sample_steps": n_steps * lanes * steps,  # series-steps through the loss
         "sample_once": lambda: fc.sample(n_paths=100, seed=0, futr_df=ahead),  # the next window, 100 paths
     }
+
+
+def static_features(df: Any, rows: int, kind: str) -> Any:
+    """A static input per series (``--static``): ``logscale``, the log of its mean ``|y|`` over its
+    first ``rows`` rows (the training rows; DeepAR reads the log of its scale the same way), or
+    ``id``, a one-hot column per series; ``none``: no static inputs (None)."""
+    import pandas as pd
+
+    if kind == "none":
+        return None
+    ids = list(df["unique_id"].unique())
+    if kind == "id":
+        return pd.DataFrame({"unique_id": ids, **{f"is_{i}": [float(u == v) for u in ids] for i, v in enumerate(ids)}})
+    if kind != "logscale":
+        raise SystemExit(f"--static: expected none, logscale or id, got {kind!r}")
+    pos = df.groupby("unique_id", sort=False).cumcount().to_numpy()
+    head = df[pos < rows]
+    scale = head["y"].abs().groupby(head["unique_id"], sort=False).mean()
+    return pd.DataFrame({"unique_id": ids, "log_scale": [float(np.log(max(scale[u], 1e-10))) for u in ids]})
 
 
 CALENDAR = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
@@ -597,6 +618,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="the last two windows only")
     parser.add_argument(
         "--plot", type=Path, default=None, help="a folder: a PNG of each dataset's last test window, per model"
+    )
+    parser.add_argument(
+        "--static", default="none", help="hiddenstate's static input per series: none, logscale or id (one-hot)"
     )
     parser.add_argument("--no-deepar", action="store_true")
     parser.add_argument("--no-stats", action="store_true")

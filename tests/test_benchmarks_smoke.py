@@ -124,3 +124,17 @@ def test_the_probabilistic_breakdown_splits_the_crps_by_series_and_step() -> Non
     b = p.metrics.crps(samples[:, 1::3], y[1::3], normalize=True)
     assert b > 0 and f"a 0.000, b {b:.3f}, c 0.000" in line
     assert "1-16 0.000, 17-32 0.000, 33-48" in line and "33-48 0.000" not in line
+
+
+def test_the_probabilistic_static_inputs_use_only_the_training_rows() -> None:
+    pd = pytest.importorskip("pandas")
+    p = importlib.import_module("benchmarks.probabilistic")
+    df = pd.DataFrame({"unique_id": ["a"] * 4 + ["b"] * 4, "y": [1.0, -3.0, 100.0, 100.0, 4.0, 4.0, 0.0, 0.0]})
+    logs = p.static_features(df, 2, "logscale")
+    assert logs["unique_id"].tolist() == ["a", "b"]
+    assert logs["log_scale"].tolist() == pytest.approx([np.log(2.0), np.log(4.0)])  # rows 2, 3 unread
+    ids = p.static_features(df, 2, "id")
+    assert ids[["is_0", "is_1"]].to_numpy().tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert p.static_features(df, 2, "none") is None
+    with pytest.raises(SystemExit, match="--static: expected none, logscale or id"):
+        p.static_features(df, 2, "scale")

@@ -291,3 +291,33 @@ def test_probabilistic_benchmark_runs(capsys, tmp_path) -> None:
     out = capsys.readouterr().out
     assert "| taylor | hiddenstate |" in out and "re-predict/update-then-predict" in out
     assert (tmp_path / "taylor-seed0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_future_rows_are_found_in_a_longer_futr_df(fitted) -> None:
+    """The forecast reads the rows of its own steps from a futr_df that holds more (the whole
+    frame, rows before and after the span), and names what is missing at either end."""
+    span = _future(FULL, N)
+    expected = fitted.predict(futr_df=span, seed=3)
+    pd.testing.assert_frame_equal(fitted.predict(futr_df=FULL, seed=3), expected)
+    other = span.copy()
+    other.loc[other.unique_id == "b", "hour"] += 1.0  # the values read are those of the right rows
+    assert not np.allclose(fitted.predict(futr_df=other, seed=3)["HiddenState"], expected["HiddenState"])
+    steps = "of the 6 steps 2024-01-07 16:00:00 .. 2024-01-07 21:00:00 (first missing: "
+    early = FULL[FULL.groupby("unique_id").cumcount() < N + 2]  # each series ends 2 steps into the span
+    _bad(
+        f"futr_df: series 'a' lacks future exogenous rows for 4 {steps}2024-01-07 18:00:00)",
+        fitted.predict,
+        futr_df=early,
+    )
+    late = FULL[FULL.groupby("unique_id").cumcount() > N]  # each series starts one step late
+    _bad(
+        f"futr_df: series 'a' lacks future exogenous rows for 1 {steps}2024-01-07 16:00:00)",
+        fitted.predict,
+        futr_df=late,
+    )
+    no_c = span[span.unique_id != "c"]
+    _bad(
+        f"futr_df: series 'c' lacks future exogenous rows for 6 {steps}2024-01-07 16:00:00)",
+        fitted.predict,
+        futr_df=no_c,
+    )

@@ -252,6 +252,36 @@ def test_lstm_pointwise_is_the_lstm_cell_after_its_products(dtype) -> None:
     torch.testing.assert_close(gates[:, :hidden], input_gate, **tol)  # the gates hold the activations
 
 
+@pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
+def test_a_prepared_pointwise_step_reads_its_buffers_anew_and_keeps_them_alive() -> None:
+    """``pointwise_step`` checks once and then runs on the buffers' memory as it is at each call:
+    two steps of an LSTM cell through one prepared step equal two ``torch.lstm_cell`` calls. The
+    step keeps its tensors: with every other reference gone and the freed sizes allocated again
+    (filled with NaN), it still computes on its own."""
+    import gc
+
+    from hiddenstate._kernels.fused import pointwise_step
+
+    torch.manual_seed(1)
+    rows, n_in, hidden = 9, 3, 5
+    w_ih, w_hh, b = torch.randn(4 * hidden, n_in), torch.randn(4 * hidden, hidden), torch.randn(4 * hidden)
+    xs, h0, c0 = torch.randn(2, rows, n_in), torch.randn(rows, hidden), torch.randn(rows, hidden)
+    h, c = h0, c0
+    for x in xs:
+        h, c = torch.lstm_cell(x, (h, c), w_ih, w_hh, b, torch.zeros(4 * hidden))
+    xh, gates = torch.cat([torch.zeros(rows, n_in), h0], 1), torch.empty(rows, 4 * hidden)
+    step = pointwise_step(gates, c0.clone(), xh[:, n_in:])  # the cell state: referenced by the step only
+    w = torch.cat([w_ih, w_hh], 1).T.contiguous()
+    gc.collect()
+    taken = [torch.full((rows, hidden), float("nan")) for _ in range(64)]  # what a freed c would become
+    for x in xs:
+        xh[:, :n_in] = x
+        torch.addmm(b, xh, w, out=gates)
+        step()
+    assert len(taken) == 64
+    torch.testing.assert_close(xh[:, n_in:], h, rtol=1e-5, atol=1e-6)
+
+
 def test_without_the_kernel_the_loop_takes_its_other_steps(monkeypatch) -> None:
     """A kernel that cannot be built (no compiler) leaves sampling working, through the cell
     functions, with the same paths to float rounding; the failed build is asked about once."""

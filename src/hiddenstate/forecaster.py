@@ -426,14 +426,19 @@ class Forecaster:
         for u in ids:
             want = stamps[u]
             have = rows.get(u)
-            pos = {} if have is None else {v: i for i, v in enumerate(have.ds)}
-            missing = [w for w in want if w not in pos]
-            if missing or have is None:
+            # read_long checked the stamps sorted and gap-free: each wanted one is found by bisection
+            at = np.zeros(h, dtype=np.intp) if have is None else np.searchsorted(have.ds, want)
+            found = np.zeros(h, dtype=bool)
+            if have is not None:
+                inside = at < len(have.ds)
+                found[inside] = have.ds[at[inside]] == want[inside]
+            if not found.all():
+                missing = want[~found]
                 raise DataError(
                     f"futr_df: series {u!r} lacks future exogenous rows for {len(missing)} of the {h} steps "
                     f"{fmt_stamp(want[0])} .. {fmt_stamp(want[-1])} (first missing: {fmt_stamp(missing[0])})"
                 )
-            out[u] = have.values[[pos[w] for w in want]]
+            out[u] = have.values[at]
         return out
 
     def predict(

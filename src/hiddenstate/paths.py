@@ -270,7 +270,7 @@ def _gemm_stepper(model: Any, cells: Sequence[Any], state: State) -> Any:
     cell update (:func:`~hiddenstate._kernels.fused.lstm_pointwise`), which writes ``h`` back
     into the buffer the next product reads. The same function as ``nn.LSTM`` to ~1e-6 (the
     kernel's exp); what the elementwise ops cost per step is one pass over the gates."""
-    from hiddenstate._kernels.fused import lstm_pointwise
+    from hiddenstate._kernels.fused import pointwise_step
 
     rows = state.batch_size
     layers = []
@@ -281,16 +281,19 @@ def _gemm_stepper(model: Any, cells: Sequence[Any], state: State) -> Any:
             xh = w_ih.new_empty(rows, n_in + hidden)  # [x, h]: the product's one operand
             xh[:, n_in:] = ls.h
             w = torch.cat([w_ih, w_hh], 1).T.contiguous()  # (n_in + hidden, 4 * hidden)
-            layers.append((n_in, xh, w, b_ih + b_hh, ls.c.clone(), w_ih.new_empty(rows, 4 * hidden)))
+            gates = w_ih.new_empty(rows, 4 * hidden)
+            # the kernel pass on these buffers, checked once: it writes h_t where the next product reads h
+            cell = pointwise_step(gates, ls.c.clone(), xh[:, n_in:])
+            layers.append((n_in, xh, w, b_ih + b_hh, gates, cell))
     top = layers[-1][1][:, layers[-1][0] :]  # the top layer's h, where its kernel pass writes it
 
     def gemm_step(x: torch.Tensor | None) -> torch.Tensor:
         if x is not None:
-            for n_in, xh, w, b, c, gates in layers:
+            for n_in, xh, w, b, gates, cell in layers:
                 xh[:, :n_in] = x
                 torch.addmm(b, xh, w, out=gates)
+                cell()
                 x = xh[:, n_in:]
-                lstm_pointwise(gates, c, x)  # h_t goes where the next step's product reads h
         return model.apply_head(top)
 
     return gemm_step

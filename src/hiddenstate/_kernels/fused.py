@@ -276,6 +276,14 @@ def lstm_pointwise(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) ->
     kernel instead of a dozen elementwise ops. CPU tensors of one float dtype, each row
     contiguous (rows may be strided: ``h_out`` can be a column slice of a larger buffer); no
     autograd."""
+    pointwise_step(gates, c, h_out)()
+
+
+def pointwise_step(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) -> Any:
+    """:func:`lstm_pointwise` on these three tensors, checked once: a call of the returned
+    function runs the kernel pass on their memory as it is then. For a loop that reuses its
+    buffers step after step (the sampling loop); the tensors must keep their storage (in-place
+    writes only, ``out=`` of the same shape) while the function is in use."""
     rows, hidden = c.shape
     suffix = _SUFFIX.get(c.dtype)
     tensors = (gates, c, h_out)
@@ -289,9 +297,24 @@ def lstm_pointwise(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) ->
             "lstm_pointwise: expected CPU float32/float64 gates (rows, 4H), c and h_out (rows, H) with "
             f"contiguous rows, got {[(tuple(t.shape), t.dtype, t.stride()) for t in tensors]}"
         )
-    getattr(build_kernel(), f"hs_lstm_pointwise_{suffix}")(
-        rows, hidden, gates.data_ptr(), gates.stride(0), c.data_ptr(), c.stride(0), h_out.data_ptr(), h_out.stride(0)
+    fn = functools.partial(
+        getattr(build_kernel(), f"hs_lstm_pointwise_{suffix}"),
+        *(
+            rows,
+            hidden,
+            gates.data_ptr(),
+            gates.stride(0),
+            c.data_ptr(),
+            c.stride(0),
+            h_out.data_ptr(),
+            h_out.stride(0),
+        ),
     )
+
+    def step(_keep: tuple[torch.Tensor, ...] = tensors) -> None:  # _keep: the memory the pointers name
+        fn()
+
+    return step
 
 
 def fusable(cell: nn.Module) -> bool:

@@ -57,11 +57,7 @@ def _offset(freq: Any) -> Any:
 
 def future_stamps(last: Any, freq: Any, h: int) -> np.ndarray:
     """The ``h`` timestamps after ``last`` at ``freq``."""
-    step = step_of(freq)
-    if isinstance(step, int):
-        return np.asarray(last) + step * np.arange(1, h + 1)
-    pd = _pd()
-    return np.asarray(pd.date_range(pd.Timestamp(last), periods=h + 1, freq=step)[1:].to_numpy())
+    return _expected(last, h + 1, freq)[1:]
 
 
 def _expected(first: Any, n: int, freq: Any) -> np.ndarray:
