@@ -50,12 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--horizon", type=int, default=48)
+    parser.add_argument(
+        "--shapes", default="", help="hidden x rows pairs to time instead of the defaults, e.g. 40x700,64x700"
+    )
     args = parser.parse_args(argv)
+    shapes = [tuple(int(v) for v in pair.split("x")) for pair in args.shapes.split(",")] if args.shapes else SHAPES
     torch.set_num_threads(args.threads)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, {args.threads} thread(s)")
     print("| hidden | rows | cell functions | RNN kernel | BLAS + C pass | picked | picked vs best other |")
     print("|---|---|---|---|---|---|---|")
-    for hidden, rows in SHAPES:
+    for hidden, rows in shapes:
         torch.manual_seed(0)
         model = hs.SequenceModel(13, 1, [hs.LSTM(hidden), hs.LSTM(hidden)], likelihood="studentt").eval()
         series = 7 if rows % 7 == 0 else 1

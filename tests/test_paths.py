@@ -253,6 +253,22 @@ def test_lstm_pointwise_is_the_lstm_cell_after_its_products(dtype) -> None:
 
 
 @pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
+@pytest.mark.parametrize(
+    ("hidden", "rows", "want"),
+    [(40, 16, "gemm_step"), (40, 700, "gemm_step"), (40, 707, "kernel_step"), (64, 437, "gemm_step"),
+     (64, 700, "kernel_step"), (65, 100, "cell_step"), (8, 3500, "gemm_step")],
+)  # fmt: skip
+def test_the_blas_step_runs_up_to_28000_rows_times_units(hidden, rows, want) -> None:
+    """Where the BLAS + C step stops: above 64 units or 28,000 rows x units the RNN kernel's
+    fused step is faster (docs/performance.md), below 16 rows the cell functions."""
+    from hiddenstate import paths
+
+    model = hs.SequenceModel(2, 1, [hs.LSTM(hidden), hs.LSTM(hidden)], likelihood="normal").eval()
+    state = hs.State.zeros(model.state_spec, 1)
+    assert paths._stepper(model, state.select(torch.zeros(rows, dtype=torch.long))).__name__ == want
+
+
+@pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
 def test_a_prepared_pointwise_step_reads_its_buffers_anew_and_keeps_them_alive() -> None:
     """``pointwise_step`` checks once and then runs on the buffers' memory as it is at each call:
     two steps of an LSTM cell through one prepared step equal two ``torch.lstm_cell`` calls. The
