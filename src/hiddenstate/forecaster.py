@@ -426,12 +426,10 @@ class Forecaster:
         for u in ids:
             want = stamps[u]
             have = rows.get(u)
-            # read_long checked the stamps sorted and gap-free: each wanted one is found by bisection
-            at = np.zeros(h, dtype=np.intp) if have is None else np.searchsorted(have.ds, want)
-            found = np.zeros(h, dtype=bool)
-            if have is not None:
-                inside = at < len(have.ds)
-                found[inside] = have.ds[at[inside]] == want[inside]
+            ds = want[:0] if have is None else have.ds  # read_long checked them sorted: bisection finds each
+            at = np.searchsorted(ds, want)
+            found = at < len(ds)
+            found[found] = ds[at[found]] == want[found]
             if not found.all():
                 missing = want[~found]
                 raise DataError(

@@ -173,9 +173,8 @@ def _stepper(model: Any, state: State) -> Any:
     steps: LSTM layers of at most 64 units from 16 rows on, up to 28,000 rows x units, take one
     BLAS product and one pass of the C kernel per layer (:func:`_gemm_stepper`); otherwise, up to
     256 rows, each layer's cell function, above that one RNN kernel call per group of same-sized
-    layers. Each is the same
-    arithmetic as the model's one-step forward (to float rounding) without building a State per
-    step. Anything else goes through ``model(x, state)``.
+    layers. Each is the same arithmetic as the model's one-step forward (to float rounding)
+    without building a State per step. Anything else goes through ``model(x, state)``.
     """
     rnn = getattr(model, "rnn", None)
     cells = getattr(rnn, "_cell_list", None)

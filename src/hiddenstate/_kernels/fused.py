@@ -297,19 +297,9 @@ def pointwise_step(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) ->
             "lstm_pointwise: expected CPU float32/float64 gates (rows, 4H), c and h_out (rows, H) with "
             f"contiguous rows, got {[(tuple(t.shape), t.dtype, t.stride()) for t in tensors]}"
         )
-    fn = functools.partial(
-        getattr(build_kernel(), f"hs_lstm_pointwise_{suffix}"),
-        *(
-            rows,
-            hidden,
-            gates.data_ptr(),
-            gates.stride(0),
-            c.data_ptr(),
-            c.stride(0),
-            h_out.data_ptr(),
-            h_out.stride(0),
-        ),
-    )
+    kernel = getattr(build_kernel(), f"hs_lstm_pointwise_{suffix}")
+    pointers = (gates.data_ptr(), gates.stride(0), c.data_ptr(), c.stride(0), h_out.data_ptr(), h_out.stride(0))
+    fn = functools.partial(kernel, rows, hidden, *pointers)
 
     def step(_keep: tuple[torch.Tensor, ...] = tensors) -> None:  # _keep: the memory the pointers name
         fn()
