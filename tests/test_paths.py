@@ -87,7 +87,9 @@ def test_paths_start_from_the_state_without_re_reading_history(ar1_model) -> Non
         sample_paths(model, state, last, 4, num_samples=3, seed=0)
     finally:
         handle.remove()
-    assert calls == [(6, 1)] * 4  # horizon steps, each of samples x rows, one step each
+    # horizon steps, one step each: the first once per row (every path of a row starts alike),
+    # the others over samples x rows
+    assert calls == [(2, 1)] + [(6, 1)] * 3
     # path s of row b is the sample-major row s * batch + b: its first step's mean is row b's
     with torch.no_grad():
         raw, _ = model(last.unsqueeze(1), state)
@@ -180,9 +182,9 @@ def test_a_lag_column_reads_the_history_then_each_paths_own_draw_lag_steps_back(
     s = scale[rows]  # (ns * batch, 1)
     draws = paths.reshape(ns * batch, horizon)  # row s * batch + b, step k
     given = torch.cat([last[:, None], ahead], dim=1)[rows]  # (ns * batch, horizon, 3): the history's values
-    for k, x in enumerate(seen):
-        want_y = draws[:, k - 1] / s[:, 0] if k else given[:, 0, 0]
-        torch.testing.assert_close(x[:, 0], want_y)
+    torch.testing.assert_close(seen[0], last)  # the first step runs once per row: its paths all start at `last`
+    for k, x in enumerate(seen[1:], start=1):
+        torch.testing.assert_close(x[:, 0], draws[:, k - 1] / s[:, 0])
         for col, lag in ((1, 2), (2, 4)):
             want = draws[:, k - lag] / s[:, 0] if k >= lag else given[:, k, col]
             torch.testing.assert_close(x[:, col], want, msg=f"step {k}, lag {lag}")
@@ -210,21 +212,81 @@ def test_the_lean_step_loop_samples_what_the_models_forward_does(cells, branch, 
     elif branch == "gemm-pointwise" and not fused_available():
         pytest.skip("no C compiler for the kernel")
     torch.manual_seed(1)
-    model = hs.SequenceModel(2, 1, cells, likelihood="normal").eval()
-    state = warm(model, torch.randn(2, 30, 2))
-    last, ahead = torch.randn(2, 2), torch.randn(2, 5, 2)
+    model = hs.SequenceModel(3, 1, cells, likelihood="normal").eval()
+    state = warm(model, torch.randn(2, 30, 3))
+    last, ahead = torch.randn(2, 3), torch.randn(2, 5, 3)
     all_lstm = all(ls.cell == "lstm" for ls in model.state_spec.layers)
     want = {"cell-functions": "cell_step", "rnn-kernel": "kernel_step"}.get(
         branch, "gemm_step" if all_lstm else "cell_step"
     )
     assert paths._stepper(model, state.select(torch.arange(2).repeat(ns))).__name__ == want
-    lean = sample_paths(model, state, last, 6, ns, seed=9, target_index=[0], ahead=ahead)
+    # column 1 holds the output's lag 2: the history's value, then from the third step each path's own
+    opts = {"target_index": [0], "ahead": ahead, "lagged": [(1, 0, 2)]}
+    lean = sample_paths(model, state, last, 6, ns, seed=9, **opts)
     _, handle = _spy_inputs(model)
     try:
-        general = sample_paths(model, state, last, 6, ns, seed=9, target_index=[0], ahead=ahead)
+        general = sample_paths(model, state, last, 6, ns, seed=9, **opts)
     finally:
         handle.remove()
     torch.testing.assert_close(lean, general, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
+def test_the_onednn_products_sample_what_the_models_forward_does(monkeypatch) -> None:
+    """Large products go through oneDNN's matmul (where this torch has it); with the threshold
+    at 0, the small test model's do too, and its paths are the model's own forward's."""
+    from hiddenstate import paths
+
+    if not paths._onednn_ready():
+        pytest.skip("this torch build has no oneDNN fused linear")
+    w = torch.zeros(160, 80)
+    assert paths._product(700, w).__name__ == "onednn"  # 700 x 80 x 160: the sampling loop's shape
+    assert paths._product(16, w).__name__ == "blas"  # a small product: oneDNN's setup would cost more
+    assert paths._product(700, w.double()).__name__ == "blas"  # oneDNN's linear is float32 here
+    monkeypatch.setattr(paths, "_ONEDNN_WORK", 0)
+    torch.manual_seed(3)
+    model = hs.SequenceModel(3, 1, [hs.LSTM(6), hs.LSTM(5)], likelihood="studentt").eval()
+    state = warm(model, torch.randn(2, 30, 3))
+    last, ahead = torch.randn(2, 3), torch.randn(2, 6, 3)
+    opts = {"target_index": [0], "ahead": ahead, "lagged": [(2, 0, 3)], "scale": torch.tensor([[2.0], [0.5]])}
+    lean = sample_paths(model, state, last, 7, 20, seed=5, **opts)
+    _, handle = _spy_inputs(model)
+    try:
+        general = sample_paths(model, state, last, 7, 20, seed=5, **opts)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(lean, general, rtol=1e-4, atol=1e-5)
+
+
+def test_without_onednn_the_products_are_the_blas(monkeypatch) -> None:
+    """A build without oneDNN (or whose fused linear fails its check) runs every product on the
+    BLAS; the check is made once per process."""
+    from hiddenstate import paths
+
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    paths._onednn_ready.cache_clear()
+    try:
+        assert not paths._onednn_ready()
+        assert paths._product(700, torch.zeros(160, 80)).__name__ == "blas"
+    finally:
+        paths._onednn_ready.cache_clear()
+
+
+def test_a_plain_head_is_its_one_product_and_any_other_the_models_own() -> None:
+    """The lean loop's head: for a plain linear head, one ``addmm`` equal to ``apply_head``; a
+    head with Dense layers, or with a hook on it, goes through ``apply_head`` itself."""
+    from hiddenstate import paths
+
+    torch.manual_seed(4)
+    h = torch.randn(9, 6)
+    plain = hs.SequenceModel(2, 1, [hs.LSTM(6)], likelihood="studentt").eval()
+    head = paths._head_of(plain)
+    assert head.__name__ == "linear"
+    torch.testing.assert_close(head(h), plain.apply_head(h), rtol=1e-6, atol=1e-6)
+    dense = hs.SequenceModel(2, 1, [hs.LSTM(6)], dense=[(4, "relu")]).eval()
+    assert paths._head_of(dense) == dense.apply_head
+    plain.head.register_forward_hook(lambda m, i, o: None)
+    assert paths._head_of(plain) == plain.apply_head
 
 
 @pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
@@ -253,6 +315,34 @@ def test_lstm_pointwise_is_the_lstm_cell_after_its_products(dtype) -> None:
 
 
 @pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_flat_pass_on_doubled_g_gates_is_the_per_row_pass(dtype) -> None:
+    """``g_doubled``: with the g quarter of the pre-activations doubled, one sigmoid loop over the
+    whole buffer gives the per-row pass's h and c: the same bits in float32, to rounding in
+    float64 (its tanh is libm's). It refuses gates whose rows are not back to back."""
+    from hiddenstate._kernels.fused import lstm_pointwise, pointwise_step
+
+    torch.manual_seed(5)
+    rows, hidden = 23, 7
+    gates, c = torch.randn(rows, 4 * hidden, dtype=dtype) * 4, torch.randn(rows, hidden, dtype=dtype)
+    doubled = gates.clone()
+    doubled[:, 2 * hidden : 3 * hidden] *= 2
+    want_h, want_c = torch.empty(rows, hidden, dtype=dtype), c.clone()
+    lstm_pointwise(gates, want_c, want_h)
+    buf, got_c = torch.zeros(rows, hidden + 3, dtype=dtype), c.clone()
+    step = pointwise_step(got_c, buf[:, :hidden], g_doubled=True)
+    step(doubled)
+    if dtype == torch.float32:
+        assert torch.equal(buf[:, :hidden], want_h) and torch.equal(got_c, want_c)
+    else:
+        torch.testing.assert_close(buf[:, :hidden], want_h, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(got_c, want_c, rtol=1e-14, atol=1e-14)
+    assert bool((buf[:, hidden:] == 0).all())  # the x columns of the buffer are left alone
+    with pytest.raises(ConfigError, match=r"the whole tensor contiguous"):
+        step(torch.zeros(rows, 4 * hidden + 1, dtype=dtype)[:, : 4 * hidden])
+
+
+@pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
 @pytest.mark.parametrize(
     ("hidden", "rows", "want"),
     [(40, 16, "gemm_step"), (40, 700, "gemm_step"), (40, 707, "kernel_step"), (64, 437, "gemm_step"),
@@ -270,10 +360,10 @@ def test_the_blas_step_runs_up_to_28000_rows_times_units(hidden, rows, want) -> 
 
 @pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
 def test_a_prepared_pointwise_step_reads_its_buffers_anew_and_keeps_them_alive() -> None:
-    """``pointwise_step`` checks once and then runs on the buffers' memory as it is at each call:
-    two steps of an LSTM cell through one prepared step equal two ``torch.lstm_cell`` calls. The
-    step keeps its tensors: with every other reference gone and the freed sizes allocated again
-    (filled with NaN), it still computes on its own."""
+    """``pointwise_step`` checks its state buffers once and then runs on their memory as it is at
+    each call, with that call's gates: two steps of an LSTM cell through one prepared step equal
+    two ``torch.lstm_cell`` calls. The step keeps its tensors: with every other reference gone and
+    the freed sizes allocated again (filled with NaN), it still computes on its own."""
     import gc
 
     from hiddenstate._kernels.fused import pointwise_step
@@ -285,15 +375,14 @@ def test_a_prepared_pointwise_step_reads_its_buffers_anew_and_keeps_them_alive()
     h, c = h0, c0
     for x in xs:
         h, c = torch.lstm_cell(x, (h, c), w_ih, w_hh, b, torch.zeros(4 * hidden))
-    xh, gates = torch.cat([torch.zeros(rows, n_in), h0], 1), torch.empty(rows, 4 * hidden)
-    step = pointwise_step(gates, c0.clone(), xh[:, n_in:])  # the cell state: referenced by the step only
+    xh = torch.cat([torch.zeros(rows, n_in), h0], 1)
+    step = pointwise_step(c0.clone(), xh[:, n_in:])  # the cell state: referenced by the step only
     w = torch.cat([w_ih, w_hh], 1).T.contiguous()
     gc.collect()
     taken = [torch.full((rows, hidden), float("nan")) for _ in range(64)]  # what a freed c would become
     for x in xs:
         xh[:, :n_in] = x
-        torch.addmm(b, xh, w, out=gates)
-        step()
+        step(torch.addmm(b, xh, w))  # a fresh gates tensor at each step
     assert len(taken) == 64
     torch.testing.assert_close(xh[:, n_in:], h, rtol=1e-5, atol=1e-6)
 
@@ -331,12 +420,16 @@ def test_lstm_pointwise_refuses_mismatched_tensors() -> None:
     from hiddenstate._kernels.fused import lstm_pointwise
 
     c = torch.zeros(4, 3)
-    with pytest.raises(ConfigError, match=r"lstm_pointwise: expected CPU float32/float64 gates \(rows, 4H\)"):
+    with pytest.raises(ConfigError, match=r"lstm_pointwise: expected CPU torch\.float32 gates \(4, 12\) .*\(4, 11\)"):
         lstm_pointwise(torch.zeros(4, 11), c, torch.zeros(4, 3))  # 11 gates, not 12
-    with pytest.raises(ConfigError, match="lstm_pointwise"):
+    with pytest.raises(ConfigError, match=r"lstm_pointwise: expected CPU torch\.float32 gates"):
         lstm_pointwise(torch.zeros(4, 12, dtype=torch.float64), c, torch.zeros(4, 3))  # mixed dtypes
-    with pytest.raises(ConfigError, match="lstm_pointwise"):
+    with pytest.raises(ConfigError, match=r"lstm_pointwise: expected CPU torch\.float32 gates"):
+        lstm_pointwise(torch.zeros(12, 4).T, c, torch.zeros(4, 3))  # gate rows not contiguous
+    with pytest.raises(ConfigError, match=r"lstm_pointwise: expected CPU float32/float64 c and h_out"):
         lstm_pointwise(torch.zeros(4, 12), c, torch.zeros(3, 4).T)  # h rows not contiguous
+    with pytest.raises(ConfigError, match=r"lstm_pointwise: expected CPU float32/float64 c and h_out"):
+        lstm_pointwise(torch.zeros(4, 12), c, torch.zeros(4, 2))  # h of another width
 
 
 def test_bad_lagged_arguments() -> None:

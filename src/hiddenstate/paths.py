@@ -131,43 +131,62 @@ def sample_paths(
                 f"ahead: expected shape (batch={batch}, horizon-1={horizon - 1}, n_in={n_in}), "
                 f"got {tuple(future.shape)}"
             )
-        future = future[rows]  # (num_samples * batch, horizon - 1, n_in)
-    step = _stepper(model, state.to(p.device).select(rows))
-    x = x[rows]  # (num_samples * batch, n_in)
     draws: list[torch.Tensor] = []
-    fed = torch.empty(horizon, x.shape[0], n_out, dtype=p.dtype, device=p.device)  # draws / scale, as fed back
+    fed = torch.empty(horizon, batch * num_samples, n_out, dtype=p.dtype, device=p.device)  # draws / scale, fed back
     lags.sort(key=lambda t: t[2])  # the lags reaching the draws at step k are the first `reach[k]`
     reach = [sum(lag <= k for _, _, lag in lags) for k in range(horizon)]
     lag_col, lag_out, lag_len = (
         torch.tensor([t[i] for t in lags], dtype=torch.long, device=p.device) for i in range(3)
     )
+    own = {m: torch.cat([index, lag_col[:m]]) for m in set(reach)}  # the columns each path fills itself
     was_training = model.training
     model.eval()
     try:
         gen = _generator(seed, p.device)
         with torch.no_grad():
+            # every path of a row starts from the same state and input: the first step runs once per row
+            if seen_last:  # the output at `last` is the head on the top layer's h
+                first = model.apply_head(state.layers[-1].h.to(p.device))
+            else:
+                first, state = _one_step(model, x, state.to(p.device))
+            step = _stepper(model, state.select(rows), num_samples) if horizon > 1 else None
             for k in range(horizon):
                 if k:
                     fed[k - 1] = draws[-1] / s if s is not None else draws[-1]
-                    x = future[:, k - 1].clone() if future is not None else x.clone()
-                    x[:, index] = fed[k - 1]  # this path's draw goes back in
-                m = reach[k]
-                if m:  # each lag column reads this path's own draw from `lag` steps back, in one gather
-                    x[:, lag_col[:m]] = fed[k - lag_len[:m], :, lag_out[:m]].T
-                # the output at `last` is the head on the top layer's h when the state has read it
-                raw = step(None if k == 0 and seen_last else x)  # (num_samples * batch, n_params * n_out)
+                    m = reach[k]
+                    # this path's draw goes back in; each lag column reads its own draw from `lag` steps back
+                    own_x = torch.cat([fed[k - 1], fed[k - lag_len[:m], :, lag_out[:m]].T], 1) if m else fed[k - 1]
+                    raw = step(future[:, k - 1] if future is not None else x, own[m], own_x)
+                else:
+                    raw = first[rows]
                 draws.append(lik.sample(raw, s, spread, gen))  # (num_samples * batch, n_out), series units
     finally:
         model.train(was_training)
     return torch.stack(draws, dim=1).view(num_samples, batch, horizon, n_out)
 
 
+def _one_step(model: Any, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    """The model's one-step forward of ``x`` ``(rows, n_in)``: the head's output ``(rows, k)`` and the new state."""
+    raw, state = model(x.unsqueeze(1), state)
+    return (raw[:, 0] if raw.dim() == 3 else raw), state
+
+
+def _inputs(shared: torch.Tensor, cols: torch.Tensor, own: torch.Tensor, reps: int) -> torch.Tensor:
+    """The input rows ``(reps * batch, n_in)``: ``shared`` ``(batch, n_in)`` repeated for every path,
+    with columns ``cols`` set to each path's own values ``own`` ``(reps * batch, len(cols))``."""
+    x = shared.repeat(reps, 1)
+    x[:, cols] = own
+    return x
+
+
 _CELLS = {"lstm": torch.lstm_cell, "gru": torch.gru_cell, "rnn": torch.rnn_tanh_cell}
 
 
-def _stepper(model: Any, state: State) -> Any:
-    """``step(x)``: one recurrent step of ``x`` ``(rows, n_in)`` (None: no input, the head on the
-    state's top ``h``), advancing the state kept inside; returns the head's output ``(rows, k)``.
+def _stepper(model: Any, state: State, reps: int = 1) -> Any:
+    """``step(shared, cols, own)``: one recurrent step of the input rows ``shared`` ``(batch, n_in)``,
+    repeated for the ``reps`` paths of each row (``state`` holds ``reps * batch`` rows, sample-major),
+    with columns ``cols`` set to each path's own values ``own`` ``(reps * batch, len(cols))``;
+    advances the state kept inside and returns the head's output ``(reps * batch, k)``.
 
     For a plain stack (the default backend, no hooks) the step keeps the state's tensors between
     steps: LSTM layers of at most 64 units from 16 rows on, up to 28,000 rows x units, take one
@@ -186,26 +205,21 @@ def _stepper(model: Any, state: State) -> Any:
     if not lean:
         box = [state]
 
-        def general(x: torch.Tensor | None) -> torch.Tensor:
-            if x is None:
-                return model.apply_head(box[0].layers[-1].h)
-            raw, box[0] = model(x.unsqueeze(1), box[0])
-            return raw[:, 0] if raw.dim() == 3 else raw  # a last-step model gives (rows, k)
+        def general(shared: torch.Tensor, cols: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+            raw, box[0] = _one_step(model, _inputs(shared, cols, own, reps), box[0])
+            return raw
 
         return general
     kinds = [ls.cell for ls in model.state_spec.layers]
     if _pointwise_ok(cells, state):  # LSTM layers: one product and one kernel pass per layer
-        return _gemm_stepper(model, cells, state)
+        return _gemm_stepper(model, cells, state, reps)
     if state.batch_size <= _CELL_ROWS:  # few rows: the cell functions, one layer at a time, beat the kernel's setup
-        return _cell_stepper(model, cells, kinds, state)
+        return _cell_stepper(model, cells, kinds, state, reps)
     groups = rnn._groups if rnn._groupable(state.layers[0].h) else rnn._singles
     hx: list[Any] = [hx_for_layers(state, a, b, kinds[a] == "lstm") for a, b in groups]
 
-    def kernel_step(x: torch.Tensor | None) -> torch.Tensor:
-        if x is None:
-            top = hx[-1][0] if kinds[-1] == "lstm" else hx[-1]
-            return model.apply_head(top[-1])
-        out = x
+    def kernel_step(shared: torch.Tensor, cols: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        out = _inputs(shared, cols, own, reps)
         for g, (a, b) in enumerate(groups):  # one kernel call per group, its state kept stacked
             seq, hx[g] = rnn_kernel(kinds[a], cells[a:b], out.unsqueeze(1), hx[g], 0.0)
             out = seq[:, 0]
@@ -218,7 +232,7 @@ _CELL_ROWS = 256
 _GEMM_ROWS, _GEMM_HIDDEN, _GEMM_WORK = 16, 64, 28_000
 
 
-def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state: State) -> Any:
+def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state: State, reps: int) -> Any:
     """The step through each layer's cell function, each layer's state kept between steps."""
     steps = []
     for cell, kind in zip(cells, kinds, strict=True):
@@ -226,13 +240,12 @@ def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state:
         steps.append((_CELLS[kind], w[0], w[1], *((w[2], w[3]) if len(w) == 4 else (None, None))))
     hx: list[Any] = [(ls.h, ls.c) if kind == "lstm" else ls.h for ls, kind in zip(state.layers, kinds, strict=True)]
 
-    def cell_step(x: torch.Tensor | None) -> torch.Tensor:
-        if x is not None:
-            for i, (fn, w_ih, w_hh, b_ih, b_hh) in enumerate(steps):
-                hx[i] = fn(x, hx[i], w_ih, w_hh, b_ih, b_hh)
-                x = hx[i][0] if isinstance(hx[i], tuple) else hx[i]
-        top = hx[-1][0] if isinstance(hx[-1], tuple) else hx[-1]
-        return model.apply_head(top)
+    def cell_step(shared: torch.Tensor, cols: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        x = _inputs(shared, cols, own, reps)
+        for i, (fn, w_ih, w_hh, b_ih, b_hh) in enumerate(steps):
+            hx[i] = fn(x, hx[i], w_ih, w_hh, b_ih, b_hh)
+            x = hx[i][0] if isinstance(hx[i], tuple) else hx[i]
+        return model.apply_head(x)
 
     return cell_step
 
@@ -266,12 +279,15 @@ def _kernel_ready() -> bool:
     return fused_available()
 
 
-def _gemm_stepper(model: Any, cells: Sequence[Any], state: State) -> Any:
-    """The step for a stack of LSTM layers: per layer one BLAS product of ``[x, h]`` with the
-    stacked weights ``[W_ih, W_hh]^T``, then one pass of the C kernel for the activations and the
-    cell update (:func:`~hiddenstate._kernels.fused.lstm_pointwise`), which writes ``h`` back
-    into the buffer the next product reads. The same function as ``nn.LSTM`` to ~1e-6 (the
-    kernel's exp); what the elementwise ops cost per step is one pass over the gates."""
+def _gemm_stepper(model: Any, cells: Sequence[Any], state: State, reps: int) -> Any:
+    """The step for a stack of LSTM layers: per layer one matrix product of ``[h, x]`` with the
+    stacked weights ``[W_hh, W_ih]`` (:func:`_product`), then one pass of the C kernel for the
+    activations and the cell update (:func:`~hiddenstate._kernels.fused.lstm_pointwise`), which
+    writes ``h`` back into the buffer the next product reads. The same function as ``nn.LSTM``
+    to ~1e-6 (the kernel's exp); what the elementwise ops cost per step is one pass over the
+    gates (the g gate's weights doubled, so that the pass is one sigmoid loop: ``g_doubled``).
+    The first layer's input columns are each row's shared values, repeated for its paths, then
+    each path's own values in their columns."""
     from hiddenstate._kernels.fused import pointwise_step
 
     rows = state.batch_size
@@ -280,25 +296,93 @@ def _gemm_stepper(model: Any, cells: Sequence[Any], state: State) -> Any:
         for cell, ls in zip(cells, state.layers, strict=True):
             w_ih, w_hh, b_ih, b_hh = (getattr(cell, n) for n in cell._flat_weights_names)
             n_in, hidden = w_ih.shape[1], w_hh.shape[1]
-            xh = w_ih.new_empty(rows, n_in + hidden)  # [x, h]: the product's one operand
-            xh[:, n_in:] = ls.h
-            w = torch.cat([w_ih, w_hh], 1).T.contiguous()  # (n_in + hidden, 4 * hidden)
-            gates = w_ih.new_empty(rows, 4 * hidden)
+            hx = w_ih.new_empty(rows, hidden + n_in)  # [h, x]: the product's one operand
+            hx[:, :hidden] = ls.h
             # the kernel pass on these buffers, checked once: it writes h_t where the next product reads h
-            cell = pointwise_step(gates, ls.c.clone(), xh[:, n_in:])
-            layers.append((n_in, xh, w, b_ih + b_hh, gates, cell))
-    top = layers[-1][1][:, layers[-1][0] :]  # the top layer's h, where its kernel pass writes it
+            cell_pass = pointwise_step(ls.c.clone(), hx[:, :hidden], g_doubled=True)
+            w, b = torch.cat([w_hh, w_ih], 1), b_ih + b_hh  # (4H, H + n_in), (4H,)
+            w[2 * hidden : 3 * hidden] *= 2  # the g gate's products doubled (exact): all four gates are sigmoids
+            b[2 * hidden : 3 * hidden] *= 2
+            layers.append((hidden, hx, _product(rows, w), w, b, cell_pass))
+    hidden0, hx0 = layers[0][:2]
+    inputs = hx0[:, hidden0:]  # the first layer's x columns
+    repeated = inputs.view(reps, rows // reps, inputs.shape[1])  # path s of row b: [s, b]
+    top = layers[-1][1][:, : layers[-1][0]]  # the top layer's h, where its kernel pass writes it
+    head = _head_of(model)
 
-    def gemm_step(x: torch.Tensor | None) -> torch.Tensor:
-        if x is not None:
-            for n_in, xh, w, b, gates, cell in layers:
-                xh[:, :n_in] = x
-                torch.addmm(b, xh, w, out=gates)
-                cell()
-                x = xh[:, n_in:]
-        return model.apply_head(top)
+    def gemm_step(shared: torch.Tensor, cols: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        repeated.copy_(shared)
+        inputs[:, cols] = own
+        x = None
+        for hidden, hx, product, w, b, cell_pass in layers:
+            if x is not None:
+                hx[:, hidden:] = x
+            cell_pass(product(hx, w, b))
+            x = hx[:, :hidden]
+        return head(top)
 
     return gemm_step
+
+
+#: from this much work (rows x inputs x outputs of one product) oneDNN's matmul beats the BLAS's
+#: (measured on an AMD EPYC with AVX-512, where MKL runs its AVX2 kernels: 2x faster at
+#: 700 x 80 x 160; below about 1e6 its ~11 us setup per call loses; docs/performance.md)
+_ONEDNN_WORK = 4_000_000
+
+
+def _product(rows: int, w: torch.Tensor) -> Any:
+    """``product(x, w, b)``: ``x @ w.T + b`` for ``rows`` rows, through oneDNN's matmul where it
+    runs here (float32 CPU tensors, checked once per process against the BLAS) and the product
+    is large enough, else the BLAS (``torch.addmm``)."""
+    if w.dtype == torch.float32 and rows * w.shape[0] * w.shape[1] >= _ONEDNN_WORK and _onednn_ready():
+        linear = torch.ops.mkldnn._linear_pointwise
+
+        def onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return linear(x, w, b, "none", [], "")
+
+        return onednn
+
+    def blas(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(b, x, w.T)
+
+    return blas
+
+
+@functools.cache
+def _onednn_ready() -> bool:
+    """Whether oneDNN's fused linear (the op torch.compile emits for CPU linears) is in this build
+    and computes what the BLAS does, on a strided operand as the sampling loop passes it."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        gen = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(shape, generator=gen) for shape in ((64, 40), (96, 30), (96,)))
+        got = torch.ops.mkldnn._linear_pointwise(x[:, 5:35], w, b, "none", [], "")
+        return bool(torch.allclose(got, torch.addmm(b, x[:, 5:35], w.T), rtol=1e-4, atol=1e-5))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+def _head_of(model: Any) -> Any:
+    """``model.apply_head``, or for a plain linear head (no Dense layers, dropout, activation or
+    hooks) its one product: the same arithmetic without the module call."""
+    head = model.head
+    plain = (
+        not len(model.dense)
+        and model.head_dropout is None
+        and model.head_activation is None
+        and head.bias is not None
+        and not head._forward_hooks
+        and not head._forward_pre_hooks
+    )
+    if not plain:
+        return model.apply_head
+    w, b = head.weight.T, head.bias
+
+    def linear(h: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(b, h, w)
+
+    return linear
 
 
 def check_spread(spread: Any, lik: Any) -> float:

@@ -178,6 +178,25 @@ void FN(hs_lstm_pointwise)(long B, long H, R* a, long a_rs, R* c, long c_rs, R* 
     }
 }
 
+/* The same step on a contiguous a (B, 4H) whose g quarter holds twice its pre-activations (the
+   products' g weights and bias scaled by 2, which is exact): every gate is then a sigmoid, in
+   one loop over the whole buffer with no short per-row tails, and 2 sigmoid(2x) - 1 is tanh(x)
+   as tanh_f32 computes it, to the bit (float64: to rounding, its tanh is libm's). */
+void FN(hs_lstm_pointwise_flat)(long B, long H, R* restrict a, R* c, long c_rs, R* hn, long h_rs) {
+    const long n = B * 4 * H;
+    for (long j = 0; j < n; j++) a[j] = FN(sigmoid)(a[j]);
+    for (long b = 0; b < B; b++) {
+        const R* restrict r = a + b * 4 * H;
+        R* cb = c + b * c_rs;
+        R* restrict hb = hn + b * h_rs;
+        for (long k = 0; k < H; k++) {
+            const R ck = r[H + k] * cb[k] + r[k] * (2 * r[2 * H + k] - 1);
+            cb[k] = ck;
+            hb[k] = r[3 * H + k] * FN(tanh)(ck);
+        }
+    }
+}
+
 /* x (B, T, IN) at x + b * xb + t * xt, features contiguous. Returns 0, or -1 when out of memory.
    Each step works on the whole batch at once, batch row after batch row inside every weight
    row, so the chains of multiply-adds into one row's gates interleave with the other rows'

@@ -136,6 +136,9 @@ def build_kernel() -> ctypes.CDLL:
         pw = getattr(lib, f"hs_lstm_pointwise_{suffix}")
         pw.argtypes = [size, size, ptr, size, ptr, size, ptr, size]
         pw.restype = None
+        flat = getattr(lib, f"hs_lstm_pointwise_flat_{suffix}")
+        flat.argtypes = [size, size, ptr, ptr, size, ptr, size]
+        flat.restype = None
     return lib
 
 
@@ -276,33 +279,53 @@ def lstm_pointwise(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) ->
     kernel instead of a dozen elementwise ops. CPU tensors of one float dtype, each row
     contiguous (rows may be strided: ``h_out`` can be a column slice of a larger buffer); no
     autograd."""
-    pointwise_step(gates, c, h_out)()
+    pointwise_step(c, h_out)(gates)
 
 
-def pointwise_step(gates: torch.Tensor, c: torch.Tensor, h_out: torch.Tensor) -> Any:
-    """:func:`lstm_pointwise` on these three tensors, checked once: a call of the returned
-    function runs the kernel pass on their memory as it is then. For a loop that reuses its
-    buffers step after step (the sampling loop); the tensors must keep their storage (in-place
-    writes only, ``out=`` of the same shape) while the function is in use."""
+def pointwise_step(c: torch.Tensor, h_out: torch.Tensor, g_doubled: bool = False) -> Any:
+    """:func:`lstm_pointwise` on ``c`` and ``h_out``, checked once: the returned ``step(gates)``
+    runs the kernel pass on their memory as it is then, with ``gates`` of that call (checked at
+    every call: a fresh product's output each step). For a loop that reuses its state buffers
+    step after step (the sampling loop); ``c`` and ``h_out`` must keep their storage (in-place
+    writes only) while the function is in use.
+
+    ``g_doubled``: the gates' g quarter holds twice its pre-activations (the product's g weights
+    and bias scaled by 2, which is exact) and ``gates`` is contiguous; every gate is then a
+    sigmoid, in one flat loop, about 15% faster at 700 x 160, with the same float32 results to
+    the bit."""
     rows, hidden = c.shape
     suffix = _SUFFIX.get(c.dtype)
-    tensors = (gates, c, h_out)
     if (
         suffix is None
-        or any(t.dtype != c.dtype or t.device.type != "cpu" or t.dim() != 2 or t.stride(1) != 1 for t in tensors)
-        or tuple(gates.shape) != (rows, 4 * hidden)
+        or any(t.dtype != c.dtype or t.device.type != "cpu" or t.dim() != 2 or t.stride(1) != 1 for t in (c, h_out))
         or tuple(h_out.shape) != (rows, hidden)
     ):
         raise ConfigError(
-            "lstm_pointwise: expected CPU float32/float64 gates (rows, 4H), c and h_out (rows, H) with "
-            f"contiguous rows, got {[(tuple(t.shape), t.dtype, t.stride()) for t in tensors]}"
+            "lstm_pointwise: expected CPU float32/float64 c and h_out (rows, H) with contiguous rows, got "
+            f"{[(tuple(t.shape), t.dtype, t.stride()) for t in (c, h_out)]}"
         )
-    kernel = getattr(build_kernel(), f"hs_lstm_pointwise_{suffix}")
-    pointers = (gates.data_ptr(), gates.stride(0), c.data_ptr(), c.stride(0), h_out.data_ptr(), h_out.stride(0))
-    fn = functools.partial(kernel, rows, hidden, *pointers)
+    kernel = getattr(build_kernel(), f"hs_lstm_pointwise_{'flat_' if g_doubled else ''}{suffix}")
+    fn = functools.partial(kernel, rows, hidden)
+    state = (c.data_ptr(), c.stride(0), h_out.data_ptr(), h_out.stride(0))
+    shape, dtype, row = (rows, 4 * hidden), c.dtype, 4 * hidden if g_doubled else None
 
-    def step(_keep: tuple[torch.Tensor, ...] = tensors) -> None:  # _keep: the memory the pointers name
-        fn()
+    def step(gates: torch.Tensor, _keep: tuple[torch.Tensor, ...] = (c, h_out)) -> None:  # _keep: what `state` names
+        if (
+            gates.shape != shape
+            or gates.stride(1) != 1
+            or (row is not None and gates.stride(0) != row)
+            or gates.dtype != dtype
+            or gates.device.type != "cpu"
+        ):
+            raise ConfigError(
+                f"lstm_pointwise: expected CPU {dtype} gates {shape} with contiguous rows"
+                f"{' (the whole tensor contiguous)' if row else ''}, got "
+                f"{(tuple(gates.shape), gates.dtype, gates.stride())}"
+            )
+        if row is None:
+            fn(gates.data_ptr(), gates.stride(0), *state)
+        else:
+            fn(gates.data_ptr(), *state)
 
     return step
 
