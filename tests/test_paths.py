@@ -190,9 +190,10 @@ def test_a_lag_column_reads_the_history_then_each_paths_own_draw_lag_steps_back(
             torch.testing.assert_close(x[:, col], want, msg=f"step {k}, lag {lag}")
 
 
-_BRANCHES = {  # name: (paths per row, whether the BLAS + kernel step may run)
-    "cell-functions": (3, True),  # 6 rows
-    "gemm-pointwise": (20, True),  # 40 rows, LSTM layers only; the others take the cell functions
+_BRANCHES = {  # name: (paths per row, whether the product + kernel step may run)
+    "cell-functions": (3, False),  # 6 rows
+    "gemm-few-rows": (3, True),  # 6 rows, LSTM layers only; the others take the cell functions
+    "gemm-pointwise": (20, True),  # 40 rows
     "rnn-kernel": (200, False),  # 400 rows
 }
 
@@ -200,16 +201,16 @@ _BRANCHES = {  # name: (paths per row, whether the BLAS + kernel step may run)
 @pytest.mark.parametrize("cells", [[hs.LSTM(6), hs.LSTM(6)], [hs.GRU(5), hs.LSTM(7)], [hs.RNN(4)]])
 @pytest.mark.parametrize("branch", list(_BRANCHES))
 def test_the_lean_step_loop_samples_what_the_models_forward_does(cells, branch, monkeypatch) -> None:
-    """Below 16 rows the loop calls the cell functions; from 16 rows, an all-LSTM stack takes one
-    BLAS product and one pass of the C kernel per layer; otherwise, above 256 rows, the RNN
-    kernel. Every branch gives the paths the model's own one-step forward gives (a hook forces
-    that path), to float rounding."""
+    """An all-LSTM stack takes one matrix product and one pass of the C kernel per layer, at any
+    number of rows; other stacks (or without the kernel) call the cell functions up to 256 rows
+    and the RNN kernel above. Every branch gives the paths the model's own one-step forward
+    gives (a hook forces that path), to float rounding."""
     from hiddenstate import paths
 
     ns, gemm = _BRANCHES[branch]
     if not gemm:
         monkeypatch.setattr(paths, "_pointwise_ok", lambda *a: False)
-    elif branch == "gemm-pointwise" and not fused_available():
+    elif not fused_available():
         pytest.skip("no C compiler for the kernel")
     torch.manual_seed(1)
     model = hs.SequenceModel(3, 1, cells, likelihood="normal").eval()
@@ -344,16 +345,18 @@ def test_the_flat_pass_on_doubled_g_gates_is_the_per_row_pass(dtype) -> None:
 
 @pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
 @pytest.mark.parametrize(
-    ("hidden", "rows", "want"),
-    [(40, 16, "gemm_step"), (40, 700, "gemm_step"), (40, 707, "kernel_step"), (64, 437, "gemm_step"),
-     (64, 700, "kernel_step"), (65, 100, "cell_step"), (8, 3500, "gemm_step")],
+    ("layers", "rows", "want"),
+    [([hs.LSTM(40), hs.LSTM(40)], 2, "gemm_step"), ([hs.LSTM(40), hs.LSTM(40)], 700, "gemm_step"),
+     ([hs.LSTM(128), hs.LSTM(128)], 2800, "gemm_step"), ([hs.LSTM(8)], 5600, "gemm_step"),
+     ([hs.GRU(40), hs.LSTM(40)], 256, "cell_step"), ([hs.GRU(40), hs.LSTM(40)], 257, "kernel_step")],
 )  # fmt: skip
-def test_the_blas_step_runs_up_to_28000_rows_times_units(hidden, rows, want) -> None:
-    """Where the BLAS + C step stops: above 64 units or 28,000 rows x units the RNN kernel's
-    fused step is faster (docs/performance.md), below 16 rows the cell functions."""
+def test_every_lstm_stack_takes_the_product_and_kernel_step(layers, rows, want) -> None:
+    """With oneDNN's products the LSTM step beats the cell functions and the RNN kernel at every
+    shape timed (docs/performance.md), so an LSTM stack takes it whatever its width and rows;
+    a stack with another cell takes the cell functions up to 256 rows and the RNN kernel above."""
     from hiddenstate import paths
 
-    model = hs.SequenceModel(2, 1, [hs.LSTM(hidden), hs.LSTM(hidden)], likelihood="normal").eval()
+    model = hs.SequenceModel(2, 1, layers, likelihood="normal").eval()
     state = hs.State.zeros(model.state_spec, 1)
     assert paths._stepper(model, state.select(torch.zeros(rows, dtype=torch.long))).__name__ == want
 

@@ -189,11 +189,11 @@ def _stepper(model: Any, state: State, reps: int = 1) -> Any:
     advances the state kept inside and returns the head's output ``(reps * batch, k)``.
 
     For a plain stack (the default backend, no hooks) the step keeps the state's tensors between
-    steps: LSTM layers of at most 64 units from 16 rows on, up to 28,000 rows x units, take one
-    BLAS product and one pass of the C kernel per layer (:func:`_gemm_stepper`); otherwise, up to
-    256 rows, each layer's cell function, above that one RNN kernel call per group of same-sized
-    layers. Each is the same arithmetic as the model's one-step forward (to float rounding)
-    without building a State per step. Anything else goes through ``model(x, state)``.
+    steps: LSTM layers take one matrix product and one pass of the C kernel per layer
+    (:func:`_gemm_stepper`); other stacks, up to 256 rows, each layer's cell function, above that
+    one RNN kernel call per group of same-sized layers. Each is the same arithmetic as the
+    model's one-step forward (to float rounding) without building a State per step. Anything
+    else goes through ``model(x, state)``.
     """
     rnn = getattr(model, "rnn", None)
     cells = getattr(rnn, "_cell_list", None)
@@ -229,7 +229,6 @@ def _stepper(model: Any, state: State, reps: int = 1) -> Any:
 
 
 _CELL_ROWS = 256
-_GEMM_ROWS, _GEMM_HIDDEN, _GEMM_WORK = 16, 64, 28_000
 
 
 def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state: State, reps: int) -> Any:
@@ -251,18 +250,15 @@ def _cell_stepper(model: Any, cells: Sequence[Any], kinds: Sequence[str], state:
 
 
 def _pointwise_ok(cells: Sequence[Any], state: State) -> bool:
-    """Whether :func:`_gemm_stepper` runs: layers the C kernel can run (plain LSTM ones), of at
-    most 64 units, at least 16 rows and at most 28,000 rows x units (700 rows of 40), CPU
-    float32/float64, and the kernel built or buildable here. Below 16 rows the cell functions
-    are as fast; for wider layers or more rows the RNN kernel's fused step is faster
-    (docs/performance.md gives the timings)."""
+    """Whether :func:`_gemm_stepper` runs: layers the C kernel can run (plain LSTM ones), CPU
+    float32/float64, and the kernel built or buildable here. With oneDNN's products it beats
+    the cell functions and the RNN kernel at every shape timed, 2 to 5,600 rows of 8 to 256
+    units (docs/performance.md gives the timings)."""
     from hiddenstate._kernels.fused import fusable
 
     h = state.layers[0].h
     return (
-        state.batch_size >= _GEMM_ROWS
-        and all(fusable(c) and c.hidden_size <= _GEMM_HIDDEN for c in cells)
-        and state.batch_size * max(c.hidden_size for c in cells) <= _GEMM_WORK
+        all(fusable(c) for c in cells)
         and h.device.type == "cpu"
         and h.dtype in (torch.float32, torch.float64)
         and all(w.dtype == h.dtype for c in cells for w in c.parameters())
