@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import hiddenstate as hs
+from hiddenstate._kernels.fused import fused_available
 from hiddenstate.data.lanes import StatefulBatches
 from hiddenstate.data.scaled import ScaledBatches
 from hiddenstate.errors import ConfigError
-from hiddenstate.likelihood import LIKELIHOODS, get_likelihood, mean_scale, resolve_likelihood
+from hiddenstate.likelihood import LIKELIHOODS, Likelihood, get_likelihood, mean_scale, resolve_likelihood
 
 PERIOD = 24
 LEVELS = (5.0, 20.0, 80.0)  # three series of very different size: the mean scale makes them one problem
@@ -173,3 +174,41 @@ def test_student_t_draws_follow_the_torch_distributions_law() -> None:
     # a sampler that forgot the chi-square (a normal of the same scale) misses the tails
     wrong = 0.5 + float(torch.nn.functional.softplus(torch.tensor(1.0))) * torch.randn(1_000_000)
     assert float((torch.quantile(wrong, q) - torch.quantile(theirs, q)).abs().max()) > 0.3
+
+
+@pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("with_scale", "spread"), [(True, 1.0), (True, 1.7), (False, 0.6)])
+def test_the_kernels_student_t_draw_is_the_torch_ops_draw(dtype, with_scale, spread) -> None:
+    """On the CPU the Student-t draw runs its arithmetic in two passes of the C kernel around
+    torch's softplus, gamma and normal draws: from the same generator, the very draws of
+    torch's ops (``Likelihood.sample``'s formula), bit for bit, with and without a scale, at any
+    spread; raw values past softplus's threshold (20) included."""
+    from hiddenstate._kernels.fused import studentt_draw
+
+    lik = get_likelihood("studentt")
+    g = torch.Generator().manual_seed(3)
+    raw = (torch.randn(500, 6, generator=g, dtype=dtype) * 8).clamp(-30, 30)  # 2 outputs x (loc, scale, df)
+    scale = torch.rand(500, 2, generator=g, dtype=dtype) + 0.5 if with_scale else None
+    assert studentt_draw(raw, scale, spread, 1e-6, torch.Generator().manual_seed(0)) is not None  # the kernel's path
+    ours = lik.sample(raw, scale, spread, torch.Generator().manual_seed(9))
+    ops = Likelihood.sample(lik, raw, scale, spread, torch.Generator().manual_seed(9))
+    assert torch.equal(ours, ops)  # the same operations in the same order, on the same random numbers
+    assert ours.dtype == dtype and ours.shape == (500, 2)
+
+
+def test_the_student_t_draw_takes_torchs_ops_where_the_kernel_cannot() -> None:
+    """A scale whose rows are not back to back, a 3-d raw or a raw that needs its gradient go
+    through torch's ops: the very draws of ``Likelihood.sample``."""
+    from hiddenstate._kernels.fused import studentt_draw
+
+    lik = get_likelihood("studentt")
+    raw = torch.randn(40, 3)
+    wide = (torch.rand(40, 2) + 0.5)[:, :1]  # (40, 1), rows 2 apart
+    assert studentt_draw(raw, wide, 1.0, 1e-6, None) is None
+    want = Likelihood.sample(lik, raw, wide, 1.0, torch.Generator().manual_seed(4))
+    assert torch.equal(lik.sample(raw, wide, 1.0, torch.Generator().manual_seed(4)), want)
+    assert studentt_draw(raw[None], None, 1.0, 1e-6, None) is None
+    grad = raw.clone().requires_grad_()
+    want = Likelihood.sample(lik, grad, None, 1.0, torch.Generator().manual_seed(4))
+    assert torch.equal(lik.sample(grad, None, 1.0, torch.Generator().manual_seed(4)), want)

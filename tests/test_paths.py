@@ -408,12 +408,12 @@ def test_without_the_kernel_the_loop_takes_its_other_steps(monkeypatch) -> None:
         raise ConfigError("the fused backend builds a small C kernel on first use and found no C compiler")
 
     monkeypatch.setattr(fused, "build_kernel", no_compiler)
-    paths._kernel_ready.cache_clear()
+    fused.kernel_ready.cache_clear()
     try:
         assert paths._stepper(model, state.select(torch.arange(2).repeat(20))).__name__ == "cell_step"
         got = [sample_paths(model, state, last, 6, 20, seed=4, target_index=[0], ahead=ahead) for _ in range(3)]
     finally:
-        paths._kernel_ready.cache_clear()
+        fused.kernel_ready.cache_clear()
     assert len(calls) == 1
     for g in got:
         torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-5)

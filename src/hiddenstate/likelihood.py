@@ -143,6 +143,23 @@ class _StudentT(Likelihood):
     def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
         return D.StudentT(*self._params(raw, scale), validate_args=False)
 
+    def sample(
+        self,
+        raw: torch.Tensor,
+        scale: torch.Tensor | None = None,
+        spread: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        # on the CPU, the arithmetic around torch's gamma and normal draws in two passes of the C
+        # kernel (the same random numbers and operations: the same draws, bit for bit); else torch's ops
+        from hiddenstate._kernels.fused import studentt_draw
+
+        if raw.dim() == 2 and not raw.requires_grad:
+            out = studentt_draw(raw, scale, float(spread), _MIN_SCALE, generator)
+            if out is not None:
+                return out
+        return super().sample(raw, scale, spread, generator)
+
     def _offset(
         self, raw: torch.Tensor, scale: torch.Tensor | None, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:

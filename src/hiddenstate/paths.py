@@ -254,7 +254,7 @@ def _pointwise_ok(cells: Sequence[Any], state: State) -> bool:
     float32/float64, and the kernel built or buildable here. With oneDNN's products it beats
     the cell functions and the RNN kernel at every shape timed, 2 to 5,600 rows of 8 to 256
     units (docs/performance.md gives the timings)."""
-    from hiddenstate._kernels.fused import fusable
+    from hiddenstate._kernels.fused import fusable, kernel_ready
 
     h = state.layers[0].h
     return (
@@ -262,17 +262,8 @@ def _pointwise_ok(cells: Sequence[Any], state: State) -> bool:
         and h.device.type == "cpu"
         and h.dtype in (torch.float32, torch.float64)
         and all(w.dtype == h.dtype for c in cells for w in c.parameters())
-        and _kernel_ready()
+        and kernel_ready()
     )
-
-
-@functools.cache
-def _kernel_ready() -> bool:
-    """Whether the C kernel is built or builds here, asked once per process: a build that fails
-    (no compiler, a compiler error) is not retried on every call, the loop takes its other steps."""
-    from hiddenstate._kernels.fused import fused_available
-
-    return fused_available()
 
 
 def _gemm_stepper(model: Any, cells: Sequence[Any], state: State, reps: int) -> Any:
