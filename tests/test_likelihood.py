@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from hiddenstate._kernels.fused import fused_available
 from hiddenstate.data.lanes import StatefulBatches
 from hiddenstate.data.scaled import ScaledBatches
 from hiddenstate.errors import ConfigError
-from hiddenstate.likelihood import LIKELIHOODS, Likelihood, get_likelihood, mean_scale, resolve_likelihood
+from hiddenstate.likelihood import LIKELIHOODS, get_likelihood, mean_scale, resolve_likelihood
 
 PERIOD = 24
 LEVELS = (5.0, 20.0, 80.0)  # three series of very different size: the mean scale makes them one problem
@@ -176,13 +178,19 @@ def test_student_t_draws_follow_the_torch_distributions_law() -> None:
     assert float((torch.quantile(wrong, q) - torch.quantile(theirs, q)).abs().max()) > 0.3
 
 
+def _ops_draw(lik: Any, raw: torch.Tensor, scale: Any, spread: float, generator: Any) -> torch.Tensor:
+    """The Student-t draw through torch's elementwise ops (``_offset``), as without the kernel."""
+    loc, z = lik._offset(raw, scale, generator)
+    return (z * spread if spread != 1.0 else z) + loc
+
+
 @pytest.mark.skipif(not fused_available(), reason="no C compiler for the kernel")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("with_scale", "spread"), [(True, 1.0), (True, 1.7), (False, 0.6)])
 def test_the_kernels_student_t_draw_is_the_torch_ops_draw(dtype, with_scale, spread) -> None:
     """On the CPU the Student-t draw runs its arithmetic in two passes of the C kernel around
     torch's softplus, gamma and normal draws: from the same generator, the very draws of
-    torch's ops (``Likelihood.sample``'s formula), bit for bit, with and without a scale, at any
+    torch's ops (``_offset``), bit for bit, with and without a scale, at any
     spread; raw values past softplus's threshold (20) included."""
     from hiddenstate._kernels.fused import studentt_draw
 
@@ -192,23 +200,23 @@ def test_the_kernels_student_t_draw_is_the_torch_ops_draw(dtype, with_scale, spr
     scale = torch.rand(500, 2, generator=g, dtype=dtype) + 0.5 if with_scale else None
     assert studentt_draw(raw, scale, spread, 1e-6, torch.Generator().manual_seed(0)) is not None  # the kernel's path
     ours = lik.sample(raw, scale, spread, torch.Generator().manual_seed(9))
-    ops = Likelihood.sample(lik, raw, scale, spread, torch.Generator().manual_seed(9))
+    ops = _ops_draw(lik, raw, scale, spread, torch.Generator().manual_seed(9))
     assert torch.equal(ours, ops)  # the same operations in the same order, on the same random numbers
     assert ours.dtype == dtype and ours.shape == (500, 2)
 
 
 def test_the_student_t_draw_takes_torchs_ops_where_the_kernel_cannot() -> None:
     """A scale whose rows are not back to back, a 3-d raw or a raw that needs its gradient go
-    through torch's ops: the very draws of ``Likelihood.sample``."""
+    through torch's ops: the very draws of ``_offset``."""
     from hiddenstate._kernels.fused import studentt_draw
 
     lik = get_likelihood("studentt")
     raw = torch.randn(40, 3)
     wide = (torch.rand(40, 2) + 0.5)[:, :1]  # (40, 1), rows 2 apart
     assert studentt_draw(raw, wide, 1.0, 1e-6, None) is None
-    want = Likelihood.sample(lik, raw, wide, 1.0, torch.Generator().manual_seed(4))
+    want = _ops_draw(lik, raw, wide, 1.0, torch.Generator().manual_seed(4))
     assert torch.equal(lik.sample(raw, wide, 1.0, torch.Generator().manual_seed(4)), want)
     assert studentt_draw(raw[None], None, 1.0, 1e-6, None) is None
     grad = raw.clone().requires_grad_()
-    want = Likelihood.sample(lik, grad, None, 1.0, torch.Generator().manual_seed(4))
+    want = _ops_draw(lik, grad, None, 1.0, torch.Generator().manual_seed(4))
     assert torch.equal(lik.sample(grad, None, 1.0, torch.Generator().manual_seed(4)), want)

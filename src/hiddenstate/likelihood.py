@@ -114,8 +114,17 @@ class Likelihood:
         draws of its ``sample``, from the same random numbers)."""
         if spread != 1.0 and not self.spreads:
             raise ConfigError(f"likelihood {self.name!r} has no scale parameter to spread; spread must be 1")
+        drawn = self._kernel_draw(raw, scale, float(spread), generator)
+        if drawn is not None:
+            return drawn
         loc, z = self._offset(raw, scale, generator)
         return (z.mul_(spread) if spread != 1.0 else z).add_(loc)
+
+    def _kernel_draw(
+        self, raw: torch.Tensor, scale: torch.Tensor | None, spread: float, generator: torch.Generator | None
+    ) -> torch.Tensor | None:
+        """The same draws through the C kernel, where a family has it and it takes these tensors; else None."""
+        return None
 
     def _offset(
         self, raw: torch.Tensor, scale: torch.Tensor | None, generator: torch.Generator | None
@@ -143,22 +152,14 @@ class _StudentT(Likelihood):
     def distribution(self, raw: torch.Tensor, scale: torch.Tensor | None = None) -> D.Distribution:
         return D.StudentT(*self._params(raw, scale), validate_args=False)
 
-    def sample(
-        self,
-        raw: torch.Tensor,
-        scale: torch.Tensor | None = None,
-        spread: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        # on the CPU, the arithmetic around torch's gamma and normal draws in two passes of the C
-        # kernel (the same random numbers and operations: the same draws, bit for bit); else torch's ops
+    def _kernel_draw(
+        self, raw: torch.Tensor, scale: torch.Tensor | None, spread: float, generator: torch.Generator | None
+    ) -> torch.Tensor | None:
+        # on the CPU, the arithmetic around torch's softplus, gamma and normal draws in two passes
+        # of the C kernel: the same random numbers and operations, so the draws of _offset, bit for bit
         from hiddenstate._kernels.fused import studentt_draw
 
-        if raw.dim() == 2 and not raw.requires_grad:
-            out = studentt_draw(raw, scale, float(spread), _MIN_SCALE, generator)
-            if out is not None:
-                return out
-        return super().sample(raw, scale, spread, generator)
+        return None if raw.dim() != 2 or raw.requires_grad else studentt_draw(raw, scale, spread, _MIN_SCALE, generator)
 
     def _offset(
         self, raw: torch.Tensor, scale: torch.Tensor | None, generator: torch.Generator | None
