@@ -97,7 +97,7 @@ def read_long(
     stamps = df[time_col]
     if isinstance(step, int) and not pd.api.types.is_integer_dtype(stamps):
         raise DataError(f"{what}: column {time_col!r} must hold integers for the int freq {freq}")
-    if not isinstance(step, int):
+    if not isinstance(step, int) and not pd.api.types.is_datetime64_any_dtype(stamps):  # else: stamps already
         try:
             stamps = pd.to_datetime(stamps)
         except (ValueError, TypeError):
