@@ -1,10 +1,12 @@
-/* The time loop of one LSTM layer, forward and backward, for hiddenstate.fast.
+/* The time loop of one LSTM layer, forward and backward, for the fused backend.
 
    Small recurrent models on a CPU spend their time in per-step op dispatch, not arithmetic:
    a 2-layer LSTM(8) does ~5k multiply-adds per step, which a core does in well under a
    microsecond, while a framework spends several microseconds per op to launch them. Here one
    call runs a layer over the whole chunk: forward, or backward including the weight gradients
-   and the gradient into the layer below. See hiddenstate/fast.py.
+   and the gradient into the layer below. See hiddenstate/_kernels/fused.py. It also holds the
+   per-step passes of the sampling loop (hiddenstate/paths.py): the LSTM activations and cell
+   update after a BLAS or oneDNN product, and the Student-t draw's arithmetic.
 
    Layout: weights as torch.nn.LSTM holds them (row-major; gate order i, f, g, o):
      w_ih (4H, IN), w_hh (4H, H), b_ih, b_hh (4H); h0, c0 (B, H).
