@@ -260,16 +260,28 @@ def test_the_onednn_products_sample_what_the_models_forward_does(monkeypatch) ->
 
 
 def test_without_onednn_the_products_are_the_blas(monkeypatch) -> None:
-    """A build without oneDNN (or whose fused linear fails its check) runs every product on the
-    BLAS; the check is made once per process."""
+    """A build without oneDNN, or whose fused linear raises or computes something else than the
+    BLAS, runs every product on the BLAS; the check is made once per process."""
     from hiddenstate import paths
 
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    paths._onednn_ready.cache_clear()
+    def fails(*args: object) -> None:
+        raise RuntimeError("no such kernel")
+
+    def wrong(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *rest: object) -> torch.Tensor:
+        return torch.addmm(b, x, w.T) + 1e-3  # off by more than float rounding
+
     try:
+        for name, value in (("_linear_pointwise", fails), ("_linear_pointwise", wrong)):
+            with monkeypatch.context() as m:
+                m.setattr(torch.ops.mkldnn, name, value)
+                paths._onednn_ready.cache_clear()
+                assert not paths._onednn_ready()
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+        paths._onednn_ready.cache_clear()
         assert not paths._onednn_ready()
         assert paths._product(700, torch.zeros(160, 80)).__name__ == "blas"
     finally:
+        monkeypatch.undo()
         paths._onednn_ready.cache_clear()
 
 
