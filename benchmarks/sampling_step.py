@@ -7,9 +7,9 @@
 cell functions (``torch.lstm_cell``), the RNN kernel (oneDNN on the CPU, one call per group of
 same-sized layers) and one matrix product of ``[h, x]`` per layer (oneDNN's for large ones,
 else the BLAS) followed by one pass of the C kernel for the activations and the cell update,
-which it takes for every LSTM stack when the kernel builds. This times 48 steps of a 2-layer Student-t LSTM with 13
-inputs (the probabilistic benchmark's shape) for each, in interleaved rounds in one process,
-and prints each one's median beside the one the loop picks.
+which it takes for every LSTM stack when the kernel builds. This times 48 steps of a 2-layer
+Student-t LSTM with 13 inputs (the probabilistic benchmark's shape) for each, in interleaved
+rounds in one process, and prints each one's median beside the one the loop picks.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     shapes = [tuple(int(v) for v in pair.split("x")) for pair in args.shapes.split(",")] if args.shapes else SHAPES
     torch.set_num_threads(args.threads)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, torch {torch.__version__}, {args.threads} thread(s)")
-    print("| hidden | rows | cell functions | RNN kernel | BLAS + C pass | picked | picked vs best other |")
+    print("| hidden | rows | cell functions | RNN kernel | product + C pass | picked | picked vs best other |")
     print("|---|---|---|---|---|---|---|")
     for hidden, rows in shapes:
         torch.manual_seed(0)

@@ -240,10 +240,10 @@ def test_the_onednn_products_sample_what_the_models_forward_does(monkeypatch) ->
 
     if not paths._onednn_ready():
         pytest.skip("this torch build has no oneDNN fused linear")
-    w = torch.zeros(160, 80)
-    assert paths._product(700, w).__name__ == "onednn"  # 700 x 80 x 160: the sampling loop's shape
-    assert paths._product(16, w).__name__ == "blas"  # a small product: oneDNN's setup would cost more
-    assert paths._product(700, w.double()).__name__ == "blas"  # oneDNN's linear is float32 here
+    w, b = torch.zeros(160, 80), torch.zeros(160)
+    assert paths._product(700, w, b).__name__ == "onednn"  # 700 x 80 x 160: the sampling loop's shape
+    assert paths._product(16, w, b).__name__ == "blas"  # a small product: oneDNN's setup would cost more
+    assert paths._product(700, w.double(), b.double()).__name__ == "blas"  # oneDNN's linear is float32 here
     monkeypatch.setattr(paths, "_ONEDNN_WORK", 0)
     torch.manual_seed(3)
     model = hs.SequenceModel(3, 1, [hs.LSTM(6), hs.LSTM(5)], likelihood="studentt").eval()
@@ -279,7 +279,7 @@ def test_without_onednn_the_products_are_the_blas(monkeypatch) -> None:
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
         paths._onednn_ready.cache_clear()
         assert not paths._onednn_ready()
-        assert paths._product(700, torch.zeros(160, 80)).__name__ == "blas"
+        assert paths._product(700, torch.zeros(160, 80), torch.zeros(160)).__name__ == "blas"
     finally:
         monkeypatch.undo()
         paths._onednn_ready.cache_clear()

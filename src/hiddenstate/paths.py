@@ -145,10 +145,11 @@ def sample_paths(
         gen = _generator(seed, p.device)
         with torch.no_grad():
             # every path of a row starts from the same state and input: the first step runs once per row
+            state = state.to(p.device)
             if seen_last:  # the output at `last` is the head on the top layer's h
-                first = model.apply_head(state.layers[-1].h.to(p.device))
+                first = model.apply_head(state.layers[-1].h)
             else:
-                first, state = _one_step(model, x, state.to(p.device))
+                first, state = _one_step(model, x, state)
             step = _stepper(model, state.select(rows), num_samples) if horizon > 1 else None
             for k in range(horizon):
                 if k:
@@ -290,7 +291,7 @@ def _gemm_stepper(model: Any, cells: Sequence[Any], state: State, reps: int) -> 
             w, b = torch.cat([w_hh, w_ih], 1), b_ih + b_hh  # (4H, H + n_in), (4H,)
             w[2 * hidden : 3 * hidden] *= 2  # the g gate's products doubled (exact): all four gates are sigmoids
             b[2 * hidden : 3 * hidden] *= 2
-            layers.append((hidden, hx, _product(rows, w), w, b, cell_pass))
+            layers.append((hidden, hx, _product(rows, w, b), cell_pass))
     hidden0, hx0 = layers[0][:2]
     inputs = hx0[:, hidden0:]  # the first layer's x columns
     repeated = inputs.view(reps, rows // reps, inputs.shape[1])  # path s of row b: [s, b]
@@ -301,36 +302,38 @@ def _gemm_stepper(model: Any, cells: Sequence[Any], state: State, reps: int) -> 
         repeated.copy_(shared)
         inputs[:, cols] = own
         x = None
-        for hidden, hx, product, w, b, cell_pass in layers:
+        for hidden, hx, product, cell_pass in layers:
             if x is not None:
                 hx[:, hidden:] = x
-            cell_pass(product(hx, w, b))
+            cell_pass(product(hx))
             x = hx[:, :hidden]
         return head(top)
 
     return gemm_step
 
 
-#: from this much work (rows x inputs x outputs of one product) oneDNN's matmul beats the BLAS's
-#: (measured on an AMD EPYC with AVX-512, where MKL runs its AVX2 kernels: 2x faster at
-#: 700 x 80 x 160; below about 1e6 its ~11 us setup per call loses; docs/performance.md)
+#: from this much work (rows x inputs x outputs of one product) the step takes oneDNN's matmul
+#: (on an AMD EPYC with AVX-512, where MKL runs its AVX2 kernels, it is 2x faster at 700 x 80 x
+#: 160 and its ~11 us setup per call loses below about 1e6; the bar sits above that, where MKL's
+#: own AVX-512 kernels may be as fast: docs/performance.md)
 _ONEDNN_WORK = 4_000_000
 
 
-def _product(rows: int, w: torch.Tensor) -> Any:
-    """``product(x, w, b)``: ``x @ w.T + b`` for ``rows`` rows, through oneDNN's matmul where it
-    runs here (float32 CPU tensors, checked once per process against the BLAS) and the product
-    is large enough, else the BLAS (``torch.addmm``)."""
+def _product(rows: int, w: torch.Tensor, b: torch.Tensor) -> Any:
+    """``product(x)``: ``x @ w.T + b`` for ``rows`` rows, through oneDNN's matmul where it runs
+    here (float32 CPU tensors, checked once per process against the BLAS) and the product is
+    large enough, else the BLAS (``torch.addmm``)."""
     if w.dtype == torch.float32 and rows * w.shape[0] * w.shape[1] >= _ONEDNN_WORK and _onednn_ready():
         linear = torch.ops.mkldnn._linear_pointwise
 
-        def onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        def onednn(x: torch.Tensor) -> torch.Tensor:
             return linear(x, w, b, "none", [], "")
 
         return onednn
+    w_t = w.T
 
-    def blas(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(b, x, w.T)
+    def blas(x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(b, x, w_t)
 
     return blas
 

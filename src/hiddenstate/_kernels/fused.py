@@ -165,42 +165,6 @@ def kernel_ready() -> bool:
     return fused_available()
 
 
-def studentt_draw(
-    raw: torch.Tensor, scale: torch.Tensor | None, spread: float, min_scale: float, generator: Any
-) -> torch.Tensor | None:
-    """One Student-t draw per output, ``(n, k)``, from the head's ``raw`` ``(n, 3k)`` (loc, scale,
-    df): torch's softplus, gamma and normal draws, and the arithmetic between them in two kernel
-    passes (see ``_fused_lstm.c``); None where the kernel cannot take these tensors (then the
-    caller draws with torch's ops)."""
-    suffix = _SUFFIX.get(raw.dtype)
-    if suffix is None or raw.device.type != "cpu" or raw.dim() != 2 or raw.shape[1] % 3:
-        return None
-    n, k = raw.shape[0], raw.shape[1] // 3
-    if scale is not None and (
-        scale.dtype != raw.dtype
-        or scale.device.type != "cpu"
-        or tuple(scale.shape) != (n, k)
-        or not scale.is_contiguous()
-    ):
-        return None
-    if not kernel_ready():
-        return None
-    lib = build_kernel()
-    p = raw.unflatten(-1, (3, k)).movedim(-2, 0).contiguous()  # (3, n, k): loc, scale, df
-    loc, sp = p[0], torch.nn.functional.softplus(p[1:])  # fresh and contiguous, (n, k) and (2, n, k)
-    getattr(lib, f"hs_studentt_params_{suffix}")(
-        n * k, loc.data_ptr(), sp.data_ptr(), None if scale is None else scale.data_ptr(), min_scale
-    )
-    gamma = torch._standard_gamma(sp[1], generator=generator)
-    eps = torch.randn((n, k), dtype=raw.dtype, generator=generator)
-    out = torch.empty_like(loc)
-    getattr(lib, f"hs_studentt_draw_{suffix}")(
-        n * k, loc.data_ptr(), sp[0].data_ptr(), sp[1].data_ptr(), gamma.data_ptr(), eps.data_ptr(), spread,
-        torch.finfo(raw.dtype).tiny, out.data_ptr(),
-    )  # fmt: skip
-    return out
-
-
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _WEIGHT_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
@@ -378,6 +342,42 @@ def pointwise_step(c: torch.Tensor, h_out: torch.Tensor, g_doubled: bool = False
             fn(gates.data_ptr(), *state)
 
     return step
+
+
+def studentt_draw(
+    raw: torch.Tensor, scale: torch.Tensor | None, spread: float, min_scale: float, generator: Any
+) -> torch.Tensor | None:
+    """One Student-t draw per output, ``(n, k)``, from the head's ``raw`` ``(n, 3k)`` (loc, scale,
+    df): torch's softplus, gamma and normal draws, and the arithmetic between them in two kernel
+    passes (see ``_fused_lstm.c``); None where the kernel cannot take these tensors (then the
+    caller draws with torch's ops)."""
+    suffix = _SUFFIX.get(raw.dtype)
+    if suffix is None or raw.device.type != "cpu" or raw.dim() != 2 or raw.shape[1] % 3:
+        return None
+    n, k = raw.shape[0], raw.shape[1] // 3
+    if scale is not None and (
+        scale.dtype != raw.dtype
+        or scale.device.type != "cpu"
+        or tuple(scale.shape) != (n, k)
+        or not scale.is_contiguous()
+    ):
+        return None
+    if not kernel_ready():
+        return None
+    lib = build_kernel()
+    p = raw.unflatten(-1, (3, k)).movedim(-2, 0).contiguous()  # (3, n, k): loc, scale, df
+    loc, sp = p[0], torch.nn.functional.softplus(p[1:])  # fresh and contiguous, (n, k) and (2, n, k)
+    getattr(lib, f"hs_studentt_params_{suffix}")(
+        n * k, loc.data_ptr(), sp.data_ptr(), None if scale is None else scale.data_ptr(), min_scale
+    )
+    gamma = torch._standard_gamma(sp[1], generator=generator)
+    eps = torch.randn((n, k), dtype=raw.dtype, generator=generator)
+    out = torch.empty_like(loc)
+    getattr(lib, f"hs_studentt_draw_{suffix}")(
+        n * k, loc.data_ptr(), sp[0].data_ptr(), sp[1].data_ptr(), gamma.data_ptr(), eps.data_ptr(), spread,
+        torch.finfo(raw.dtype).tiny, out.data_ptr(),
+    )  # fmt: skip
+    return out
 
 
 def fusable(cell: nn.Module) -> bool:
