@@ -4,8 +4,8 @@ Two layouts are read::
 
     wide (one series, like ETT)              long (one series per id, like Nixtla and Darts)
     date,HUFL,...,OT                         unique_id,ds,y
-    2016-07-01 00:00:00,5.83,...,30.53       a,2024-01-01 00:00,1.0
-    2016-07-01 00:15:00,5.76,...,30.46       a,2024-01-01 00:15,1.2
+    2024-01-01 00:00:00,4.10,...,20.00       a,2024-01-01 00:00,1.0
+    2024-01-01 00:15:00,4.20,...,20.10       a,2024-01-01 00:15,1.2
                                              b,2024-01-01 00:00,7.0
 
 Every error is a :class:`~hiddenstate.errors.DataError` that names the file, the column and the
