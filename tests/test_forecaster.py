@@ -268,6 +268,21 @@ def test_a_failed_update_leaves_every_state_as_it_was(fitted) -> None:
     pd.testing.assert_frame_equal(fitted.predict(futr_df=futr, seed=2), before, check_exact=True)
 
 
+def test_a_deep_copy_carries_its_own_states(fitted) -> None:
+    """copy.deepcopy of a fitted forecaster (a what-if branch): updating the copy leaves the
+    original's states, and so its forecasts, as they were."""
+    import copy
+
+    futr = _future(FULL, N)
+    before = fitted.predict(futr_df=futr, seed=3)
+    branch = copy.deepcopy(fitted)
+    pd.testing.assert_frame_equal(branch.predict(futr_df=futr, seed=3), before, check_exact=True)
+    branch.update(FULL[FULL.groupby("unique_id").cumcount() == N])
+    moved = branch.predict(futr_df=_future(FULL, N + 1), seed=3)
+    assert not np.allclose(moved["HiddenState"], before["HiddenState"])
+    pd.testing.assert_frame_equal(fitted.predict(futr_df=futr, seed=3), before, check_exact=True)
+
+
 def test_val_size_holds_out_the_tail_for_the_validation_loss() -> None:
     from hiddenstate.data.lanes import StatefulBatches
     from hiddenstate.data.scaled import ScaledBatches

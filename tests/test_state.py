@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from typing import Any
@@ -287,6 +288,25 @@ def test_immutable() -> None:
     with pytest.raises(AttributeError):
         s.layers[0].h = z(2, 8)  # type: ignore[misc]  # LayerState is a frozen dataclass
     assert s.spec == LSTM_8_16 and s.batch_size == 2
+
+
+def test_copies() -> None:
+    """copy.copy gives the State itself (nothing in it can change); copy.deepcopy gives the same
+    values in tensors of its own, for LSTM and GRU layers alike."""
+    s = filled(hs.StateSpec([("lstm", 8), ("gru", 16)]), 3)
+    assert copy.copy(s) is s
+    d = copy.deepcopy(s)
+    assert d is not s and d.spec == s.spec and d.allclose(s, atol=0.0)
+    assert d.layers[1].c is None
+    for a, b in zip(s.layers, d.layers, strict=True):
+        for t, u in zip(a.tensors(), b.tensors(), strict=True):
+            assert u.data_ptr() != t.data_ptr()
+    before = s.layers[0].c.clone()
+    s.layers[0].c.add_(1.0)  # an in-place change to the original's tensor leaves the copy as it was
+    assert torch.equal(d.layers[0].c, before) and not torch.equal(d.layers[0].c, s.layers[0].c)
+    held = {"a": s, "b": s}  # the memo keeps shared States shared
+    again = copy.deepcopy(held)
+    assert again["a"] is again["b"]
 
 
 # -- derived states ---------------------------------------------------------------------------

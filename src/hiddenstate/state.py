@@ -21,6 +21,7 @@ This module is pure: no files, no network, no terminal.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,15 @@ class State:
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"State is immutable; cannot delete {name!r}")
+
+    def __copy__(self) -> State:
+        return self  # immutable: a shallow copy would share every tensor anyway
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> State:
+        """The same values in tensors of their own (``copy.deepcopy`` of a Forecaster or a run's
+        objects reaches here: the default copier would set the slots, which immutability refuses)."""
+        layers = [LayerState(*(copy.deepcopy(t, memo) for t in ls.tensors())) for ls in self._layers]
+        return State._trusted(copy.deepcopy(self._spec, memo), layers)
 
     # -- construction -------------------------------------------------------------------------
 
