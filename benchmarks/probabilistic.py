@@ -643,6 +643,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-deepar", action="store_true")
     parser.add_argument("--no-stats", action="store_true")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     warnings.filterwarnings("ignore")
     import torch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -271,8 +272,6 @@ def test_a_failed_update_leaves_every_state_as_it_was(fitted) -> None:
 def test_a_deep_copy_carries_its_own_states(fitted) -> None:
     """copy.deepcopy of a fitted forecaster (a what-if branch): updating the copy leaves the
     original's states, and so its forecasts, as they were."""
-    import copy
-
     futr = _future(FULL, N)
     before = fitted.predict(futr_df=futr, seed=3)
     branch = copy.deepcopy(fitted)
