@@ -95,9 +95,10 @@ class State:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> State:
         """The same values in tensors of their own (``copy.deepcopy`` of a Forecaster or a run's
-        objects reaches here: the default copier would set the slots, which immutability refuses)."""
+        objects reaches here: the default copier would set the slots, which immutability refuses).
+        The spec, which nothing can change, is shared, as every derived State shares it."""
         layers = [LayerState(*(copy.deepcopy(t, memo) for t in ls.tensors())) for ls in self._layers]
-        return State._trusted(copy.deepcopy(self._spec, memo), layers)
+        return State._trusted(self._spec, layers)
 
     # -- construction -------------------------------------------------------------------------
 
