@@ -57,12 +57,19 @@ from hiddenstate.data.scaled import ScaledBatches
 from hiddenstate.errors import ConfigError, DataError
 from hiddenstate.likelihood import mean_scale, resolve_likelihood
 from hiddenstate.model import LSTM, SequenceModel
-from hiddenstate.paths import sample_paths
+from hiddenstate.paths import sample_paths, whole
 from hiddenstate.state import LayerSpec, State
 from hiddenstate.train.config import TrainConfig
 from hiddenstate.train.trainer import Trainer
 
 __all__ = ["Forecaster"]
+
+
+def _plain_freq(freq: Any) -> Any:
+    """``freq`` as it is saved: an int step, or a pandas frequency string (an offset object's own)."""
+    if isinstance(freq, int | np.integer):
+        return int(freq)
+    return freq if isinstance(freq, str) else step_of(freq).freqstr
 
 
 class Forecaster:
@@ -73,7 +80,8 @@ class Forecaster:
             :class:`SequenceModel` with a likelihood head and the right ``input_size``.
         horizon: the default ``h`` of ``predict`` and ``sample``.
         freq: a pandas frequency (``"h"``, ``"15min"``) or an int step for integer ``ds``.
-        likelihood: ``"studentt"`` (default; also True), ``"normal"`` or ``"negbin"``.
+        likelihood: ``"studentt"`` (also True), ``"normal"`` or ``"negbin"``; ``"default"``: a
+            passed SequenceModel's own head, else ``"studentt"``. It must match a passed model's.
         futr_exog, hist_exog, stat_exog: exogenous column names.
         lags: target lags ``>= 2`` fed as inputs (lag 1, the last value, always is); each series
             keeps its last ``max(lags)`` values with its state, so ``update`` stays cheap.
@@ -87,7 +95,7 @@ class Forecaster:
         model: Any = None,
         horizon: int = 1,
         freq: Any = "h",
-        likelihood: Any = "studentt",
+        likelihood: Any = "default",
         *,
         id_col: str = "unique_id",
         time_col: str = "ds",
@@ -102,17 +110,20 @@ class Forecaster:
         num_samples: int = 100,
         alias: str = "HiddenState",
     ) -> None:
-        self.likelihood = resolve_likelihood(likelihood)
-        if self.likelihood is None:
+        own = model.likelihood.name if isinstance(model, SequenceModel) and model.likelihood is not None else None
+        if likelihood is None or likelihood is False:
             raise ConfigError("Forecaster forecasts distributions: likelihood must be 'studentt', 'normal' or 'negbin'")
-        if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-            raise ConfigError(f"horizon must be an int >= 1, got {horizon!r}")
+        self.likelihood = resolve_likelihood(own if likelihood == "default" and own else likelihood)
+        if own is not None and own != self.likelihood:
+            raise ConfigError(f"likelihood {self.likelihood!r} differs from the model's own head, {own!r}")
+        horizon = whole("horizon", horizon)
         step_of(freq)  # fails early on a bad freq
-        self.horizon, self.freq = horizon, freq
+        self.horizon, self.freq = horizon, _plain_freq(freq)
         self.id_col, self.time_col, self.target_col = id_col, time_col, target_col
         self.features = SeriesFeatures(lags, futr_exog, hist_exog, stat_exog)
         self.config = config if config is not None else TrainConfig(epochs=20, lr=3e-3, progress=False)
-        self.steps, self.batch_size, self.num_samples, self.alias = steps, batch_size, num_samples, alias
+        self.steps, self.batch_size, self.alias = steps, batch_size, alias
+        self.num_samples = whole("num_samples", num_samples)
         n_in = self.features.n_in
         if model is None or (isinstance(model, Sequence) and all(isinstance(m, LayerSpec) for m in model)):
             layers = list(model) if model is not None else [LSTM(32), LSTM(32)]
@@ -136,9 +147,18 @@ class Forecaster:
     # -- reading frames ---------------------------------------------------------------------------
 
     def _read(self, df: Any, what: str, columns: Sequence[str], min_rows: int = 1) -> dict[Any, SeriesRows]:
-        return read_long(
+        series = read_long(
             df, what, id_col=self.id_col, time_col=self.time_col, columns=columns, freq=self.freq, min_rows=min_rows
         )
+        if self.likelihood == "negbin" and columns and columns[0] == self.target_col:
+            for uid, s in series.items():  # before any weight or state moves
+                neg = np.nonzero(s.values[:, 0] < 0)[0]
+                if neg.size:
+                    raise DataError(
+                        f"{what}: series {uid!r}: column {self.target_col!r} is {s.values[neg[0], 0]:g} at "
+                        f"{fmt_stamp(s.ds[neg[0]])}; likelihood 'negbin' models counts, which are >= 0"
+                    )
+        return series
 
     @property
     def lags(self) -> list[int]:
@@ -177,6 +197,20 @@ class Forecaster:
         series = self._read(df, "df", self._history_columns(), min_rows=3 + val_size)
         ids = list(series)
         stat = self.features.static(static_df, ids, self.id_col)
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        exog = self.features.exog
+        try:
+            return self._fit(series, ids, stat, val_size, calibrate)
+        except BaseException:  # a refused or interrupted fit: the weights and scaler it started from
+            self.model.load_state_dict(weights)
+            self.features.exog = exog
+            raise
+        finally:
+            self.model.eval()
+
+    def _fit(
+        self, series: dict[Any, SeriesRows], ids: list[Any], stat: dict[Any, np.ndarray], val_size: int, calibrate: bool
+    ) -> Forecaster:
         self.features.fit_exog(series, stat, val_size)
         infos = {}
         for uid, s in series.items():
@@ -196,14 +230,19 @@ class Forecaster:
                 [inputs[u] for u in ids], [targets[u] for u in ids], self.batch_size, self.steps, split=False
             )
             val = ScaledBatches(whole, scales, score_from=[len(series[u].ds) - val_size for u in ids])
-        self.history_ = Trainer(self.model, self.config).fit(train_batches, val)
-        self.train_chunks_ = len(train_batches)  # optimizer steps per epoch
+        history = Trainer(self.model, self.config).fit(train_batches, val)
         self.model.eval()
+        kept = self._ids, self._series, self.spread_, self.calibration_
         self._ids, self._series = [], {}
-        self._store(series, infos)
-        self.spread_, self.calibration_ = 1.0, None
-        if calibrate:
-            self._calibrate(series, val_size // self.horizon)
+        try:
+            self._store(series, infos)
+            self.spread_, self.calibration_ = 1.0, None
+            if calibrate:
+                self._calibrate(series, val_size // self.horizon)
+        except BaseException:
+            self._ids, self._series, self.spread_, self.calibration_ = kept
+            raise
+        self.history_, self.train_chunks_ = history, len(train_batches)  # optimizer steps per epoch
         return self
 
     def likelihood_spreads(self) -> bool:
@@ -377,9 +416,7 @@ class Forecaster:
     def _paths(self, df: Any, h: int | None, futr_df: Any, num_samples: int, seed: int | None) -> tuple[Any, ...]:
         """Paths ``(num_samples, series, h, 1)`` in the series' units, the ids and their future stamps."""
         self._fitted()
-        h = self.horizon if h is None else h
-        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
-            raise ConfigError(f"h must be an int >= 1, got {h!r}")
+        h = whole("h", self.horizon if h is None else h)
         if df is not None:  # the states recomputed over df from the fitted weights; the stored ones stay
             series = self._read(df, "df", self._history_columns(), min_rows=2)
             infos = {u: dict(self._known(u, "predict")) for u in series}
@@ -452,7 +489,8 @@ class Forecaster:
         """``[unique_id, ds, <alias>, <alias>-median, <alias>-lo-90, <alias>-lo-80, <alias>-hi-80,
         <alias>-hi-90]`` (``level`` changes the intervals; ``quantiles`` gives ``<alias>-ql<q>``
         columns instead), from the stored states or, with ``df``, from states over ``df``."""
-        paths, ids, stamps = self._paths(df, h, futr_df, num_samples or self.num_samples, seed)
+        n = self.num_samples if num_samples is None else num_samples
+        paths, ids, stamps = self._paths(df, h, futr_df, n, seed)
         return forecast_frame(paths[..., 0], ids, stamps, (self.id_col, self.time_col, self.alias), level, quantiles)
 
     def sample(self, n_paths: int = 100, seed: int | None = None, h: int | None = None, futr_df: Any = None) -> Any:

@@ -37,12 +37,17 @@ def save_forecaster(fc: Any, path: str | os.PathLike[str]) -> Path:
 
     fc._fitted()
     ids = fc._ids
-    kind = "int" if isinstance(step_of(fc.freq), int) else "datetime"
-    stamp = (lambda v: int(v)) if kind == "int" else (lambda v: require("pandas", "data").Timestamp(v).isoformat())
+    for u in ids:
+        if isinstance(u, bool) or not isinstance(u, str | int | float | np.integer | np.floating):
+            raise ConfigError(f"save: series id {u!r} cannot be saved; ids must be str, int or float")
+    int_ds = isinstance(step_of(fc.freq), int)
+    tz = None if int_ds else _zone(fc._series[ids[0]]["ds"])
+    stamp = (lambda v: int(v)) if int_ds else (lambda v: require("pandas", "data").Timestamp(v).isoformat())
     meta = {
         "format": FORMAT,
         "horizon": fc.horizon,
         "freq": fc.freq,
+        "tz": tz,
         "likelihood": fc.likelihood,
         "columns": {"id": fc.id_col, "time": fc.time_col, "target": fc.target_col},
         "futr_exog": fc.futr_exog,
@@ -81,6 +86,66 @@ def save_forecaster(fc: Any, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
+def _zone(stamp: Any) -> str | None:
+    """The IANA name of ``stamp``'s time zone (None: naive), checked to parse back."""
+    pd = require("pandas", "data")
+    ts = pd.Timestamp(stamp)
+    if ts.tz is None:
+        return None
+    name = str(ts.tz)
+    try:
+        ok = pd.Timestamp(ts.isoformat()).tz_convert(name) == ts
+    except (ValueError, TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"save: ds's time zone {name!r} has no name to save; use an IANA zone or UTC")
+    return name
+
+
+_KEYS = ("horizon", "freq", "likelihood", "columns", "futr_exog", "hist_exog", "stat_exog", "steps", "batch_size")
+_KEYS += ("num_samples", "alias", "exog_scaler", "series")
+_SERIES_KEYS = ("id", "scale", "y", "hist", "stat", "ds")
+
+
+def _series_entry(where: str, s: Any, fc: Any) -> dict[str, Any]:
+    """One stored series' entry, checked: every key, finite numbers, lengths the columns declare."""
+    if not isinstance(s, dict) or any(k not in s for k in _SERIES_KEYS):
+        raise ConfigError(f"{where}: expected an object with {', '.join(_SERIES_KEYS)}")
+    uid = s["id"]
+    if isinstance(uid, bool) or not isinstance(uid, str | int | float):
+        raise ConfigError(f"{where}: id {uid!r} is not a str, int or float")
+    try:
+        scale, y = float(s["scale"]), float(s["y"])
+        hist, stat = (np.asarray(s[k], dtype=np.float64).reshape(-1) for k in ("hist", "stat"))
+        tail = np.asarray(s.get("tail", []), dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: series {uid!r}: scale, y, hist, stat and tail must be numbers") from None
+    if not (np.isfinite(scale) and scale > 0):
+        raise ConfigError(f"{where}: series {uid!r}: scale must be finite and > 0, got {scale}")
+    if not (np.isfinite(y) and np.isfinite(hist).all() and np.isfinite(stat).all() and np.isfinite(tail).all()):
+        raise ConfigError(f"{where}: series {uid!r}: a stored value is not finite")
+    for name, have, want in (("hist", hist, fc.hist_exog), ("stat", stat, fc.stat_exog)):
+        if len(have) != len(want):
+            raise ConfigError(f"{where}: series {uid!r}: {len(have)} {name} values for the columns {want}")
+    if len(tail) != (max(fc.lags) if fc.lags else 0):
+        raise ConfigError(f"{where}: series {uid!r}: its stored tail does not match the lags {fc.lags}")
+    return {"id": uid, "scale": scale, "y": y, "hist": hist, "stat": stat, "tail": tail}
+
+
+def _stamp(where: str, uid: Any, value: Any, int_ds: bool, tz: str | None) -> Any:
+    """A stored last stamp as the forecaster holds it: an int, naive datetime64, or tz-aware Timestamp."""
+    pd = require("pandas", "data")
+    try:
+        if int_ds:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError
+            return np.int64(value)
+        ts = pd.Timestamp(value)
+        return ts.to_datetime64() if tz is None else ts.tz_convert(tz)
+    except (TypeError, ValueError, KeyError):
+        raise ConfigError(f"{where}: series {uid!r}: ds {value!r} is not a stored stamp") from None
+
+
 def load_forecaster(cls: Any, path: str | os.PathLike[str]) -> Any:
     """The Forecaster (of class ``cls``) saved in ``path``, every series' state as it was."""
     from hiddenstate.runs.run import load_run
@@ -89,7 +154,13 @@ def load_forecaster(cls: Any, path: str | os.PathLike[str]) -> Any:
     meta = run.extra.get("forecaster")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or run.lane_state is None:
         raise ConfigError(f"{path}: not a saved Forecaster (no forecaster entry and series states in the run)")
-    cols = meta["columns"]
+    missing = [k for k in _KEYS if k not in meta]
+    cols = meta.get("columns")
+    if missing or not isinstance(cols, dict) or any(k not in cols for k in ("id", "time", "target")):
+        raise ConfigError(f"{path}: manifest.json: the forecaster entry lacks {missing or ['columns']}")
+    if not isinstance(meta["series"], list) or len(meta["series"]) != run.lane_state.batch_size:
+        n = len(meta["series"]) if isinstance(meta["series"], list) else "no"
+        raise ConfigError(f"{path}: manifest.json: {n} series entries for {run.lane_state.batch_size} stored states")
     fc = cls(
         run.model,
         meta["horizon"],
@@ -114,18 +185,13 @@ def load_forecaster(cls: Any, path: str | os.PathLike[str]) -> Any:
     except ConfigError as exc:
         raise ConfigError(f"{path}: the stored forecaster's {exc}") from None
     int_ds = isinstance(step_of(fc.freq), int)
-    pd = require("pandas", "data")
-    for i, s in enumerate(meta["series"]):
-        fc._ids.append(s["id"])
-        fc._series[s["id"]] = {
-            "state": run.lane_state.select([i]),
-            "scale": float(s["scale"]),
-            "y": float(s["y"]),
-            "hist": np.asarray(s["hist"], dtype=np.float64),
-            "stat": np.asarray(s["stat"], dtype=np.float64),
-            "ds": np.int64(s["ds"]) if int_ds else pd.Timestamp(s["ds"]).to_datetime64(),
-            "tail": np.asarray(s.get("tail", []), dtype=np.float64),
-        }
-        if len(fc._series[s["id"]]["tail"]) != (max(fc.lags) if fc.lags else 0):
-            raise ConfigError(f"{path}: series {s['id']!r}: its stored tail does not match the lags {fc.lags}")
+    tz = meta.get("tz")
+    for i, raw in enumerate(meta["series"]):
+        where = f"{path}: manifest.json: series entry {i}"
+        s = _series_entry(where, raw, fc)
+        uid = s.pop("id")
+        if uid in fc._series:
+            raise ConfigError(f"{where}: series {uid!r} is stored twice")
+        fc._ids.append(uid)
+        fc._series[uid] = s | {"state": run.lane_state.select([i]), "ds": _stamp(where, uid, raw["ds"], int_ds, tz)}
     return fc

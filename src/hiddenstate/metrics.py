@@ -122,6 +122,13 @@ def seasonal_error(insample: Any, season: int = 1) -> np.ndarray:
 
 def _scaled(per_step: np.ndarray, scale: np.ndarray) -> float:
     """Average ``per_step`` ``(..., horizon)`` per series, divide by each series' ``scale``, average."""
+    try:
+        np.broadcast_shapes(scale.shape, per_step.shape[:-1])
+    except ValueError:
+        raise ShapeError(
+            f"insample: its series shape {scale.shape} (all but the steps axis) does not match y's "
+            f"{per_step.shape[:-1]} (all but the horizon axis)"
+        ) from None
     return float(np.mean(per_step.mean(axis=-1) / scale))
 
 

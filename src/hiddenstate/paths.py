@@ -41,6 +41,22 @@ from hiddenstate.state import State
 __all__ = ["path_quantiles", "sample_paths"]
 
 
+def whole(name: str, value: Any, low: int = 1) -> int:
+    """``value`` as an int ``>= low``: Python and numpy integers pass, bools and floats fail by ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_seed(seed: Any) -> int | None:
+    """``seed`` as an int (numpy integers too), or None; anything else fails by name."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise ConfigError(f"seed must be an int or None, got {seed!r}")
+    return int(seed)
+
+
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     """A generator seeded with ``seed`` on ``device`` (None: torch's global generator, which a seed
     leaves as it was). It gives the same random numbers as ``torch.manual_seed(seed)`` would."""
@@ -93,10 +109,8 @@ def sample_paths(
     lik = getattr(model, "likelihood", None)
     if lik is None:
         raise ConfigError("sample_paths needs a model with a likelihood head; build it with likelihood='studentt'")
-    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-        raise ConfigError(f"horizon must be an int >= 1, got {horizon!r}")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    horizon, num_samples = whole("horizon", horizon), whole("num_samples", num_samples)
+    seed = check_seed(seed)
     n_in, n_out = int(model.input_size), int(model.output_size)
     p = next(model.parameters())
     x = torch.as_tensor(last).to(p.device, p.dtype)

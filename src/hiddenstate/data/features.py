@@ -85,12 +85,25 @@ class SeriesFeatures:
         for col in (id_col, *self.stat_exog):
             if col not in static_df.columns:
                 raise DataError(f"static_df: missing column {col!r}")
+        dup = static_df[id_col][static_df[id_col].duplicated()]
+        if len(dup):
+            raise DataError(f"static_df: series {dup.iloc[0]!r} has more than one row")
         rows = static_df.set_index(id_col)
         out = {}
         for uid in ids:
             if uid not in rows.index:
                 raise DataError(f"static_df: no row for series {uid!r}")
-            out[uid] = rows.loc[uid, self.stat_exog].to_numpy(dtype=np.float64).reshape(-1)
+            row = rows.loc[uid, self.stat_exog]
+            values = np.empty(len(self.stat_exog))
+            for k, col in enumerate(self.stat_exog):
+                try:
+                    values[k] = float(row[col])
+                except (TypeError, ValueError):
+                    message = f"static_df: series {uid!r}: column {col!r} is not a number: {row[col]!r}"
+                    raise DataError(message) from None
+                if not np.isfinite(values[k]):
+                    raise DataError(f"static_df: series {uid!r}: column {col!r} is missing or not finite")
+            out[uid] = values
         return out
 
     def fit_exog(self, series: dict[Any, SeriesRows], stat: dict[Any, np.ndarray], val_size: int) -> None:

@@ -102,7 +102,7 @@ def read_long(
             stamps = pd.to_datetime(stamps)
         except (ValueError, TypeError):
             raise DataError(f"{what}: column {time_col!r} does not hold timestamps") from None
-    values = df[list(columns)].to_numpy(dtype=np.float64, na_value=np.nan) if columns else np.zeros((len(df), 0))
+    values = _numbers(df, what, columns, id_col, time_col)
     ds_all = stamps.to_numpy()
     out: dict[Any, SeriesRows] = {}
     for uid, idx in df.groupby(id_col, sort=False).indices.items():
@@ -122,6 +122,11 @@ def read_long(
         off = np.nonzero(ds != want)[0]
         if off.size:
             k = off[0]
+            if k == 0:  # date_range moved the first stamp: it is not on freq's anchor (a Monday for "W")
+                raise DataError(
+                    f"{what}: series {uid!r}: first timestamp {fmt_stamp(ds[0])} is not on freq {freq!r} "
+                    f"(its next stamp on that freq is {fmt_stamp(want[0])})"
+                )
             raise DataError(
                 f"{what}: series {uid!r}: gap in freq {freq!r} after {fmt_stamp(ds[k - 1])}: "
                 f"next is {fmt_stamp(ds[k])}, expected {fmt_stamp(want[k])}"
@@ -129,8 +134,31 @@ def read_long(
         bad = np.argwhere(~np.isfinite(vals))
         if bad.size:
             r, c = bad[0]
-            raise DataError(f"{what}: series {uid!r}: column {columns[c]!r} is missing at {fmt_stamp(ds[r])}")
+            kind = "missing" if np.isnan(vals[r, c]) else f"not finite ({vals[r, c]})"
+            raise DataError(f"{what}: series {uid!r}: column {columns[c]!r} is {kind} at {fmt_stamp(ds[r])}")
         out[uid] = SeriesRows(uid, ds, vals)
+    return out
+
+
+def _numbers(df: Any, what: str, columns: Sequence[str], id_col: str, time_col: str) -> np.ndarray:
+    """``df[columns]`` as float64 ``(rows, len(columns))``, missing values as NaN; a column that
+    does not hold numbers fails by name, with the series, stamp and value of its first bad row."""
+    if not columns:
+        return np.zeros((len(df), 0))
+    pd = _pd()
+    out = np.empty((len(df), len(columns)))
+    for k, col in enumerate(columns):
+        try:
+            out[:, k] = df[col].to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError):
+            bad = np.nonzero((pd.to_numeric(df[col], errors="coerce").isna() & df[col].notna()).to_numpy())[0]
+            if not bad.size:
+                raise DataError(f"{what}: column {col!r} does not hold numbers") from None
+            row = df.iloc[bad[0]]
+            raise DataError(
+                f"{what}: series {row[id_col]!r}: column {col!r} does not hold numbers "
+                f"({row[col]!r} at {row[time_col]})"
+            ) from None
     return out
 
 
@@ -143,6 +171,11 @@ def _ids_at(ids: Sequence[Any], codes: np.ndarray) -> Any:
     """The column of series ids ``ids[codes]``: one pandas Index taken at the codes, so strings
     and ints keep the kind pandas gives them without converting every row's value."""
     return _pd().Index(list(ids)).take(codes)
+
+
+def _whole(v: Any) -> bool:
+    """Whether ``v`` is a whole number (80, 80.0, np.int64(80); not True, 80.5 or "80")."""
+    return not isinstance(v, bool) and isinstance(v, int | float | np.integer | np.floating) and float(v).is_integer()
 
 
 def forecast_frame(
@@ -159,15 +192,18 @@ def forecast_frame(
     id, time and alias column names."""
     id_col, time_col, name = names
     cols: dict[str, np.ndarray] = {name: paths.mean(axis=0)}
+    if quantiles is not None and level is not None:
+        raise ConfigError("give level or quantiles, not both: quantiles replace the level columns")
     if quantiles is not None:
         qs = [float(q) for q in quantiles]
         if not all(0 < q < 1 for q in qs):
             raise ConfigError(f"quantiles must be numbers in (0, 1), got {list(quantiles)}")
         labels = [f"{name}-ql{q:g}" for q in qs]
     else:
-        levels = sorted(LEVELS if level is None else (int(v) for v in level))
-        if not all(0 < v < 100 for v in levels):
-            raise ConfigError(f"level must hold ints in (0, 100), got {list(level or [])}")
+        given = list(LEVELS if level is None else level)
+        if not all(_whole(v) and 0 < v < 100 for v in given):
+            raise ConfigError(f"level must hold whole numbers in (0, 100), got {given}")
+        levels = sorted(int(v) for v in given)
         labels = [f"{name}-median", *(f"{name}-lo-{v}" for v in reversed(levels))]
         labels += [f"{name}-hi-{v}" for v in levels]
         qs = [0.5, *((1 - v / 100) / 2 for v in reversed(levels)), *(1 - (1 - v / 100) / 2 for v in levels)]

@@ -245,22 +245,25 @@ def save_run(
         "distributed": dict(distributed) if distributed is not None else None,
         "files": {},
     }
+    # Every byte is built before the directory is touched: a value that cannot be written (a
+    # manifest entry JSON refuses, a tensor safetensors refuses) leaves a run saved there before intact.
+    files = {"model.safetensors": tensor_bytes(model.state_dict(), {"fingerprint": spec.fingerprint()})}
+    if lane_state is not None:
+        files["lane_state.safetensors"] = state_bytes(lane_state)
+    manifest["files"] = {name: file_entry(data) for name, data in files.items()}
+    manifest_bytes = json_bytes(manifest)
     run.mkdir(parents=True, exist_ok=True)
     manifest_path = run / "manifest.json"
     # Without a manifest the run reads as unsaved; so a crash below never pairs new files with an old manifest.
     if manifest_path.exists():
         manifest_path.unlink()
         fsync_dir(run)
-    files = {"model.safetensors": tensor_bytes(model.state_dict(), {"fingerprint": spec.fingerprint()})}
-    if lane_state is not None:
-        files["lane_state.safetensors"] = state_bytes(lane_state)
-    else:
+    if lane_state is None:
         (run / "lane_state.safetensors").unlink(missing_ok=True)
     for name, data in files.items():
         remove_stale_temp_files(run, name)
         atomic_write(run / name, data)
-        manifest["files"][name] = file_entry(data)
-    atomic_write(manifest_path, json_bytes(manifest))
+    atomic_write(manifest_path, manifest_bytes)
     return manifest_path
 
 
