@@ -162,7 +162,7 @@ def test_non_numeric_value_csv(tmp_path):
     # a forgotten time column gets a hint
     with raises(
         f"{path}: column 'date', data row 1: non-numeric value '2024-01-01 00:00:00'; "
-        f"if it is the time column, pass time_col='date'"
+        f"if it is the time column, pass time_col='date' (--time-col date)"
     ):
         hs.read_dataset(path)
 

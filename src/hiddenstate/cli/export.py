@@ -14,12 +14,20 @@ __all__ = ["register"]
 
 FORMATS = ("onnx",)
 
+EXPORT_EPILOG = """\
+[bold]Examples[/bold]
+
+  hiddenstate export runs/demo --out exported
+  hiddenstate export runs/demo --out models --triton --name demo
+  hiddenstate export runs/demo --out exported --units normalised --opset 18
+"""
+
 
 def register(app: Any) -> None:
     """Add ``export`` to a Typer app (the CLI calls this)."""
     import typer
 
-    @app.command("export")
+    @app.command("export", epilog=EXPORT_EPILOG)
     def export_command(
         run_dir: Path = typer.Argument(..., help="a run directory written by 'hiddenstate train'"),  # noqa: B008
         out: Path = typer.Option(..., "--out", help="folder to write into (created when missing)"),  # noqa: B008

@@ -398,7 +398,7 @@ def _numeric(name: str, col: pd.Series, column: str, hint: bool) -> np.ndarray:
         row = int(np.argmax(bad))
         value = str(col.iloc[row])
         looks_like_time = hint and pd.notna(pd.to_datetime(value, format="ISO8601", errors="coerce"))
-        tip = f"; if it is the time column, pass time_col={column!r}" if looks_like_time else ""
+        tip = f"; if it is the time column, pass time_col={column!r} (--time-col {column})" if looks_like_time else ""
         raise DataError(f"{name}: column {column!r}, data row {row + 1}: non-numeric value {value!r}{tip}")
     return number.to_numpy(dtype=np.float64, na_value=np.nan)
 

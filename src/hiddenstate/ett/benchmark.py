@@ -381,11 +381,16 @@ def run_benchmark(
 
 def register(app: Any) -> None:
     """Add ``benchmark ett`` to a Typer app (the CLI calls this)."""
+    epilog = (
+        "[bold]Examples[/bold]\n\n"
+        "  hiddenstate benchmark ett ../shared/data/ett/ETTm1.csv --horizons 96 --protocol both --out runs/ett\n"
+        "  hiddenstate benchmark ett ../shared/data/ett/ETTh1.csv --max-minutes 8 --out runs/h1 --threads 1\n"
+    )
     import typer
 
     bench = typer.Typer(help="Published benchmarks, run to their protocol.", no_args_is_help=True)
 
-    @bench.command("ett")
+    @bench.command("ett", epilog=epilog)
     def ett_command(
         data: list[Path] = typer.Argument(..., help="ETT CSV file(s), e.g. ../shared/data/ett/ETTm1.csv"),  # noqa: B008
         horizons: str = typer.Option("96,192,336,720", help="comma-separated horizons"),
