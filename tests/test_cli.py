@@ -408,3 +408,12 @@ def test_a_real_subprocess(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout and (tmp_path / "run" / "manifest.json").is_file()
+
+
+def test_negbin_is_left_to_the_python_api(tmp_path: Path) -> None:
+    """The command line standardises every column, which a count likelihood cannot read: it is
+    refused before anything is written, not part-way through training."""
+    result = invoke("train", "--out", tmp_path / "nb", "--likelihood", "negbin", *TINY)
+    assert result.exit_code == 2
+    assert "'negbin' is not one of 'studentt', 'normal'" in result.stderr
+    assert not (tmp_path / "nb").exists()

@@ -101,7 +101,7 @@ _FLOATS = ("dropout", "lr")
 _CHOICES = {"layout": LAYOUTS, "fill": FILLS, "state_policy": POLICIES, "loss": LOSSES}
 _STRS = ("id_col", "ds_col")
 _OPTIONAL_STRS = ("data", "time_col")
-_OPTIONAL_CHOICES = {"likelihood": LIKELIHOODS}
+_OPTIONAL_CHOICES = {"likelihood": tuple(n for n in LIKELIHOODS if n != "negbin")}  # as the command line offers
 #: The most rows (or steps) a saved setting may name: a crafted manifest could otherwise make
 #: ``evaluate`` generate gigabytes of built-in data.
 MAX_ROWS = 10_000_000

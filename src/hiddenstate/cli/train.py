@@ -100,7 +100,10 @@ def train(
     loss: Annotated[Loss, typer.Option(help="Training loss.")] = DEFAULTS.loss,
     likelihood: Annotated[
         Likelihood | None,
-        typer.Option(help="Train a likelihood head by its NLL instead of --loss (on the standardised data)."),
+        typer.Option(
+            help="Train a likelihood head by its NLL instead of --loss (on the standardised data; "
+            "for counts use hs.Forecaster(likelihood='negbin'))."
+        ),
     ] = DEFAULTS.likelihood,
     patience: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many epochs without a better val loss.")
