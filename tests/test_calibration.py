@@ -199,7 +199,7 @@ def test_calibration_bad_input_fails_in_one_line(normal_fc, tmp_path) -> None:
     with pytest.raises(ConfigError, match="seed must be an int"):
         normal_fc.calibrate(_iid(), seed=None)
     before = normal_fc.spread_
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"^df: series 'a' has 10 rows, too few for 2 windows of 6$"):
         normal_fc.calibrate(_iid(10), n_windows=2)
     assert normal_fc.spread_ == before  # a refused calibration changes nothing
     # a stored spread that is not a factor is refused on load

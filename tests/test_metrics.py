@@ -37,6 +37,10 @@ def test_crps_equals_properscoring() -> None:
     assert metrics.crps(SAMPLES, Y) == pytest.approx(want, rel=1e-12)
     normed = properscoring.crps_ensemble(Y, np.moveaxis(SAMPLES, 0, -1)).sum() / np.abs(Y).sum()
     assert metrics.crps(SAMPLES, Y, normalize=True) == pytest.approx(normed, rel=1e-12)
+    signed = Y - 12.0  # values of both signs: the normaliser is sum |y|, not sum y
+    assert (signed < 0).any() and (signed > 0).any()
+    normed = properscoring.crps_ensemble(signed, np.moveaxis(SAMPLES - 12.0, 0, -1)).sum() / np.abs(signed).sum()
+    assert metrics.crps(SAMPLES - 12.0, signed, normalize=True) == pytest.approx(normed, rel=1e-12)
 
 
 def test_weighted_quantile_loss_equals_utilsforecast_scaled_crps_per_series() -> None:

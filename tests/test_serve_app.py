@@ -405,6 +405,12 @@ def test_put_state_is_validated_exactly_like_the_library(api: Api) -> None:
     r = api.http.put(f"/v1/streams/{stream}/state", json={"state": huge})
     assert (r.status_code, r.json()["detail"]) == (422, str(_lib_error(spec, huge)))
     assert r.json()["detail"] == "layer 0 (lstm, hidden 8) `h`: contains NaN or inf (8 non-finite values)"
+    # every tensor two rows, consistent with each other: the stream's one row is asked for (a literal
+    # message, so a library that stopped checking the batch could not agree with itself here)
+    two = {name: [[0.1] * width] * 2 for name, width in ServedModel.from_run(api.run).layout}
+    r = api.http.put(f"/v1/streams/{stream}/state", json={"state": two})
+    detail = "layer 0 (lstm, hidden 8) `h`: expected shape (batch=1, hidden=8), got (2, 8)"
+    assert (r.status_code, r.json()) == (422, {"detail": detail, "error": "invalid"})
     assert api.store.checksum() == before
     assert "layer 1 (lstm, hidden 16) `c`" in str(_lib_error(spec, cases[1]))  # the messages name layer and tensor
 

@@ -187,6 +187,8 @@ def limited_server(run_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 pass
             assert proc.poll() is None, (tmp_path / "server.log").read_text()
             time.sleep(0.1)
+        else:
+            pytest.fail(f"the server did not answer /healthz in 60 s: {(tmp_path / 'server.log').read_text()}")
         yield url, db
     finally:
         proc.terminate()

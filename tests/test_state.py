@@ -450,6 +450,15 @@ def test_from_dict_errors() -> None:
     without_h = {k: v for k, v in good.items() if k != "layers.0.h"}
     with raises(StateError, "layer 0 (lstm, hidden 8) `h`: missing"):
         hs.State.from_dict(LSTM_8_16, without_h)
+    # every tensor two rows, consistent with each other, against the batch size asked for
+    with raises(StateError, "layer 0 (lstm, hidden 8) `h`: expected shape (batch=1, hidden=8), got (2, 8)"):
+        hs.State.from_dict(LSTM_8_16, good, batch_size=1)
+
+
+def test_replace_checks_the_batch_of_the_state_it_replaces_into() -> None:
+    s = hs.State.zeros(LSTM_8_16, 4)
+    with raises(StateError, "layer 0 (lstm, hidden 8) `h`: expected shape (batch=4, hidden=8), got (5, 8)"):
+        s.replace(0, h=z(5, 8))
 
 
 def test_to_torch_from_torch() -> None:
