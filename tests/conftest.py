@@ -79,6 +79,32 @@ def redis_server(redis_bin: str) -> Iterator[RedisServer]:
         yield server
 
 
+#: What the dev extra brings that whole test files import or skip on (pytest.importorskip).
+DEV_MODULES = (
+    "pandas", "pyarrow", "typer", "rich", "matplotlib", "fastapi", "uvicorn", "pydantic", "redis", "httpx",
+    "prometheus_client", "h5py", "keras", "onnx", "onnxscript", "onnxruntime", "schemathesis", "hypothesis",
+    "tritonclient.grpc", "properscoring", "utilsforecast",
+)  # fmt: skip
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With HIDDENSTATE_REQUIRE_EXTRAS=1 (CI), a missing dev module stops the run instead of
+    quietly skipping the files that need it."""
+    if os.environ.get("HIDDENSTATE_REQUIRE_EXTRAS") != "1":
+        return
+    import importlib
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # as the Keras tests set it, before keras is imported
+    missing = []
+    for name in DEV_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            missing.append(f"{name} ({e})")
+    if missing:
+        pytest.exit(f"HIDDENSTATE_REQUIRE_EXTRAS=1 but not importable: {', '.join(missing)}", returncode=1)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped and "REDIS TESTS SKIPPED" in str(report.longrepr):
         _redis_skips.append(report.nodeid)
