@@ -588,6 +588,98 @@ def test_wrong_weight_shape(seed: dict[str, Any], tmp: Path) -> None:
         hs.keras.load(path)
 
 
+def _rewritten(src: Path, dst: Path, edit: Any, member: str = "config.json") -> Path:
+    """A copy of the .keras file ``src`` with ``member``'s JSON passed through ``edit``."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as b:
+        for item in a.namelist():
+            data = a.read(item)
+            b.writestr(item, json.dumps(edit(json.loads(data))) if item == member else data)
+    return dst
+
+
+def _first_lstm(config: dict[str, Any]) -> dict[str, Any]:
+    return next(layer for layer in config["config"]["layers"] if layer["class_name"] == "LSTM")["config"]
+
+
+def test_absurd_units_are_refused_by_the_weights_before_any_allocation(
+    seed: dict[str, Any], tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 20 KB file naming 10**9 units must not make torch allocate 48 GB first."""
+    from hiddenstate.interop.keras import convert
+
+    def edit(c: dict[str, Any]) -> dict[str, Any]:
+        _first_lstm(c)["units"] = 10**9
+        return c
+
+    path = _rewritten(seed["keras"], tmp / "huge.keras", edit)
+    built = []
+    real = convert.SequenceModel
+    monkeypatch.setattr(convert, "SequenceModel", lambda *a, **kw: built.append(a) or real(*a, **kw))
+    with pytest.raises(hs.CheckpointError, match=r"weight 'kernel': expected shape \(2, 4000000000\), got \(2, 32\)$"):
+        hs.keras.load(path)
+    assert built == []  # refused before any model was built
+    hs.keras.load(seed["keras"])
+    assert len(built) == 1  # guards the line above: the spy does see a build
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c | {"config": [1, 2]}, "not a readable Keras model file (config.json holds no model config)"),
+        (
+            lambda c: {**c, "config": {**c["config"], "layers": 7}},
+            "not a readable Keras model file (config.json: 'layers' is not a list)",
+        ),
+        (lambda c: (_first_lstm(c).pop("units"), c)[1], "config.json is malformed (KeyError: 'units')"),
+    ],
+    ids=["config-not-an-object", "layers-not-a-list", "units-missing"],
+)
+def test_a_malformed_config_is_a_checkpoint_error(seed: dict[str, Any], tmp: Path, edit: Any, message: str) -> None:
+    path = _rewritten(seed["keras"], tmp / "malformed.keras", edit)
+    with pytest.raises(hs.CheckpointError, match=f"^{re.escape(str(path))}: {re.escape(message)}$"):
+        hs.keras.load(path)
+
+
+def test_metadata_that_is_not_an_object_is_refused(seed: dict[str, Any], tmp: Path) -> None:
+    path = _rewritten(seed["keras"], tmp / "meta.keras", lambda m: [1], member="metadata.json")
+    with pytest.raises(hs.CheckpointError, match=re.escape("(metadata.json is not an object)")):
+        hs.keras.load(path)
+
+
+def test_functional_models_with_other_outputs_or_branches_are_refused(tmp: Path) -> None:
+    k = keras()
+    layers = k.layers
+    i = k.Input(shape=(None, 3), name="x")
+    h = layers.LSTM(8, return_sequences=True, name="l")(i)
+    d1 = layers.Dense(4, name="d1")(h)
+    d2 = layers.Dense(2, name="d2")(d1)
+    cases = {
+        "two_outputs": (
+            k.Model(i, [d1, d2]),
+            "a model with 2 outputs ['d1', 'd2'] is not supported; expected one output",
+        ),
+        "early_output": (
+            k.Model(i, h),  # the Dense layers are not part of this model: the output is the LSTM, its last layer
+            None,
+        ),
+        "merge": (
+            k.Model(i, layers.Add(name="add")([h, layers.LSTM(8, return_sequences=True, name="l2")(h)])),
+            "Keras layer 'add': 2 inputs is not supported: only a straight chain of layers (each fed by one)",
+        ),
+    }
+    for name, (model, message) in cases.items():
+        path = tmp / f"{name}.keras"
+        model.save(path)
+        if message is None:
+            assert hs.keras.load(path).output_size == 8
+            continue
+        with pytest.raises(hs.ConfigError) as e:
+            hs.keras.load(path)
+        assert str(e.value).endswith(message), str(e.value)
+
+
 def test_not_a_keras_file(tmp: Path) -> None:
     path = tmp / "notes.keras"
     path.write_text("hello")

@@ -72,6 +72,16 @@ def test_wrong_shape_refused_with_the_message(model: Any) -> None:
         hs.StateError, match=re.escape("set_state: layer must be an int in 0..0 (the stateful layers), got 1")
     ):
         hs.keras.set_state(model, layer=1, h=np.zeros((10, 8)))
+    # no hint at an option set_state does not have, and the value's kind named
+    with pytest.raises(
+        hs.StateError, match=r"^layer 0 \(lstm, hidden 8\) `h`: expected shape \(batch=10, hidden=8\), got \(8,\)$"
+    ):
+        hs.keras.set_state(model, layer=0, h=np.zeros(8), c=np.zeros((10, 8)))
+    with pytest.raises(
+        hs.StateError, match=r"^layer 0 \(lstm, hidden 8\) `h`: expected an array of numbers, got <U3 array$"
+    ):
+        hs.keras.set_state(model, layer=0, h="abc", c=np.zeros((10, 8)))
+    assert np.array_equal(keras.ops.convert_to_numpy(model.layers[0].states[0].value), before)
 
 
 def test_set_state_then_predict_equals_imported_model(model: Any, saved: Path) -> None:

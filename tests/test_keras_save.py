@@ -90,6 +90,11 @@ def test_round_trip_through_keras(tmp_path: Path, case: str) -> None:
             "Keras, whose recurrent layers start from zeros",
         ),
         ({"horizon": 4}, "hs.keras.save: the direct head (horizon=4) has no place in a Keras Sequential"),
+        (
+            {"likelihood": "normal"},
+            "hs.keras.save: likelihood='normal' outputs a distribution's parameters per step, which a Keras Dense "
+            "layer has no way to say",
+        ),
     ],
 )
 def test_save_refuses_what_keras_cannot_represent(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:

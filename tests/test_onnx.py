@@ -292,6 +292,25 @@ def test_onnx_stream_gives_the_library_numbers(tmp_path: Path) -> None:
         stream.step(np.zeros((3, 4)))
 
 
+def test_onnx_stream_reset_takes_a_mask_as_the_model_does(tmp_path: Path) -> None:
+    model = _model([hs.LSTM(8)], seed=3)
+    export_onnx(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(4).standard_normal((3, 6, 2)).astype(np.float32)
+    by_mask, by_rows = OnnxStream(tmp_path / "m.onnx", batch_size=3), OnnxStream(tmp_path / "m.onnx", batch_size=3)
+    for s in (by_mask, by_rows):
+        s.step(x)
+    by_mask.reset(np.array([False, False, True]))
+    by_rows.reset([2])
+    a, b = by_mask.step(x[:, :3]), by_rows.step(x[:, :3])
+    np.testing.assert_array_equal(a, b)
+    fresh = OnnxStream(tmp_path / "m.onnx", batch_size=1).step(x[2:3, :3])
+    assert float(np.abs(a[2] - fresh[0]).max()) < 1e-6 and float(np.abs(a[0] - fresh[0]).max()) > 1e-3
+    with pytest.raises(hs.ShapeError, match=r"^reset: a mask must have shape \(batch=3,\), got \(2,\)$"):
+        by_mask.reset(np.array([True, False]))
+    with pytest.raises(hs.ShapeError, match=r"^reset: rows must be indices in \[0, 3\), got \[3\]$"):
+        by_mask.reset([3])
+
+
 def test_onnx_stream_does_not_touch_torch() -> None:
     """The runner's module imports no torch and no exporter: deploy targets run it with numpy alone."""
     from hiddenstate.interop import _onnx_stream

@@ -92,11 +92,20 @@ class OnnxStream:
         self._fresh[:] = False
 
     def reset(self, rows: Sequence[int] | np.ndarray | None = None) -> None:
-        """Rows (all when None) start from the model's initial state at the next step."""
+        """Rows (all when None) start from the model's initial state at the next step: row
+        indices, or a boolean mask ``(batch,)`` as ``model(..., reset=mask)`` takes."""
         if rows is None:
             self._fresh[:] = True
         else:
-            self._fresh[np.asarray(rows, dtype=np.int64)] = True
+            a = np.asarray(rows)
+            if a.dtype == bool:
+                if a.shape != (self.batch_size,):
+                    raise ShapeError(f"reset: a mask must have shape (batch={self.batch_size},), got {a.shape}")
+                self._fresh |= a
+            else:
+                if a.size and (a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= self.batch_size):
+                    raise ShapeError(f"reset: rows must be indices in [0, {self.batch_size}), got {a.tolist()}")
+                self._fresh[a.astype(np.int64)] = True
         if self._reset_shape is None:  # no reset input: the initial state is zeros
             for v in self._state.values():
                 v[self._fresh] = 0.0

@@ -52,6 +52,11 @@ _WHY = {
 }
 
 
+def _a(word: str) -> str:
+    """The article before ``word``: "an Activation", "a Conv1D"."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def _refuse(layer: str, option: str, why: str) -> ConfigError:
     return ConfigError(f"Keras layer {layer!r}: {option} is not supported: {why}")
 
@@ -77,7 +82,26 @@ def _layers(kf: KerasFile) -> list[dict[str, Any]]:
                 str(name), f"inputs {inbound}", "only a straight chain of layers (each fed by the one before)"
             )
         previous = str(name)
+    for key, what in (("input_layers", "input"), ("output_layers", "output")):
+        ends = _endpoints(cfg.get(key))
+        if len(ends) != 1:
+            raise ConfigError(
+                f"{kf.path}: a model with {len(ends)} {what}s {ends} is not supported; expected one {what}"
+            )
+    out = _endpoints(cfg.get("output_layers"))[0]
+    if out != previous:
+        raise _refuse(out, "an output before the last layer", f"the model's output must be its last layer {previous!r}")
     return layers
+
+
+def _endpoints(value: Any) -> list[str]:
+    """The layer names of a functional config's ``input_layers``/``output_layers``: Keras 3 writes
+    one as ``[name, 0, 0]`` and several as a list of those; Keras 2 always writes the list."""
+    if not isinstance(value, list):
+        return []
+    if value and isinstance(value[0], str):
+        return [value[0]]
+    return [str(v[0]) for v in value if isinstance(v, list) and v]
 
 
 def _inbound(nodes: Any, name: str) -> list[str]:
@@ -92,6 +116,8 @@ def _inbound(nodes: Any, name: str) -> list[str]:
                     raise _refuse(name, f"the call argument {key!r}", "only the input sequence may be passed")
             args = node.get("args", [])
             for arg in args:
+                if isinstance(arg, list):  # a merge layer (Add, Concatenate) takes a list of tensors
+                    raise _refuse(name, f"{len(arg)} inputs", "only a straight chain of layers (each fed by one)")
                 history = arg.get("config", {}).get("keras_history") if isinstance(arg, dict) else None
                 if history is None:
                     raise _refuse(name, "a call argument that is not a tensor", "only the input sequence may be passed")
@@ -110,7 +136,7 @@ def _check_custom(layer: dict[str, Any], name: str) -> None:
     cls = layer.get("class_name", "")
     module = layer.get("module")
     if cls in _WHY:
-        raise _refuse(name, f"a {cls} layer", _WHY[cls])
+        raise _refuse(name, f"{_a(cls)} {cls} layer", _WHY[cls])
     if layer.get("registered_name") not in (None, cls) or (module is not None and not str(module).startswith("keras")):
         raise _refuse(
             name, f"the custom layer class {cls!r}", "only Keras's own layers can be read without running code"
@@ -118,7 +144,7 @@ def _check_custom(layer: dict[str, Any], name: str) -> None:
     if cls not in _KNOWN:
         raise _refuse(
             name,
-            f"a {cls} layer",
+            f"{_a(cls)} {cls} layer",
             "expected InputLayer, LSTM, GRU, SimpleRNN, Dropout, Dense or TimeDistributed(Dense)",
         )
 
@@ -168,6 +194,13 @@ def _batch_shape(cfg: dict[str, Any]) -> list[Any] | None:
 
 def to_sequence_model(kf: KerasFile) -> SequenceModel:
     """Build the SequenceModel that computes what the Keras model in ``kf`` computes."""
+    try:
+        return _convert(kf)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:  # a config.json Keras never writes
+        raise CheckpointError(f"{kf.path}: config.json is malformed ({type(e).__name__}: {e})") from None
+
+
+def _convert(kf: KerasFile) -> SequenceModel:
     layers = _layers(kf)
     recurrent: list[tuple[str, str, dict[str, Any]]] = []  # (keras name, cell, config)
     dense: list[tuple[str, dict[str, Any]]] = []  # (keras name, Dense config)
@@ -184,7 +217,9 @@ def to_sequence_model(kf: KerasFile) -> SequenceModel:
         if cls in RECURRENT:
             if dense:
                 raise _refuse(
-                    name, f"a {cls} layer after a Dense layer", "Dense layers are supported after the stack only"
+                    name,
+                    f"{_a(cls)} {cls} layer after a Dense layer",
+                    "Dense layers are supported after the stack only",
                 )
             if recurrent and not recurrent[-1][2].get("return_sequences", False):
                 raise _refuse(
@@ -213,7 +248,7 @@ def to_sequence_model(kf: KerasFile) -> SequenceModel:
             if not recurrent:
                 raise _refuse(
                     name,
-                    f"a {cls} layer before the first recurrent layer",
+                    f"{_a(cls)} {cls} layer before the first recurrent layer",
                     "Dense layers are supported after the stack only",
                 )
             if cls == "TimeDistributed":
@@ -300,6 +335,24 @@ def _build(
         head_bias = bool(head_cfg.get("use_bias", True))
     else:  # the stack's own output: an identity head (exact: 1 * h + 0)
         output_size, head_activation, dense_sizes, head_bias = last_units, None, [], False
+    # Every weight is checked against the shapes the config declares before the model is built, so
+    # a config that names absurd sizes is refused by its file's weights, never allocated.
+    size, rec_weights = input_size, []
+    for (name, _, _), ls, bias in zip(recurrent, specs, biases, strict=True):
+        u, g = ls.hidden_size, _GATES[ls.cell]
+        expected: dict[str, tuple[int, ...]] = {"kernel": (size, g * u), "recurrent_kernel": (u, g * u)}
+        if bias:
+            expected["bias"] = (2, g * u) if ls.cell == "gru" else (g * u,)
+        rec_weights.append(_weights(kf, name, expected))
+        size = u
+    dense_weights = []
+    for name, cfg in dense:
+        units = int(cfg["units"])
+        expected = {"kernel": (size, units)}
+        if cfg.get("use_bias", True):
+            expected["bias"] = (units,)
+        dense_weights.append(_weights(kf, name, expected))
+        size = units
     model = SequenceModel(
         input_size,
         output_size,
@@ -315,14 +368,9 @@ def _build(
         batch_size=batch if stateful else None,
     )
     with torch.no_grad():
-        size = input_size
         cells: list[Any] = list(model.rnn.cells)
-        for (name, _, _), ls, bias, cell in zip(recurrent, specs, biases, cells, strict=True):
+        for w, ls, bias, cell in zip(rec_weights, specs, biases, cells, strict=True):
             u, g = ls.hidden_size, _GATES[ls.cell]
-            expected: dict[str, tuple[int, ...]] = {"kernel": (size, g * u), "recurrent_kernel": (u, g * u)}
-            if bias:
-                expected["bias"] = (2, g * u) if ls.cell == "gru" else (g * u,)
-            w = _weights(kf, name, expected)
             kernel, rec = w["kernel"], w["recurrent_kernel"]
             b_in: Any = w["bias"][0] if ls.cell == "gru" and bias else w.get("bias")
             b_rec: Any = w["bias"][1] if ls.cell == "gru" and bias else None
@@ -336,18 +384,11 @@ def _build(
             if bias:
                 cell.bias_ih_l0.copy_(_t(b_in))
                 cell.bias_hh_l0.copy_(_t(b_rec) if b_rec is not None else torch.zeros(g * u))
-            size = u
         linears: list[Any] = [*model.dense, model.head] if dense else []
-        for (name, cfg), linear in zip(dense, linears, strict=True):
-            units = int(cfg["units"])
-            expected = {"kernel": (size, units)}
-            if cfg.get("use_bias", True):
-                expected["bias"] = (units,)
-            w = _weights(kf, name, expected)
+        for w, linear in zip(dense_weights, linears, strict=True):
             linear.weight.copy_(_t(w["kernel"].T))
             if "bias" in w:
                 linear.bias.copy_(_t(w["bias"]))
-            size = units
         if not dense:
             model.head.weight.copy_(torch.eye(last_units))
     return model.eval()

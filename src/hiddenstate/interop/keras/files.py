@@ -90,8 +90,12 @@ def _read_keras(path: Path) -> KerasFile:
             weights_bytes = archive.read("model.weights.h5")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as e:
         raise _bad(path, f"{type(e).__name__}: {e}") from None
-    if not isinstance(config, dict) or "config" not in config:
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise _bad(path, "config.json holds no model config")
+    if not isinstance(config["config"].get("layers", []), list):
+        raise _bad(path, "config.json: 'layers' is not a list")
+    if not isinstance(meta, dict):
+        raise _bad(path, "metadata.json is not an object")
     found = KerasFile(path, "keras", config, str(meta.get("keras_version", "")))
     try:
         with h5py.File(io.BytesIO(weights_bytes), "r") as f:
@@ -188,6 +192,8 @@ def _read_h5(path: Path) -> KerasFile:
                 }
     except (OSError, KeyError, ValueError) as e:
         raise _bad(path, f"{type(e).__name__}: {e}") from None
-    if not isinstance(config, dict) or "config" not in config:
+    if not isinstance(config, dict) or not isinstance(config.get("config"), dict):
         raise _bad(path, "model_config holds no model config")
+    if not isinstance(config["config"].get("layers", []), list):
+        raise _bad(path, "model_config: 'layers' is not a list")
     return found

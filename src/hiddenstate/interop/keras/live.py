@@ -146,7 +146,11 @@ def set_state(
 
 
 def _checked(ls: LayerSpec, index: int, name: str, value: Any, batch: int | None) -> np.ndarray:
-    t = _prepare(ls, index, name, _as_tensor(_numpy(value), ls, index, name), False, batch)
+    try:
+        t = _prepare(ls, index, name, _as_tensor(_numpy(value), ls, index, name), False, batch)
+    except StateError as e:  # the State API's broadcast=True hint names an option set_state does not take
+        message = str(e).replace("; pass broadcast=True to copy one (hidden,) vector to every row", "")
+        raise StateError(message) from None
     if not bool(torch.isfinite(t).all()):
         raise StateError(f"{ls.describe(index)} `{name}`: contains NaN or inf")
     return t.detach().cpu().numpy()
@@ -156,7 +160,8 @@ def _as_tensor(value: Any, ls: LayerSpec, index: int, name: str) -> torch.Tensor
     try:
         return torch.as_tensor(np.asarray(value, dtype=np.float32))
     except (TypeError, ValueError):
-        raise StateError(f"{ls.describe(index)} `{name}`: expected an array, got {type(value).__name__}") from None
+        shown = f"{value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
+        raise StateError(f"{ls.describe(index)} `{name}`: expected an array of numbers, got {shown}") from None
 
 
 def reset_state(model: Any, mask: Any = None) -> None:

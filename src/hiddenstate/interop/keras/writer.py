@@ -45,6 +45,11 @@ def _refusals(model: Any) -> None:
         raise ConfigError(
             f"hs.keras.save: the direct head (horizon={model.horizon}) has no place in a Keras Sequential"
         )
+    if model.likelihood is not None:
+        raise ConfigError(
+            f"hs.keras.save: likelihood={model.likelihood.name!r} outputs a distribution's parameters per step, "
+            "which a Keras Dense layer has no way to say"
+        )
     if model.stateful and model.batch_size is None:
         raise ConfigError("hs.keras.save: a stateful model needs its batch_size for Keras's fixed batch shape")
 
