@@ -291,6 +291,13 @@ def test_too_many_steps_and_streams_are_refused(api: Api) -> None:
     heavy = [{"id": sid(), "seq": 1, "values": [[1.0, 2.0]] * 60} for _ in range(9)]
     r = api.http.post("/v1/observe", json={"streams": heavy})
     assert (r.status_code, r.json()["detail"]) == (422, "540 rows in one request; at most 500")
+    # repeated items count too: each is answered (a 422 of its own), so each is work the limits bound
+    repeated = [*many[:50], many[0]]
+    r = api.http.post("/v1/observe", json={"streams": repeated})
+    assert (r.status_code, r.json()["detail"]) == (422, "51 streams in one request; at most 50")
+    again = [{"id": stream, "seq": 1, "values": [[1.0, 2.0]] * 60}] * 9
+    r = api.http.post("/v1/observe", json={"streams": again})
+    assert (r.status_code, r.json()["detail"]) == (422, "540 rows in one request; at most 500")
     bad_row = [{"id": sid(), "seq": 1, "values": [[1.0, 2.0]]}, {"id": stream, "seq": 1, "values": [[1.0]]}]
     r = api.http.post("/v1/observe", json={"streams": bad_row})  # the good item is not applied either
     assert (r.status_code, r.json()["detail"]) == (
@@ -586,3 +593,10 @@ def test_a_nan_made_by_the_model_is_never_stored(kind: str, request: pytest.Fixt
 def test_limits_must_be_positive() -> None:
     with pytest.raises(hs.ConfigError, match=r"^Limits\.max_steps must be a positive int, got 0$"):
         Limits(max_steps=0)
+
+
+def test_an_unknown_path_is_a_404_with_its_code(api: Api) -> None:
+    for method, path in (("GET", "/v2/x"), ("POST", "/v1/streams/a%2Fb/observe"), ("POST", "/v1/streams//observe")):
+        r = api.http.request(method, path, json={})
+        assert r.status_code == 404
+        assert r.json() == {"detail": f"no such path: {method} {r.request.url.path}", "error": "not_found"}

@@ -119,6 +119,7 @@ async def _redis_outage(url: str, redis: RedisServer, streams: list[Stream]) -> 
         while len(refusals) < 3 * len(streams):  # the clients keep trying and keep being refused
             await asyncio.sleep(0.05)
         health = [await http.get("/healthz") for _ in range(2)]
+        health.append(await http.get("/metrics"))  # the outage is what the metrics should still report
         await asyncio.to_thread(redis.start)  # the same port, the same AOF
         back.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
@@ -142,6 +143,10 @@ def test_redis_killed_mid_load_gives_503s_then_recovers_without_a_restart(
             for down in health[:2]:
                 assert down.status_code == 503 and down.headers["retry-after"] == "1"
                 assert down.json()["store"] == "down" and down.json()["error"] == "store_unavailable"
+            metrics = health.pop(2)
+            assert metrics.status_code == 200, metrics.text
+            assert re.search(r'hiddenstate_requests_total\{endpoint="[^"]*observe",status="503"\} [1-9]', metrics.text)
+            assert "\nhiddenstate_streams " not in metrics.text  # the count is unknown, so left out
             assert health[2].status_code == 200 and health[2].json()["store"] == "up"
             assert health[2].json()["durability"] == {
                 "mode": "strict", "durable": True, "appendonly": "yes", "appendfsync": "always",

@@ -20,6 +20,7 @@ store. Statuses and codes come from the one table in :mod:`hiddenstate.errors`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,6 +50,7 @@ from hiddenstate.errors import (  # noqa: E402
     StoreUnavailableError,
     error_for_code,
 )
+from hiddenstate.serve.intake import check_bulk  # noqa: E402
 from hiddenstate.serve.middleware import BodyLimit  # noqa: E402
 from hiddenstate.serve.service import Outcome, Service  # noqa: E402
 
@@ -96,7 +98,7 @@ class BulkBody(_Strict):
 
 class ForecastBody(_Strict):
     horizon: int = Field(ge=1, description="Steps to forecast.")
-    quantiles: list[float] | None = Field(
+    quantiles: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(
         default=None,
         min_length=1,
         max_length=99,
@@ -105,8 +107,10 @@ class ForecastBody(_Strict):
     samples: int | None = Field(
         default=None, ge=1, le=1000, description="Return this many sample paths (likelihood models)."
     )
-    seed: int | None = Field(default=None, ge=0, description="Seed of the sample paths: the same seed, the same paths.")
-    _integral = field_validator("horizon", mode="before")(_integral)
+    seed: int | None = Field(
+        default=None, ge=0, le=2**64 - 1, description="Seed of the sample paths: the same seed, the same paths."
+    )
+    _integral = field_validator("horizon", "samples", "seed", mode="before")(_integral)
 
 
 class PutStateBody(_Strict):
@@ -261,6 +265,7 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     )
     async def observe_bulk(request: Request) -> Response:
         body = await parse_body(request, BulkBody)
+        check_bulk(service.limits, len(body.streams), sum(len(i.values) for i in body.streams))
         # A stream's second item is refused on its own (JSON Schema cannot say "unique by id").
         first = {i.id: k for k, i in reversed(list(enumerate(body.streams)))}
         unique = [i for k, i in enumerate(body.streams) if first[i.id] == k]
@@ -269,6 +274,8 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
         results = [
             _bulk_part(i.id, next(outcomes)) if first[i.id] == k else _twice(i.id) for k, i in enumerate(body.streams)
         ]
+        if len(results) > 100:  # a large answer is encoded off the event loop, which serves every stream
+            return await asyncio.to_thread(_answer_json, {"results": results})
         return _answer_json({"results": results})
 
     @app.post(
@@ -280,7 +287,8 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     )
     async def forecast(stream_id: StreamId, request: Request) -> Response:
         body = await parse_body(request, ForecastBody)
-        return _json(await service.forecast(stream_id, body.horizon, body.quantiles, body.samples, body.seed))
+        answer = await service.forecast(stream_id, body.horizon, body.quantiles, body.samples, body.seed)
+        return await asyncio.to_thread(_json, answer)  # up to max_forecast_values numbers: off the event loop
 
     @app.get(
         "/v1/streams/{stream_id}/state",
@@ -338,8 +346,12 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     async def metrics() -> PlainTextResponse:
+        try:
+            streams = await service.count()
+        except StoreUnavailableError:  # the outage is what /metrics should report: the last count stands
+            streams = None
         text = service.metrics.render(
-            streams=await service.count(),
+            streams=streams,
             info={"fingerprint": service.served.spec.fingerprint(), "version": __version__},
         )
         text += _durability_lines(service.durability_report())
@@ -447,8 +459,9 @@ def _contract(found: dict[str, Any], paths: dict[str, Any], service: Service) ->
     - a horizon is at most the longest the model forecasts within ``max_horizon``;
     - a state has exactly the model's tensors, each one row of its layer's width.
 
-    A bulk request's rows, all streams together, and the body's bytes have limits of their own
-    (``max_total_steps``, ``max_body_bytes``), given in the description: JSON Schema cannot say them.
+    A bulk request's rows, all streams together, its forecast values, a path forecast's values and
+    the body's bytes have limits of their own (``max_total_steps``, ``max_forecast_values``,
+    ``max_body_bytes``), given in the descriptions: JSON Schema cannot say them.
     """
     served, limits = service.served, service.limits
     found["BulkItem"]["properties"]["id"].update(minLength=1, maxLength=256)
@@ -483,10 +496,16 @@ def _contract(found: dict[str, Any], paths: dict[str, Any], service: Service) ->
     bulk = found["BulkBody"]
     bulk["properties"]["streams"]["maxItems"] = limits.max_streams
     bulk["description"] = (
-        f"At most {limits.max_streams} items and {limits.max_total_steps} rows in all; "
+        f"At most {limits.max_streams} items and {limits.max_total_steps} rows in all, repeated items counted; "
+        f"at most {limits.max_forecast_values} forecast values (horizon x targets, summed over the items); "
         f"a body of at most {limits.max_body_bytes} bytes."
     )
     found["ForecastBody"]["properties"]["horizon"] = {**steps, "title": "Horizon", "description": "Steps to forecast."}
+    if service.served.likelihood is not None:
+        found["ForecastBody"]["description"] = (
+            f"Sample paths drawn (samples, or 100 for quantiles alone) x horizon x {served.n_targets} targets: "
+            f"at most {limits.max_forecast_values}."
+        )
     if service.served.likelihood is None:  # sample paths need a likelihood head: a point model takes none
         for name in ("quantiles", "samples", "seed"):
             found["ForecastBody"]["properties"].pop(name, None)
@@ -511,6 +530,9 @@ def _allow_on_405(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            detail = f"no such path: {request.method} {request.url.path}"
+            return _json({"detail": detail, "error": "not_found"}, 404)
         if exc.status_code != 405:
             return await http_exception_handler(request, exc)
         methods: set[str] = set()

@@ -17,7 +17,7 @@ import numpy as np
 from hiddenstate.errors import ConfigError, ShapeError
 from hiddenstate.serve.served import ServedModel
 
-__all__ = ["Limits", "Observation", "validate"]
+__all__ = ["Limits", "Observation", "check_bulk", "validate"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class Limits:
     max_total_steps: int = 200_000  # rows in one bulk request, all streams together
     max_horizon: int = 4096
     max_body_bytes: int = 16 * 1024 * 1024
+    # numbers one request's forecasts hold, all streams together (horizon x targets each), and the
+    # sample paths a path forecast draws (paths x horizon x targets): what one request may cost
+    max_forecast_values: int = 1_000_000
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
@@ -47,6 +50,14 @@ class Observation(NamedTuple):
     x: np.ndarray  # (steps, n_in) float32, normalised
     horizon: int | None
     digest: bytes
+
+
+def check_bulk(limits: Limits, items: int, rows: int) -> None:
+    """A bulk request's size as sent, repeated streams included (they are answered one by one)."""
+    if items > limits.max_streams:
+        raise ShapeError(f"{items} streams in one request; at most {limits.max_streams}")
+    if rows > limits.max_total_steps:
+        raise ShapeError(f"{rows} rows in one request; at most {limits.max_total_steps}")
 
 
 def validate(
@@ -102,6 +113,12 @@ def validate(
         if horizon > lim.max_horizon:  # type: ignore[operator]
             raise ConfigError(f"horizon {horizon} is above the limit of {lim.max_horizon}")
         served.forecast_method(horizon)  # type: ignore[arg-type]  # ConfigError when it cannot be done
+    values = sum(h for _, _, _, h in items if h is not None) * served.n_targets
+    if values > lim.max_forecast_values:
+        raise ConfigError(
+            f"the horizons of one request ask for {values} forecast values ({served.n_targets} targets per step); "
+            f"at most {lim.max_forecast_values}"
+        )
     # Each stream's digest hashes its rows (float64, as sent) and its horizon: a repeated seq
     # replays only for the same body. One bytes object for all rows, sliced per stream.
     # (tuple.__new__ builds each NamedTuple at a third of the cost of calling the class.)

@@ -55,6 +55,15 @@ __all__ = ["Limits", "Observation", "Outcome", "Service", "check_store"]
 LAYOUT = "float32-flat/1"
 
 
+#: Sample paths a forecast with ``quantiles`` and no ``samples`` draws.
+PATHS = 100
+
+
+def _quantile_key(q: float) -> str:
+    """A quantile's key in the answer: the shortest text that reads back as the same float."""
+    return repr(float(q))
+
+
 def check_store(store: StateStore, served: ServedModel) -> None:
     """Pin the model's spec fingerprint in the store, or refuse a store that holds another spec's states."""
     want = {"fingerprint": served.spec.fingerprint(), "spec": served.spec.describe(), "layout": LAYOUT}
@@ -259,7 +268,19 @@ class Service:
         if quantiles is not None or samples is not None:  # sample paths from the stored state
             if self.served.likelihood is None:
                 raise ConfigError("quantiles and samples need a model with a likelihood head")
+            if quantiles is not None:  # checked before any path is drawn
+                keys = [_quantile_key(q) for q in quantiles]
+                if len(set(keys)) < len(keys):
+                    raise ConfigError(f"quantiles: each must differ from the others, got {list(quantiles)}")
+            paths = (samples if samples is not None else PATHS) * horizon * self.served.n_targets
+            if paths > self.limits.max_forecast_values:
+                raise ConfigError(
+                    f"{paths} sample path values (paths x horizon x {self.served.n_targets} targets); "
+                    f"at most {self.limits.max_forecast_values}"
+                )
             return await self._in_worker(self._sample, stream_id, horizon, quantiles, samples, seed)
+        if seed is not None and self.served.likelihood is None:
+            raise ConfigError("seed: a model without a likelihood head draws no sample paths")
         return await self._in_worker(self._forecast, stream_id, horizon, method)
 
     def _sample(self, stream_id: str, horizon: int, quantiles: Any, samples: int | None, seed: int | None) -> dict:
@@ -270,7 +291,7 @@ class Service:
             raise ServeError(f"stream {stream_id!r}: its state was set by a PUT and nothing has been observed since")
         width = served.n_inputs + served.n_targets
         tails = torch.from_numpy(np.frombuffer(r.tail, dtype="<f4").reshape(1, width).copy())
-        n = samples if samples is not None else 100
+        n = samples if samples is not None else PATHS
         paths = served.targets_original(
             served.sample(served.from_bytes([r.state]), tails, horizon, n, seed).numpy()[:, 0]
         )
@@ -279,7 +300,7 @@ class Service:
         answer = {"id": stream_id, "seq": r.seq, "method": "paths", "forecast": paths.mean(axis=0).tolist()}
         if quantiles is not None:
             answer["quantiles"] = {
-                f"{q:g}": v.tolist() for q, v in zip(quantiles, path_quantiles(paths, quantiles), strict=True)
+                _quantile_key(q): v.tolist() for q, v in zip(quantiles, path_quantiles(paths, quantiles), strict=True)
             }
         if samples is not None:
             answer["samples"] = paths.tolist()  # (samples, horizon, n_targets), original units
