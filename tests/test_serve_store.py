@@ -237,6 +237,38 @@ def test_strict_refuses_a_redis_below_appendfsync_always_and_relaxed_runs_on_it(
         relaxed.close()
 
 
+def test_a_redis_weakened_at_runtime_stops_strict_writes_at_the_next_maintain(redis_bin: str) -> None:
+    """CONFIG SET appendfsync no on a running Redis opens no new connection: maintain (every half
+    second in the service) reads the settings again, refuses writes while they are weak and
+    reports them; read-only calls go on."""
+    import redis
+
+    with RedisServer(redis_bin) as server:
+        store = open_store(server.url(0, prefix="rt:"))
+        r = _record(1)
+        assert store.write([Write("s", 0, r)]) == [True]
+        admin = redis.Redis.from_url(server.url(0))
+        admin.config_set("appendfsync", "no")
+        store.maintain()
+        assert store.durability() == Durability("strict", False, {"appendonly": "yes", "appendfsync": "no"})
+        with pytest.raises(StoreUnavailableError, match=r"appendonly=yes appendfsync=no: an acknowledged update"):
+            store.write([Write("s", r.version, _record(2))])
+        assert store.read(["s"]) == {"s": r}  # nothing was written
+        admin.config_set("appendfsync", "always")
+        store.maintain()
+        assert store.durability() == Durability("strict", True, {"appendonly": "yes", "appendfsync": "always"})
+        assert store.write([Write("s", r.version, _record(2))]) == [True]
+        relaxed = open_store(server.url(0, prefix="rt:"), durability="relaxed")
+        admin.config_set("appendfsync", "everysec")
+        relaxed.maintain()  # relaxed mode writes on, and says what it runs on
+        assert relaxed.durability().durable is False
+        assert relaxed.write([Write("t", 0, _record(1))]) == [True]
+        admin.config_set("appendfsync", "always")
+        for s in (store, relaxed):
+            s.close()
+        admin.close()
+
+
 def test_redis_durability_is_read_again_on_every_reconnect(redis_bin: str) -> None:
     """A Redis restarted with a weaker setting is refused at the next call, not only at startup."""
     with RedisServer(redis_bin) as server:

@@ -105,7 +105,8 @@ class RedisStore:
 
     def __init__(self, url: str, *, ttl: float | None = None, durability: str = "strict") -> None:
         self.mode = check_durability_mode(durability)
-        self._seen = Durability(self.mode, False, {})  # what the last connection found
+        self._seen = Durability(self.mode, False, {})  # what the last connection (or maintain) found
+        self._stop_writes: str | None = None  # strict mode: why writes are refused since maintain's last look
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = (query.pop("prefix", ["hiddenstate:"]) or ["hiddenstate:"])[0]
@@ -126,6 +127,20 @@ class RedisStore:
         self._read = self._redis.register_script(_READ_SCRIPT)
         self._stream_prefix = f"{self.prefix}s:"
 
+    def _settings(self, pairs: dict[Any, Any]) -> tuple[Durability, str | None]:
+        """What the AOF settings ``pairs`` mean: the durability, and in strict mode why writes must stop."""
+        pairs = {_text(k): _text(v) for k, v in pairs.items()}
+        settings = {k: pairs.get(k, "?") for k in ("appendonly", "appendfsync")}
+        durable = settings["appendonly"] == "yes" and settings["appendfsync"] == "always"
+        why = None
+        if not durable and self.mode == "strict":
+            why = (
+                f"Redis runs with appendonly={settings['appendonly']} appendfsync={settings['appendfsync']}: an "
+                "acknowledged update would not survive a crash of Redis; set appendonly yes and appendfsync always, "
+                "or serve with --durability relaxed"
+            )
+        return Durability(self.mode, durable, settings), why
+
     def _on_connect(self, conn: Any) -> None:
         """Each new connection: the usual handshake, then read the server's AOF settings and refuse
         them, in strict mode, when an acknowledged write would not survive a crash of Redis."""
@@ -135,18 +150,12 @@ class RedisStore:
             reply = conn.read_response()
             # a map under RESP3, a flat list of names and values under RESP2
             pairs = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
-            pairs = {_text(k): _text(v) for k, v in pairs.items()}
-            settings = {k: pairs.get(k, "?") for k in ("appendonly", "appendfsync")}
+            self._seen, why = self._settings(pairs)
         except redis.ResponseError as e:  # CONFIG renamed or refused, as on some managed services
-            settings = {"appendonly": "unknown", "appendfsync": "unknown", "config": _text(str(e))}
-        durable = settings["appendonly"] == "yes" and settings["appendfsync"] == "always"
-        self._seen = Durability(self.mode, durable, settings)
-        if not durable and self.mode == "strict":
-            raise _NotDurable(
-                f"Redis runs with appendonly={settings['appendonly']} appendfsync={settings['appendfsync']}: an "
-                "acknowledged update would not survive a crash of Redis; set appendonly yes and appendfsync always, "
-                "or serve with --durability relaxed"
-            )
+            self._seen, why = self._settings({"appendonly": "unknown", "appendfsync": "unknown"})
+            self._seen.settings["config"] = _text(str(e))
+        if why is not None:
+            raise _NotDurable(why)
 
     def _key(self, stream_id: str) -> str:
         return self._stream_prefix + stream_id
@@ -163,6 +172,8 @@ class RedisStore:
     def write(self, writes: Sequence[Write]) -> list[bool]:
         if not writes:
             return []
+        if self._stop_writes is not None:
+            raise _NotDurable(self._stop_writes)
         keys: list[str] = []
         args: list[Any] = [int(self.ttl * 1000) if self.ttl else 0]
         for w in writes:
@@ -220,7 +231,16 @@ class RedisStore:
         return self._seen
 
     def maintain(self) -> None:
-        return None  # Redis rewrites its AOF and expires keys itself
+        """Re-read the AOF settings (the service calls this every half second): a ``CONFIG SET
+        appendfsync no`` on a running Redis stops strict-mode writes (503) until it is undone, and
+        ``/healthz`` reports what the server runs with now. Redis rewrites its AOF and expires keys itself."""
+        try:
+            pairs = self._redis.config_get("append*")
+        except redis.ResponseError:  # CONFIG refused (managed services): what the connection read stands
+            return
+        except redis.RedisError:  # down: the requests themselves report it
+            return
+        self._seen, self._stop_writes = self._settings(pairs)
 
     def close(self) -> None:
         self._redis.close()
