@@ -455,6 +455,16 @@ def test_from_dict_errors() -> None:
         hs.State.from_dict(LSTM_8_16, good, batch_size=1)
 
 
+def test_a_list_that_is_not_a_tensor_says_why() -> None:
+    message = "layer 0 (lstm, hidden 8) `h`: expected a tensor, got a list that is not numbers in rows of one length"
+    good = hs.State.zeros(LSTM_8_16, 1).to_dict()
+    for bad in ([["a"] * 8], [[0.1] * 8, [0.1] * 7]):
+        with raises(StateError, message):
+            hs.State.from_dict(LSTM_8_16, {**good, "layers.0.h": bad})
+        with raises(StateError, message):
+            hs.State.zeros(LSTM_8_16, 1).replace(0, h=bad)
+
+
 def test_replace_checks_the_batch_of_the_state_it_replaces_into() -> None:
     s = hs.State.zeros(LSTM_8_16, 4)
     with raises(StateError, "layer 0 (lstm, hidden 8) `h`: expected shape (batch=4, hidden=8), got (5, 8)"):

@@ -308,7 +308,7 @@ class State:
             try:
                 t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
             except (TypeError, ValueError, RuntimeError):
-                raise StateError(f"{ls.describe(index)} `{name}`: expected a tensor, got {type(t).__name__}") from None
+                raise StateError(f"{ls.describe(index)} `{name}`: expected a tensor, got {_not_a_tensor(t)}") from None
         t = _prepare(ls, index, name, t, broadcast, self.batch_size)
         if (t.dtype, t.device) != (self.dtype, self.device):
             raise StateError(
@@ -430,6 +430,13 @@ def _require_uniform(spec: StateSpec, what: str) -> None:
         )
 
 
+def _not_a_tensor(t: Any) -> str:
+    """What a value torch could not read as a tensor is: a list says why (ragged rows or not numbers)."""
+    if isinstance(t, list | tuple):
+        return f"a {type(t).__name__} that is not numbers in rows of one length"
+    return type(t).__name__
+
+
 def _prepare(ls: LayerSpec, index: int, name: str, t: Any, broadcast: bool, batch_size: int | None) -> torch.Tensor:
     """Turn a user value into a ``(batch, hidden)`` tensor, or raise naming layer and tensor."""
     where = f"{ls.describe(index)} `{name}`"
@@ -439,7 +446,7 @@ def _prepare(ls: LayerSpec, index: int, name: str, t: Any, broadcast: bool, batc
         try:
             t = torch.as_tensor(t, dtype=torch.get_default_dtype())
         except (TypeError, ValueError, RuntimeError):
-            raise StateError(f"{where}: expected a tensor, got {type(t).__name__}") from None
+            raise StateError(f"{where}: expected a tensor, got {_not_a_tensor(t)}") from None
     if t.dim() == 1 and broadcast:
         if t.shape[0] != ls.hidden_size:
             raise StateError(
