@@ -262,3 +262,14 @@ def test_scaled_metrics_name_a_history_of_other_series() -> None:
         hs.metrics.mase(y, y, past)
     with pytest.raises(ShapeError, match=re.escape("does not match y's (3,)")):
         hs.metrics.msis(y, y, y, past)
+
+
+def test_a_silent_series_takes_the_other_series_mean_scale() -> None:
+    df = _counts(60, ids=("a", "b", "z"))
+    df.loc[df.unique_id == "z", "y"] = 0.0
+    fc = _fc().fit(df)
+    a, b = (float(df[df.unique_id == u]["y"].abs().mean()) for u in ("a", "b"))
+    assert fc._series["z"]["scale"] == pytest.approx((a + b) / 2, rel=1e-12)
+    assert fc._series["a"]["scale"] == pytest.approx(a, rel=1e-12)
+    out = fc.predict(seed=0)
+    assert np.isfinite(out.filter(like="HiddenState").to_numpy()).all()

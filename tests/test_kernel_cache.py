@@ -155,3 +155,37 @@ def test_a_failed_build_leaves_no_object_and_no_record(
     with pytest.raises(hs.ConfigError, match="could not build"):
         fused.build_kernel()
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_an_object_that_cannot_be_loaded_is_a_config_error_and_sampling_falls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_build: None
+) -> None:
+    """A directory where the object should go (as a noexec mount or a full disk would fail the
+    load or the rename): the build says so in one ConfigError, and the sampler runs without it."""
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("HIDDENSTATE_CACHE_DIR", str(cache_dir))
+    fused.build_kernel()  # learn the object's name, then put a directory in its place
+    fused.build_kernel.cache_clear()
+    so = next(p for p in cache_dir.iterdir() if p.suffix == ".so")
+    so.unlink()
+    so.mkdir()
+    with pytest.raises(hs.ConfigError, match=r"could not be built or loaded \(.*; use backend 'torch'$"):
+        fused.build_kernel()
+    fused.build_kernel.cache_clear()
+    assert fused.fused_available() is False
+    fused.build_kernel.cache_clear()
+    fused.kernel_ready.cache_clear()
+    try:
+        model = hs.SequenceModel(1, 1, [hs.LSTM(4)], likelihood="studentt").eval()
+        paths = hs.sample_paths(model, model.initial_state(2), torch.zeros(2, 1), 3, 5, seed=0)
+        assert tuple(paths.shape) == (5, 2, 3, 1) and bool(torch.isfinite(paths).all())
+    finally:
+        fused.kernel_ready.cache_clear()
+
+
+def test_cc_may_be_a_command_with_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_build: None) -> None:
+    cc = shutil.which(os.environ.get("CC") or "cc")
+    monkeypatch.setenv("HIDDENSTATE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", f"{cc} -O2")  # as "ccache gcc" or "gcc -m64" are written
+    fused.build_kernel()
+    _kernel_works()

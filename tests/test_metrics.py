@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 import hiddenstate as hs
 from hiddenstate import metrics
-from hiddenstate.errors import ShapeError
+from hiddenstate.errors import ConfigError, ShapeError
 
 properscoring = pytest.importorskip("properscoring", reason="properscoring is in the dev extra")
 pd = pytest.importorskip("pandas", reason="pandas is in the data extra")
@@ -91,3 +93,18 @@ def test_shape_errors_name_the_argument() -> None:
         metrics.weighted_quantile_loss(SAMPLES[:3], Y)
     with pytest.raises(ShapeError, match=r"hi: expected the shape of y \(3, 24\), got \(3, 23\)"):
         metrics.coverage(Y, Y[:, 1:], Y)
+
+
+def test_missing_truths_and_levels_outside_0_1_are_refused() -> None:
+    y = Y.copy()
+    y[1, 3] = np.nan
+    lo, hi = np.quantile(SAMPLES, [0.1, 0.9], axis=0)
+    for call in (
+        lambda: metrics.crps(SAMPLES, y),
+        lambda: metrics.coverage(lo, hi, y),  # a NaN truth would count as a miss
+        lambda: metrics.mase(np.median(SAMPLES, axis=0), y, PAST),
+    ):
+        with pytest.raises(ShapeError, match=re.escape("y: 1 values are NaN or inf (the first at index (1, 3))")):
+            call()
+    with pytest.raises(ConfigError, match=re.escape("quantiles must be numbers in (0, 1), got [0.5, 1.5]")):
+        metrics.weighted_quantile_loss(np.stack([lo, hi]), Y, [0.5, 1.5])

@@ -212,10 +212,10 @@ class Forecaster:
         self, series: dict[Any, SeriesRows], ids: list[Any], stat: dict[Any, np.ndarray], val_size: int, calibrate: bool
     ) -> Forecaster:
         self.features.fit_exog(series, stat, val_size)
-        infos = {}
-        for uid, s in series.items():
-            scale = float(mean_scale(s.values[: len(s.ds) - val_size, :1])[0])
-            infos[uid] = {"scale": scale, "stat": stat[uid]}
+        # DeepAR's mean scale per series; a silent (all-zero) series takes the others' mean scale
+        means = np.array([[float(np.abs(s.values[: len(s.ds) - val_size, 0]).mean()) for s in series.values()]])
+        scales = mean_scale(means)
+        infos = {uid: {"scale": float(scales[k]), "stat": stat[uid]} for k, uid in enumerate(series)}
         inputs = {u: self.features.inputs(s, infos[u], len(s.ds)) for u, s in series.items()}
         targets = {u: s.values[:, :1] for u, s in series.items()}
         scales = np.array([[infos[u]["scale"]] for u in ids])

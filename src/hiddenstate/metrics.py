@@ -57,6 +57,10 @@ def _array(a: Any, name: str) -> np.ndarray:
     out = np.asarray(a.detach().cpu().double() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
     if out.size == 0:
         raise ShapeError(f"{name}: no values")
+    bad = ~np.isfinite(out)
+    if bad.any():  # a score over a missing truth or a broken forecast would be quietly wrong
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ShapeError(f"{name}: {int(bad.sum())} values are NaN or inf (the first at index {at})")
     return out
 
 
@@ -87,6 +91,8 @@ def crps(samples: Any, y: Any, *, normalize: bool = False) -> float:
 def quantile_losses(q_pred: Any, y: Any, quantiles: Sequence[float] = QUANTILES) -> np.ndarray:
     """GluonTS's weighted quantile loss per level: ``(len(quantiles),)``."""
     q = np.asarray(quantiles, dtype=np.float64)
+    if q.ndim != 1 or q.size == 0 or not ((q > 0) & (q < 1)).all():
+        raise ConfigError(f"quantiles must be numbers in (0, 1), got {np.atleast_1d(q).tolist()}")
     p, t = _array(q_pred, "q_pred"), _array(y, "y")
     if p.shape != (len(q), *t.shape):
         raise ShapeError(f"q_pred: expected (len(quantiles)={len(q)}, *y.shape={t.shape}), got {p.shape}")

@@ -38,6 +38,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -74,20 +75,20 @@ def _cpu_id() -> str:
     return f"{platform.machine()}|{platform.processor()}|{flags}"
 
 
-def _compile(compiler: str, target: Path) -> None:
+def _compile(compiler: list[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         error = ""
         for extra in (_ARCH_FLAGS, ()):  # not every compiler knows -march=native
-            cmd = [compiler, *_FLAGS, *extra, "-o", tmp, str(_SOURCE)]
+            cmd = [*compiler, *_FLAGS, *extra, "-o", tmp, str(_SOURCE)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode == 0:
                 install(Path(tmp), target)  # the sha256 record, then the object, each by one rename
                 return
             error = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        raise ConfigError(f"the fused backend could not build {_SOURCE.name} with {compiler}: {error}")
+        raise ConfigError(f"the fused backend could not build {_SOURCE.name} with {' '.join(compiler)}: {error}")
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -102,7 +103,8 @@ def build_kernel() -> ctypes.CDLL:
     rebuilt, in a private directory when the cache is unsafe. Raises ConfigError when no C
     compiler is found or the build fails.
     """
-    name = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "cc")
+    cc = shlex.split(os.environ.get("CC") or "")  # CC may be a command with arguments: "ccache gcc"
+    name = cc[0] if cc else next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "cc")
     compiler = shutil.which(name)
     if compiler is None:
         raise ConfigError(
@@ -110,18 +112,25 @@ def build_kernel() -> ctypes.CDLL:
             "set CC to one); use backend 'torch' instead"
         )
     source = _SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()]))
+    command = [compiler, *cc[1:]]
+    key = hashlib.sha256(
+        b"\0".join([source, " ".join(command).encode(), " ".join(_FLAGS).encode(), _cpu_id().encode()])
+    )
     directory, private = cache_dir(_cache_dir())  # a private one when the cache could hold planted code
     target = directory / f"fused_lstm-{key.hexdigest()[:16]}.so"
     try:
         for _ in range(3):  # bounded: a concurrent build may replace the object just after this one
             if verified(target):
                 break
-            _compile(compiler, target)
+            _compile(command, target)
         else:
             if not verified(target):
                 raise ConfigError(f"the fused kernel {target} does not match its sha256 record after a rebuild")
         lib = ctypes.CDLL(str(target))
+    except OSError as e:  # a cache on a noexec mount, a directory in the object's place, a full disk
+        raise ConfigError(
+            f"the fused kernel {target} could not be built or loaded ({e}); use backend 'torch'"
+        ) from None
     finally:
         if private:  # loaded (or failed): nothing of it is left for anyone to reuse
             shutil.rmtree(directory, ignore_errors=True)
