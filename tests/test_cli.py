@@ -417,3 +417,96 @@ def test_negbin_is_left_to_the_python_api(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "'negbin' is not one of 'studentt', 'normal'" in result.stderr
     assert not (tmp_path / "nb").exists()
+
+
+NO_EPOCHS = [a for i, a in enumerate(TINY) if a != "--epochs" and (i == 0 or TINY[i - 1] != "--epochs")]
+
+
+def test_resume_without_epochs_keeps_the_runs_own(tmp_path: Path) -> None:
+    """After a Ctrl-C, `--resume` alone continues to the epochs the run was started with, not the
+    default 60 (here the run is complete: there is nothing more to train)."""
+    ok("train", "--out", tmp_path / "r", "--synthetic-steps", "600", *TINY)
+    before = (tmp_path / "r" / "metrics.csv").read_text()
+    ok("train", "--out", tmp_path / "r", "--synthetic-steps", "600", "--resume", *NO_EPOCHS)
+    assert (tmp_path / "r" / "metrics.csv").read_text() == before  # still 2 epochs
+
+
+def test_a_relative_data_path_is_kept_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "here").mkdir()
+    _wide_frame().to_csv(tmp_path / "here" / "wide.csv", index=False)
+    monkeypatch.chdir(tmp_path / "here")
+    ok("train", "wide.csv", "--time-col", "date", "--out", tmp_path / "run", *TINY)
+    monkeypatch.chdir(tmp_path)  # elsewhere: the run still finds its data
+    assert "repeat last value" in ok("evaluate", tmp_path / "run").output
+
+
+def test_bounds_of_forecast_horizon_and_lr(csv_run: tuple[Path, Path]) -> None:
+    _, run = csv_run
+    result = invoke("forecast", run, "--horizon", "100001")
+    assert result.exit_code == 2 and "--horizon': Input should be less than or equal to 100000" in result.stderr
+    result = invoke("train", "--out", run.parent / "lr0", "--lr", "0", *TINY)
+    assert result.exit_code == 2 and result.stderr.startswith("Error: Invalid value for --lr: 0.0 is not above 0")
+
+
+def test_series_too_short_for_train_or_validation(tmp_path: Path) -> None:
+    frame = _long_frame()
+    tiny = pd.DataFrame({"unique_id": "tiny", "ds": pd.date_range("2024-01-01", periods=2, freq="15min"), "y": 1.0})
+    pd.concat([frame, tiny]).to_parquet(tmp_path / "a.parquet")
+    result = invoke(
+        "train", tmp_path / "a.parquet", "--layout", "long", "--targets", "y", "--out", tmp_path / "a", *TINY
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {tmp_path / 'a.parquet'}: series 'tiny' (2 rows): its train split has 1 rows and training needs at "
+        "least 3; drop the series or give the train split more in --split\n"
+    )
+    short = pd.DataFrame({"unique_id": "short", "ds": pd.date_range("2024-01-01", periods=20, freq="15min"), "y": 1.0})
+    pd.concat([frame, short]).to_parquet(tmp_path / "b.parquet")
+    result = ok("train", tmp_path / "b.parquet", "--layout", "long", "--targets", "y", "--out", tmp_path / "b", *TINY)
+    assert (
+        "warning: " in result.stderr and "fewer than 3 validation rows" in result.stderr and "'short'" in result.stderr
+    )
+    assert " val " in result.output  # the other series still give the validation loss
+
+
+def test_ctrl_c_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hiddenstate.cli import pipeline
+
+    def interrupted(*args: object, **kw: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "prepare_training", interrupted)
+    result = invoke("train", "--out", tmp_path / "r", *TINY)
+    assert result.exit_code == 130
+    assert result.stderr == "Error: interrupted (a training run continues with --resume)\n"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda m: m["extra"]["settings"].update(split=[0.9, 0.5, 0.5]),
+            "manifest.json: extra.settings: run settings: split: expected train, val and test fractions summing to "
+            "at most 1, train and test above 0, got [0.9, 0.5, 0.5]",
+        ),
+        (
+            lambda m: m["train_config"].update(epochs="2"),
+            "manifest.json: train_config: TrainConfig.epochs: expected an int >= 1, got '2'",
+        ),
+    ],
+    ids=["split-over-1", "epochs-a-string"],
+)
+def test_a_manifest_field_of_the_wrong_kind_is_refused_by_name(
+    csv_run: tuple[Path, Path], tmp_path: Path, edit, message: str
+) -> None:
+    import json
+    import shutil
+
+    _, run = csv_run
+    shutil.copytree(run, tmp_path / "run")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    edit(manifest)
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("evaluate", tmp_path / "run")
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {tmp_path / 'run' / message}\n"

@@ -20,6 +20,16 @@ def test_fit_by_hand_population_std_and_constant_column():
     np.testing.assert_allclose(sc.transform(np.array([[3.0 + np.sqrt(8 / 3), 9.0, 4.0]])), [[1.0, 2.0, 0.0]])
 
 
+def test_a_constant_float_column_is_only_centred_although_its_std_is_not_zero():
+    rows = np.full((70, 1), 7.7)
+    assert rows.std() > 0  # float64 noise: 2.7e-15
+    sc = hs.StandardScaler.fit(rows)
+    assert sc.std.tolist() == [1.0]
+    np.testing.assert_allclose(sc.transform(np.array([[7.8]])), [[0.1]], rtol=1e-9)
+    tiny = hs.StandardScaler.fit(np.array([[1e-3], [2e-3], [3e-3]]))  # small but varying: scaled
+    np.testing.assert_allclose(tiny.std, [np.sqrt(2 / 3) * 1e-3], rtol=1e-12)
+
+
 def test_transform_inverse_numpy_and_torch():
     rng = np.random.default_rng(0)
     data = rng.normal(5.0, 3.0, size=(200, 4))

@@ -575,3 +575,31 @@ def test_progress_bar_shows_loss_and_throughput_on_a_terminal(monkeypatch) -> No
     monkeypatch.setattr(sys, "stderr", quiet)
     hs.Trainer(_model(), _config(epochs=1, progress=False)).fit(data)
     assert quiet.getvalue() == ""
+
+
+def test_the_batch_policy_on_batches_that_bring_no_state_starts_from_the_default() -> None:
+    x = [np.random.default_rng(0).normal(size=(40, 2))]
+    batches = hs.StatefulBatches(x, x, batch_size=1, steps=8)
+    model = hs.SequenceModel(2, 2, [hs.LSTM(4)])
+    history = hs.Trainer(model, hs.TrainConfig(epochs=1, state_policy="batch", progress=False)).fit(batches)
+    assert len(history.rows) == 1 and np.isfinite(history.rows[0]["train_loss"])
+
+
+def test_lane_state_is_each_lanes_state_at_its_last_valid_step() -> None:
+    """A lane whose last piece ends in padding, or that goes idle before the others, reports the
+    state after its series' last row, not after the zeros that pad the chunk."""
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(size=(n, 2)).astype(np.float32) for n in (50, 23, 9, 4)]
+    batches = hs.StatefulBatches(xs, xs, batch_size=2, steps=8, split=False)
+    torch.manual_seed(0)
+    model = hs.SequenceModel(2, 2, [hs.LSTM(6), hs.GRU(5)])
+    trainer = hs.Trainer(model, hs.TrainConfig(epochs=1, lr=1e-30, progress=False))  # the weights stay as they are
+    trainer.fit(batches)
+    assert any(len(lane) > 1 for lane in batches.assignment)  # a lane reads two series
+    for i, lane in enumerate(batches.assignment):
+        j = lane[-1][0]  # the lane's last series, read whole from row 1 to its second-to-last row
+        with torch.no_grad():
+            _, want = model(torch.from_numpy(xs[j][1:-1])[None], model.initial_state(1))
+        got = trainer.lane_state.select([i])
+        for a, b in zip(got.to_dict().values(), want.to_dict().values(), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,9 +71,21 @@ class OneLineErrors(TyperGroup):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
         standalone = extra.pop("standalone_mode", True)
         code = 0
+        with warnings.catch_warnings():
+            warnings.filterwarnings("default", category=UserWarning)  # ours, for the user: shown, once
+            warnings.showwarning = _one_line_warning
+            code = self._main(args, prog_name, extra)
+        if standalone:
+            sys.exit(code)
+        return code
+
+    def _main(self, args: Sequence[str] | None, prog_name: str | None, extra: dict[str, Any]) -> int:
+        code = 0
         try:
             rv = super().main(args=args, prog_name=prog_name or "hiddenstate", standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
+            if code == 130:  # typer turns Ctrl-C into exit 130 itself, saying nothing
+                code = _fail("interrupted (a training run continues with --resume)", 130)
         except click_errors.NoArgsIsHelpError as e:
             # building the error rendered the help (rich prints it at once; plain click returns it)
             if e.format_message().strip():
@@ -90,10 +103,15 @@ class OneLineErrors(TyperGroup):
         except OSError as e:
             code = _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), 1)
         except KeyboardInterrupt:
-            code = _fail("interrupted", 130)
-        if standalone:
-            sys.exit(code)
+            code = _fail("interrupted (a training run continues with --resume)", 130)
         return code
+
+
+def _one_line_warning(
+    message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """A warning on the command line: one line on stderr, without the source file and line."""
+    sys.stderr.write(f"warning: {' '.join(str(message).split())}\n")
 
 
 def _fail(message: str, code: int) -> int:

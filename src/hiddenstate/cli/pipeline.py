@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hiddenstate.cli.settings import RunSettings
-from hiddenstate.errors import CheckpointError, ConfigError, HiddenStateError
+from hiddenstate.errors import CheckpointError, ConfigError, DataError, HiddenStateError
 from hiddenstate.state import StateSpec
 
 if TYPE_CHECKING:
@@ -177,6 +178,12 @@ def prepare_training(
     in_cols, out_cols = columns(dataset, settings)
     settings = settings.replace(inputs=tuple(in_cols), targets=tuple(out_cols))
     train_x, train_y = parts(dataset, settings, 0)
+    for sid, n, x in zip(dataset.ids, dataset.lengths, train_x, strict=True):
+        if len(x) < 3:
+            raise DataError(
+                f"{dataset.source}: series {sid!r} ({n} rows): its train split has {len(x)} rows and training "
+                "needs at least 3; drop the series or give the train split more in --split"
+            )
     check_horizon(dataset, settings, train_x)
     val_x, val_y = parts(dataset, settings, 1)
     scaler = StandardScaler.fit(train_x, columns=in_cols)
@@ -184,8 +191,18 @@ def prepare_training(
     norm = lambda xs, sc: [sc.transform(a) for a in xs]  # noqa: E731
     bs, steps = settings.batch_size, settings.steps
     train_batches = StatefulBatches(norm(train_x, scaler), norm(train_y, target_scaler), bs, steps)
-    val_ok = all(len(a) >= 3 for a in val_x) and val_x
-    val_batches = StatefulBatches(norm(val_x, scaler), norm(val_y, target_scaler), bs, steps) if val_ok else None
+    # validation over the series whose val split holds at least 3 rows (the others are named once)
+    keep = [k for k, a in enumerate(val_x) if len(a) >= 3]
+    short = [dataset.ids[k] for k in range(len(val_x)) if k not in set(keep)]
+    if short and keep:
+        warnings.warn(
+            f"{dataset.source}: {len(short)} series with fewer than 3 validation rows left out of the validation "
+            f"loss: {', '.join(map(repr, short[:5]))}{' ...' if len(short) > 5 else ''}",
+            UserWarning,
+            stacklevel=2,
+        )
+    val_x, val_y = [val_x[k] for k in keep], [val_y[k] for k in keep]
+    val_batches = StatefulBatches(norm(val_x, scaler), norm(val_y, target_scaler), bs, steps) if keep else None
 
     set_threads(settings.spec, threads)
     torch.manual_seed(settings.seed)

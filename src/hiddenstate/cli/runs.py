@@ -18,6 +18,10 @@ from hiddenstate.state import StateSpec
 __all__ = ["evaluate", "forecast", "inspect", "plot"]
 
 
+#: The longest ``forecast --horizon``: the CSV is built in memory (100,000 steps of one series and
+#: two targets is about 300 MB), and a rollout that long has long stopped meaning anything.
+MAX_FORECAST_STEPS = 100_000
+
 EVALUATE_EPILOG = """\
 [bold]Examples[/bold]
 
@@ -53,7 +57,9 @@ def forecast(
     data: Annotated[
         Path | None, typer.Argument(help="History file (default: the data the run was trained on).")
     ] = None,
-    horizon: Annotated[int, typer.Option(min=1, help="Steps to forecast after the end of each series.")] = 96,
+    horizon: Annotated[
+        int, typer.Option(min=1, max=MAX_FORECAST_STEPS, help="Steps to forecast after the end of each series.")
+    ] = 96,
     method: Annotated[Method, typer.Option(help="Forecast method.")] = "auto",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="CSV file to write (default: stdout).")] = None,
 ) -> None:

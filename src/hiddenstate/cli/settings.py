@@ -144,6 +144,8 @@ def _coerce(name: str, value: Any) -> Any:
         ok = isinstance(value, list | tuple) and len(value) == 3
         if not ok or not all(not isinstance(v, bool) and isinstance(v, int | float) and 0 <= v <= 1 for v in value):
             raise bad("three fractions or 'ett'")
+        if sum(value) > 1 + 1e-9 or value[0] <= 0 or value[2] <= 0:
+            raise bad("train, val and test fractions summing to at most 1, train and test above 0")
         return tuple(float(v) for v in value)
     if name == "layers":
         if not isinstance(value, list | tuple):

@@ -79,7 +79,7 @@ def train(
     steps: Annotated[int, typer.Option(min=1, help="Steps per chunk (truncated-BPTT window).")] = DEFAULTS.steps,
     hidden: Annotated[str, typer.Option(help="Hidden sizes per layer, e.g. 64,32 (or lstm:64,gru:32).")] = _HIDDEN,
     cell: Annotated[Cell, typer.Option(help="Cell of every layer.")] = DEFAULTS.layers[0]["cell"],
-    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate (Adam).")] = DEFAULTS.lr,
+    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate (Adam), above 0.")] = DEFAULTS.lr,
     seed: Annotated[int, typer.Option(min=0, help="Random seed; CPU runs are deterministic.")] = DEFAULTS.seed,
     state_policy: Annotated[
         Policy, typer.Option("--state-policy", help="Where each chunk's state comes from.")
@@ -139,10 +139,12 @@ def train(
         raise typer.BadParameter(
             "under torchrun every rank and every restart needs the same run directory", param_hint="--out"
         )
+    if lr <= 0:
+        raise typer.BadParameter(f"{lr} is not above 0", param_hint="--lr")
     out = out if out is not None else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     resume = resume or (restarted() and pipeline.holds_run(out))  # torchrun restarted the group: continue
     settings = RunSettings(
-        data=str(data) if data is not None else None,
+        data=str(Path(data).resolve()) if data is not None else None,  # the run works from any directory
         time_col=time_col,
         id_col=id_col,
         ds_col=ds_col,
@@ -166,6 +168,11 @@ def train(
     )
     if resume:
         settings = _resume_settings(ctx, out, settings)
+        saved = _saved_train_config(out)  # a resume after Ctrl-C keeps the run's own epochs and patience
+        if ctx.get_parameter_source("epochs") != ParameterSource.COMMANDLINE:
+            epochs = saved.get("epochs", epochs) if isinstance(saved.get("epochs"), int) else epochs
+        if ctx.get_parameter_source("patience") != ParameterSource.COMMANDLINE:
+            patience = saved.get("patience") if isinstance(saved.get("patience"), int) else patience
     elif pipeline.holds_run(out):
         raise typer.BadParameter(
             f"{out} already holds a run; pass --resume to continue it, or choose another --out", param_hint="--out"
@@ -213,11 +220,30 @@ def train(
     console.print(f"wrote {escape(str(out))}/ {', '.join(written)}")
 
 
+def _saved_train_config(out: Path) -> dict[str, Any]:
+    """The train_config of the run's newest checkpoint ({} when there is none to read; resuming
+    then says what is wrong)."""
+    import json
+
+    from hiddenstate.runs.run import list_checkpoints
+
+    found = list_checkpoints(out)
+    if not found:
+        return {}
+    try:
+        config = json.loads((found[-1] / "checkpoint.json").read_text()).get("train_config")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def _resume_settings(ctx: typer.Context, out: Path, given: RunSettings) -> RunSettings:
     saved = pipeline.read_args(out)
     if saved is None:
         raise typer.BadParameter(f"{out} holds no run to resume ({ARGS_FILE} is missing)", param_hint="--out")
     given_json, saved_json = given.to_json(), saved.to_json()
+    if saved_json.get("data"):  # a run saved with the path as typed reads it from here, as before
+        saved_json["data"] = str(Path(saved_json["data"]).resolve())
     for name, value in ctx.params.items():
         if name in RESUMABLE or ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
             continue

@@ -86,7 +86,11 @@ class StandardScaler:
             r, c = np.argwhere(~np.isfinite(rows))[0]
             raise DataError(f"StandardScaler.fit: non-finite value {rows[r, c]} at row {r}, column {c}")
         std = rows.std(axis=0)  # population std (ddof=0), as ETT's protocol uses
-        return cls(rows.mean(axis=0), np.where(std > 0, std, 1.0), None if columns is None else tuple(columns))
+        # a constant column (its spread below float64's noise: the std of 70 rows of 7.7 is 2.7e-15,
+        # not 0) is only centred, else one new value would read as 1e13 standard deviations
+        mean = rows.mean(axis=0)
+        constant = rows.max(axis=0) - rows.min(axis=0) <= 1e-12 * np.maximum(1.0, np.abs(mean))
+        return cls(mean, np.where(constant, 1.0, std), None if columns is None else tuple(columns))
 
     @property
     def n_columns(self) -> int:

@@ -40,6 +40,7 @@ and optimizer parts of a checkpoint in :mod:`hiddenstate.runs.snapshot`; ``atomi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -267,6 +268,22 @@ def save_run(
     return manifest_path
 
 
+def _check_train_config(config: Any, where: Path) -> None:
+    """A manifest's train_config, checked as a TrainConfig checks its fields (fields this version
+    does not know are left alone: a run keeps what the version that wrote it recorded)."""
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: train_config: expected an object, got {type(config).__name__}")
+    from hiddenstate.train.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        TrainConfig.from_json({k: v for k, v in config.items() if k in known})
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: train_config: {e}") from None
+
+
 def load_run(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Run:
     """Load a run directory written by :func:`save_run`; the model comes back in eval mode.
 
@@ -295,6 +312,7 @@ def load_run(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
         lane_state = parse_state(run / "lane_state.safetensors", blobs["lane_state.safetensors"], spec)
         _check_lane_state(lane_state, manifest["lane_state"]["batch"], model, run / "lane_state.safetensors")
     scaler, target_scaler = _scaler(manifest, "scaler", listing), _scaler(manifest, "target_scaler", listing)
+    _check_train_config(manifest.get("train_config"), run / "manifest.json")
     model.to(device).eval()
     return Run(
         path=run,

@@ -241,14 +241,17 @@ class Trainer:
         if hasattr(batches, "set_epoch"):  # a shuffling sampler reshuffles by epoch; resume stays exact
             batches.set_epoch(self.epoch)
         bar.start_epoch(self.epoch + 1, cfg.epochs, _length(batches))
+        held: State | None = None  # each lane's state at its last valid step: what lane_state reports
         for batch in batches:
             x, y, cond, reset, mask, valid = self._to_device(batch)
             if cfg.state_policy == "batch":
                 state = self._batch_state(batch)
             n = valid * y.shape[-1]
+            entering = state
             with self._autocast():
                 y_hat, state = self._forward(x, state, cond, reset)  # y_hat: (batch, steps, out)
                 loss = self._loss(y_hat, y, mask, n, _batch_scale(batch, y))  # mean over the valid elements
+            held = self._held(held, entering, state, batch, x, cond, reset, mask is None)
             window.append((loss, n, batch.global_valid * y.shape[-1] if dist else n))
             losses.append(loss.detach())
             counts.append(n)
@@ -265,12 +268,50 @@ class Trainer:
         if window:
             self._step(window)
             state = state.detach() if state is not None else None
-        if state is not None and cfg.precision != "fp32":  # kept, saved and resumed in the weights' dtype
-            state = state.to(dtype=self._dtype())
-        self.lane_state = state if dist is None or state is None else dist.gather_state(state)  # every lane
+        held = held if held is not None else state
+        if held is not None and cfg.precision != "fp32":  # kept, saved and resumed in the weights' dtype
+            held = held.to(dtype=self._dtype())
+        self.lane_state = held if dist is None or held is None else dist.gather_state(held)  # every lane
         train_loss = _weighted_mean(losses, counts)  # the epoch's one sync when the bar is off
         bar.end_epoch(train_loss, sample_steps)
         return train_loss, sample_steps
+
+    def _held(
+        self,
+        held: State | None,
+        entering: State | None,
+        state: State,
+        batch: Any,
+        x: torch.Tensor,
+        cond: torch.Tensor | None,
+        reset: torch.Tensor | None,
+        all_valid: bool,
+    ) -> State:
+        """Each lane's state at its last valid step, after this chunk: the chunk's final state where
+        every step was valid; where the lane's piece ended inside the chunk, the state after its
+        valid steps only (run again, without gradients, from the state it entered with); where the
+        lane was idle (all padding), what it held before. Padded steps read zeros, and a carried
+        state must not have read them."""
+        if all_valid:
+            return state.detach()
+        valid = batch.mask.sum(dim=1).tolist()  # per row (a valid prefix: pieces start at chunk starts)
+        steps = int(batch.mask.shape[1])
+        rows = []
+        for r, v in enumerate(valid):
+            if v == steps:
+                rows.append(state.select([r]).detach())
+            elif v == 0:
+                rows.append((held if held is not None else state).select([r]).detach())
+            else:
+                with torch.no_grad(), self._autocast():
+                    _, part = self._forward(
+                        x[r : r + 1, :v],
+                        None if entering is None else entering.select([r]).detach(),
+                        None if cond is None else cond[r : r + 1],
+                        None if reset is None else reset[r : r + 1],
+                    )
+                rows.append(part)
+        return State.cat(rows)
 
     def _step(self, window: list[tuple[torch.Tensor, int, int]]) -> None:
         """One backward pass through the window's chunks and one optimizer step."""
@@ -351,7 +392,7 @@ class Trainer:
         return x, y, cond, reset, mask_dev, valid
 
     def _batch_state(self, batch: Any) -> State | None:
-        state: State | None = batch.state
+        state: State | None = getattr(batch, "state", None)  # StatefulBatches' batches bring none
         return None if state is None else state.to(self.device, self._dtype())
 
     def _forward(
