@@ -510,3 +510,11 @@ def test_a_manifest_field_of_the_wrong_kind_is_refused_by_name(
     result = invoke("evaluate", tmp_path / "run")
     assert result.exit_code == 1
     assert result.stderr == f"Error: {tmp_path / 'run' / message}\n"
+
+
+def test_a_column_named_twice_and_a_file_given_as_a_run(csv_run: tuple[Path, Path]) -> None:
+    data, run = csv_run
+    result = invoke("train", data, "--time-col", "date", "--inputs", "load,load", "--out", run.parent / "x", *TINY)
+    assert result.exit_code == 2 and "Invalid value for --inputs: 'load' named twice in 'load,load'" in result.stderr
+    result = invoke("forecast", data)
+    assert (result.exit_code, result.stderr) == (1, f"Error: {data}: is a file, not a run directory\n")

@@ -180,7 +180,10 @@ def test_non_numeric_value_parquet(tmp_path):
 def test_nan_is_an_error_by_default(tmp_path, fmt):
     text = WIDE.replace("2.0,20", "2.0,")
     path = write(tmp_path, "m.csv", text) if fmt == "csv" else to_parquet(tmp_path, "m", text)
-    with raises(f"{path}: column 'b', data row 2: missing value (NaN); pass fill='ffill' to forward-fill"):
+    with raises(
+        f"{path}: column 'b', data row 2: missing value (NaN); "
+        "pass fill='ffill' (--ffill on the command line) to forward-fill"
+    ):
         hs.read_dataset(path, time_col="date")
 
 

@@ -99,6 +99,9 @@ def names(value: str | None, flag: str) -> tuple[str, ...] | None:
     found = tuple(v.strip() for v in value.split(",") if v.strip())
     if not found:
         raise typer.BadParameter(f"expected comma-separated column names, got {value!r}", param_hint=flag)
+    twice = sorted({v for v in found if found.count(v) > 1})
+    if twice:
+        raise typer.BadParameter(f"{', '.join(map(repr, twice))} named twice in {value!r}", param_hint=flag)
     return found
 
 

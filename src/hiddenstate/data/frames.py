@@ -461,6 +461,6 @@ def _fill(name: str, columns: list[str], v: np.ndarray, rows: np.ndarray, where:
             return v
         how = "missing value (NaN) with no earlier value to forward-fill"
     else:
-        how = "missing value (NaN); pass fill='ffill' to forward-fill"
+        how = "missing value (NaN); pass fill='ffill' (--ffill on the command line) to forward-fill"
     r, c = np.argwhere(nan)[0]
     raise DataError(f"{name}: column {columns[c]!r}, data row {int(rows[r]) + 1}{where}: {how}")

@@ -292,7 +292,8 @@ def load_run(path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
     """
     run = Path(path)
     if not run.is_dir():
-        raise CheckpointError(f"{run}: run directory not found")
+        what = "is a file, not a run directory" if run.is_file() else "run directory not found"
+        raise CheckpointError(f"{run}: {what}")
     listing = run / "manifest.json"
     manifest = read_json(listing, "not a saved run (save_run writes manifest.json last)")
     if manifest.get("format") != RUN_FORMAT:
