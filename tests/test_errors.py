@@ -37,6 +37,7 @@ TABLE = {  # class: (http status, code, exit code), as docs/serving.md lists the
     "ServeError": (409, "conflict", 1),
     "MalformedRequestError": (400, "malformed_json", 1),
     "BodyTooLargeError": (413, "too_large", 1),
+    "UnsupportedMediaTypeError": (415, "unsupported_media_type", 1),
     "SequenceGapError": (409, "sequence_gap", 1),
     "ReplayConflictError": (409, "replay_conflict", 1),
     "NonFiniteError": (422, "nonfinite", 1),

@@ -386,6 +386,35 @@ def test_bodies_over_the_limit_get_413_counted_on_the_bytes_received(api: Api) -
     assert r.status_code == 200 and r.json()["seq"] == 2
 
 
+def test_a_body_that_is_not_sent_as_json_gets_415_and_changes_nothing(api: Api) -> None:
+    """A form or text/plain post (what a web page may send across origins without a preflight) is
+    refused on every endpoint with a body; JSON types, with or without parameters, and a request
+    without a Content-Type are read."""
+    import json
+
+    stream = sid()
+    observe(api, stream, 1, [[50.0, 40.0]])
+    width = {name: w for name, w in ServedModel.from_run(api.run).layout}
+    bodies = {
+        f"/v1/streams/{stream}/observe": ("post", {"seq": 2, "values": [[50.0, 40.0]]}),
+        "/v1/observe": ("post", {"streams": [{"id": stream, "seq": 2, "values": [[50.0, 40.0]]}]}),
+        f"/v1/streams/{stream}/forecast": ("post", {"horizon": 2}),
+        f"/v1/streams/{stream}/state": ("put", {"state": {k: [[0.1] * w] for k, w in width.items()}}),
+    }
+    before = api.store.checksum()
+    for path, (method, body) in bodies.items():
+        for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+            r = api.http.request(method, path, content=json.dumps(body), headers={"content-type": media})
+            want = f"content-type {media!r} is not JSON; send the body as application/json"
+            assert (r.status_code, r.json()) == (415, {"detail": want, "error": "unsupported_media_type"}), path
+    assert api.store.checksum() == before
+    path = f"/v1/streams/{stream}/forecast"
+    for media in ("application/json", "Application/JSON; charset=utf-8", "application/merge-patch+json", None):
+        headers = {} if media is None else {"content-type": media}
+        r = api.http.post(path, content=json.dumps({"horizon": 2}), headers=headers)
+        assert r.status_code == 200, (media, r.text)
+
+
 # -- state GET / PUT / DELETE -----------------------------------------------------------------------
 
 

@@ -147,6 +147,13 @@ class BodyTooLargeError(ServeError):
     http_status, code = 413, "too_large"
 
 
+class UnsupportedMediaTypeError(ServeError):
+    """A request body sent with a Content-Type other than JSON (``application/json`` or a
+    ``+json`` type). A missing Content-Type is read as JSON."""
+
+    http_status, code = 415, "unsupported_media_type"
+
+
 class SequenceGapError(ServeError):
     """An observe carried a seq that is neither the next one nor a repeat of the last one."""
 

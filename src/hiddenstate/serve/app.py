@@ -48,6 +48,7 @@ from hiddenstate.errors import (  # noqa: E402
     ShapeError,
     StateError,
     StoreUnavailableError,
+    UnsupportedMediaTypeError,
     error_for_code,
 )
 from hiddenstate.serve.intake import check_bulk  # noqa: E402
@@ -170,7 +171,7 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="One line: what is wrong and where.")
     error: str = Field(
         description="A stable code: malformed_json, invalid, not_found, sequence_gap, replay_conflict, "
-        "version_conflict, conflict, too_large, nonfinite, store_unavailable, store_busy."
+        "version_conflict, conflict, too_large, unsupported_media_type, nonfinite, store_unavailable, store_busy."
     )
     expected_seq: int | None = Field(default=None, description="With sequence_gap and replay_conflict.")
 
@@ -246,7 +247,7 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     @app.post(
         "/v1/streams/{stream_id}/observe",
         response_model=Answer,
-        responses=_errors(400, 409, 413, 422),
+        responses=_errors(400, 409, 413, 415, 422),
         openapi_extra=_body_doc(ObserveBody),
         summary="Advance one stream through new rows; answer the next-step prediction",
     )
@@ -259,7 +260,7 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     @app.post(
         "/v1/observe",
         response_model=BulkAnswer,
-        responses=_errors(400, 413, 422),
+        responses=_errors(400, 413, 415, 422),
         openapi_extra=_body_doc(BulkBody),
         summary="Advance many streams in one request; each item gets its own status",
     )
@@ -281,7 +282,7 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     @app.post(
         "/v1/streams/{stream_id}/forecast",
         response_model=ForecastAnswer,
-        responses=_errors(400, 404, 409, 413, 422),
+        responses=_errors(400, 404, 409, 413, 415, 422),
         openapi_extra=_body_doc(ForecastBody),
         summary="Forecast from the stored state without changing it",
     )
@@ -302,7 +303,7 @@ def create_app(service: Service, *, title: str = "hiddenstate") -> FastAPI:
     @app.put(
         "/v1/streams/{stream_id}/state",
         response_model=PutAnswer,
-        responses=_errors(400, 409, 413, 422),
+        responses=_errors(400, 409, 413, 415, 422),
         openapi_extra=_body_doc(PutStateBody),
         summary="Replace the stream's state, validated like State.from_dict",
     )
@@ -387,11 +388,26 @@ async def parse_body(request: Request, model: type[_M]) -> _M:
     Faster than ``json.loads`` then validation, and NaN/Infinity tokens reach the validator,
     which refuses them (``allow_inf_nan=False``). Errors become a RequestValidationError.
     """
+    check_media_type(request.headers.get("content-type"))
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as e:
         errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
         raise RequestValidationError(errors) from None
+
+
+def check_media_type(header: str | None) -> None:
+    """Refuse a body whose Content-Type is not JSON: ``application/json`` or ``*/*+json``, any
+    parameters (``charset``) aside. A missing header is read as JSON, as FastAPI reads it. A form
+    or ``text/plain`` post, which a web page can send across origins without asking, is refused."""
+    if header is None:
+        return
+    media = header.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise UnsupportedMediaTypeError(
+        f"content-type {header[:100]!r} is not JSON; send the body as application/json"
+    )
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
