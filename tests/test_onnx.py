@@ -400,3 +400,15 @@ def test_a_likelihood_model_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^model.likelihood 'studentt': a likelihood head has no ONNX export here"):
         export_onnx(model, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_another_model_kind_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A SegRNN has an ``rnn`` and a ``head`` too, but segments and embeds its input first: it is
+    refused by name instead of failing in onnx's shape inference."""
+    from hiddenstate.models.segrnn import SegRNN
+
+    model = SegRNN(2, input_len=8, horizon=4, seg_len=4, d_model=8)
+    with pytest.raises(ConfigError) as info:
+        export_onnx(model, tmp_path / "m.onnx")
+    assert str(info.value) == "export_onnx takes a hiddenstate SequenceModel (or a run of one), got SegRNN"
+    assert not (tmp_path / "m.onnx").exists()

@@ -96,13 +96,14 @@ def _head_steps(model: Any) -> list[tuple[Any, ...]]:
 
 
 def _refuse_unsupported(model: Any) -> None:
-    from torch import nn
+    from hiddenstate.model import SequenceModel
 
-    rnn = getattr(model, "rnn", None)
-    if not isinstance(model, nn.Module) or rnn is None or not hasattr(rnn, "state_spec") or not hasattr(rnn, "cells"):
+    # another model kind (a SegRNN) has an rnn too, but its graph is not a stack plus a per-step head
+    if not isinstance(model, SequenceModel):
         raise ConfigError(
             f"export_onnx takes a hiddenstate SequenceModel (or a run of one), got {type(model).__name__}"
         )
+    rnn = model.rnn
     name = getattr(model, "likelihood_name", None)
     if name is not None or getattr(model, "likelihood", None) is not None:
         raise ConfigError(
