@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import hiddenstate as hs
 from hiddenstate.cli.commands import app
-from hiddenstate.errors import ExportError
+from hiddenstate.errors import ConfigError, ExportError
 from hiddenstate.runs.run import load_run, save_run
 
 onnx = pytest.importorskip("onnx", reason="onnx is in the onnx extra: pip install -e '.[dev]'")
@@ -120,6 +120,24 @@ def test_state_pairing_check_refuses_names_that_sort_apart() -> None:
     bad = [("state_in.a", "state_out.z"), ("state_in.b", "state_out.y")]
     with pytest.raises(ExportError, match=r"^Triton would pair state input state_in\.a with output state_out\.y, not"):
         check_state_pairing(bad)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "bad name"])
+def test_a_model_name_that_is_not_one_folder_is_refused_and_nothing_is_written(tmp_path: Path, name: str) -> None:
+    model = hs.SequenceModel(2, 2, [hs.LSTM(4)])
+    with pytest.raises(ConfigError) as info:
+        write_triton_repository(model, tmp_path / "repo" / "sub", name)
+    assert str(info.value) == (
+        f"model name {name!r}: use letters, digits, '_', '-' and '.' only, starting with a letter, digit or '_'"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []  # ".." would have put config.pbtxt in repo/
+
+
+def test_cli_default_model_name_is_the_run_folders_made_safe(tmp_path: Path) -> None:
+    run_dir = _run(tmp_path, [hs.LSTM(4)]).rename(tmp_path / ".my run")
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "repo"), "--triton"])
+    assert result.exit_code == 0, result.output
+    assert _config(tmp_path / "repo" / "my_run" / "config.pbtxt").name == "my_run"
 
 
 def test_cli_export_onnx_file(tmp_path: Path) -> None:

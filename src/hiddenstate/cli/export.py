@@ -55,7 +55,7 @@ def register(app: Any) -> None:
         if triton:
             from hiddenstate.interop.triton import write_triton_repository
 
-            model_name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", run_dir.resolve().name) or "hiddenstate"
+            model_name = name or re.sub(r"[^A-Za-z0-9_.-]", "_", run_dir.resolve().name).lstrip(".-") or "hiddenstate"
             report = write_triton_repository(run, out, model_name, units=units, opset=opset)
             typer.echo(f"wrote {out / model_name}/config.pbtxt and {report.path}")
         else:

@@ -32,7 +32,8 @@ from hiddenstate.errors import ConfigError, ExportError
 
 __all__ = ["check_state_pairing", "write_triton_repository"]
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# not "." or "..": the name is a folder under ``out``, and those two would write beside it
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def check_state_pairing(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -85,7 +86,9 @@ def write_triton_repository(
     from hiddenstate.runs.files import atomic_write
 
     if not _NAME.match(name):
-        raise ConfigError(f"model name {name!r}: use letters, digits, '_', '-' and '.' only")
+        raise ConfigError(
+            f"model name {name!r}: use letters, digits, '_', '-' and '.' only, starting with a letter, digit or '_'"
+        )
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ConfigError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
     root = Path(out)
