@@ -254,6 +254,16 @@ def test_old_onnxscript_is_refused_for_gru_in_one_line(tmp_path: Path, monkeypat
     assert export_onnx(_model([hs.LSTM(4)]), tmp_path / "l.onnx").verified  # LSTM is not affected
 
 
+@pytest.mark.parametrize("version", ["0.7.0rc1", "0.7.0a2", "0.7.0.dev20250101", "0.6.12"])
+def test_a_pre_release_of_the_fixed_onnxscript_is_refused_for_gru(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    monkeypatch.setattr(hs_onnx, "onnxscript_version", lambda: version)
+    with pytest.raises(ConfigError, match=rf"^layer 0 \(gru\): onnxscript {re.escape(version)} exports GRU"):
+        export_onnx(_model([hs.GRU(4)]), tmp_path / "g.onnx")
+    assert hs_onnx._release("0.7.10") > hs_onnx._release("0.7.1") > hs_onnx._release("0.7.0rc9")
+
+
 def test_bad_arguments_get_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match=r"file: the output folder is a file$"):

@@ -23,6 +23,7 @@ data in chunks of 1, 7, 96, 3 and 50 steps chained through the state, at batch 1
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -95,7 +96,7 @@ def onnxscript_version() -> str:
 def _release(text: str) -> tuple[int, ...]:
     parts = []
     for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
+        digits = "".join(itertools.takewhile(str.isdigit, piece))  # "0rc1" is 0, not 01: before the release
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
 
