@@ -163,8 +163,20 @@ def test_cli_export_onnx_file(tmp_path: Path) -> None:
             2,
             "Error: Invalid value: --name names the Triton model; add --triton (see 'hiddenstate export --help')",
         ),
+        (
+            ["{run}", "--out", "{tmp}/o", "--opset", "9"],
+            2,
+            "Error: Invalid value for --opset: opset 9: expected an int from 14 to {max_opset} "
+            "(see 'hiddenstate export --help')",
+        ),
+        (
+            ["{run}", "--out", "{tmp}/o", "--triton", "--name", ".."],
+            2,
+            "Error: Invalid value for --name: model name '..': use letters, digits, '_', '-' and '.' only, "
+            "starting with a letter, digit or '_' (see 'hiddenstate export --help')",
+        ),
     ],
-    ids=["missing-run", "unknown-format", "out-is-a-file", "name-without-triton"],
+    ids=["missing-run", "unknown-format", "out-is-a-file", "name-without-triton", "opset-too-old", "name-dots"],
 )
 def test_cli_bad_input_is_one_line(tmp_path: Path, args: list[str], code: int, message: str) -> None:
     run_dir = _run(tmp_path, [hs.LSTM(4)])
@@ -173,7 +185,7 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, args: list[str], code: int, m
     result = runner.invoke(app, argv)
     assert result.exit_code == code
     lines = result.output.strip().splitlines()
-    assert lines == [message.format(tmp=tmp_path)]
+    assert lines == [message.format(tmp=tmp_path, max_opset=onnx.defs.onnx_opset_version())]
     assert not (tmp_path / "o").exists()
 
 

@@ -45,8 +45,16 @@ def register(app: Any) -> None:
         if name is not None and not triton:
             raise typer.BadParameter("--name names the Triton model; add --triton")
         from hiddenstate.errors import CheckpointError, ConfigError
+        from hiddenstate.interop.onnx import check_opset
+        from hiddenstate.interop.triton import check_model_name
         from hiddenstate.runs.run import load_run
 
+        for flag, check, value in (("--opset", check_opset, opset), ("--name", check_model_name, name)):
+            try:
+                if value is not None:
+                    check(value)
+            except ConfigError as e:  # a usage error (exit 2), found before the run is loaded
+                raise typer.BadParameter(str(e), param_hint=flag) from None
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {out}: the output folder is a file")
         if not run_dir.is_dir():

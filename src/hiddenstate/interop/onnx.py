@@ -113,6 +113,15 @@ def _refuse_buggy_gru(cells: Sequence[Any]) -> None:
             )
 
 
+def check_opset(opset: Any) -> int:
+    """``opset`` (None: :data:`DEFAULT_OPSET`) when the installed onnx knows it and it is 14 or later."""
+    onnx = require("onnx", "onnx")
+    opset = DEFAULT_OPSET if opset is None else opset
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 14 <= opset <= onnx.defs.onnx_opset_version():
+        raise ConfigError(f"opset {opset!r}: expected an int from 14 to {onnx.defs.onnx_opset_version()}")
+    return int(opset)
+
+
 def model_bytes(
     model_or_run: Any,
     *,
@@ -130,9 +139,7 @@ def model_bytes(
     from hiddenstate.interop._onnx_plan import make_plan, source_of
 
     source = source_of(model_or_run)
-    opset = DEFAULT_OPSET if opset is None else opset
-    if isinstance(opset, bool) or not isinstance(opset, int) or not 14 <= opset <= onnx.defs.onnx_opset_version():
-        raise ConfigError(f"opset {opset!r}: expected an int from 14 to {onnx.defs.onnx_opset_version()}")
+    opset = check_opset(opset)
     plan = make_plan(source, units=units, reset=reset)
     plan.reset_dims = reset_dims
     _refuse_buggy_gru(plan.cells)

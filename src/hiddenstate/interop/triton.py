@@ -30,7 +30,7 @@ import numpy as np
 
 from hiddenstate.errors import ConfigError, ExportError
 
-__all__ = ["check_state_pairing", "write_triton_repository"]
+__all__ = ["check_model_name", "check_state_pairing", "write_triton_repository"]
 
 # not "." or "..": the name is a folder under ``out``, and those two would write beside it
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -48,6 +48,15 @@ def check_state_pairing(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
                 "the state names do not sort alike"
             )
     return made
+
+
+def check_model_name(name: str) -> str:
+    """``name`` when it can be a Triton model's folder under the repository; ConfigError otherwise."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"model name {name!r}: use letters, digits, '_', '-' and '.' only, starting with a letter, digit or '_'"
+        )
+    return name
 
 
 def _state_block(name: str, hidden: int, initial: np.ndarray | None) -> str:
@@ -85,10 +94,7 @@ def write_triton_repository(
     from hiddenstate.interop.onnx import _describe, model_bytes, verify_bytes
     from hiddenstate.runs.files import atomic_write
 
-    if not _NAME.match(name):
-        raise ConfigError(
-            f"model name {name!r}: use letters, digits, '_', '-' and '.' only, starting with a letter, digit or '_'"
-        )
+    check_model_name(name)
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ConfigError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
     root = Path(out)
