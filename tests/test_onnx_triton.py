@@ -222,3 +222,61 @@ def test_a_trained_run_exports_and_onnx_stream_gives_its_numbers_in_original_uni
     tidx = [run.inputs.index(t) for t in run.targets]
     want = run.scaler.select(tidx).inverse_transform(y_norm.double().numpy())
     assert float((np.abs(got - want) / run.scaler.select(tidx).std).max()) < 1e-5
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_re_export_replaces_the_model_folder_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A learned initial state, then a model without one: the new folder holds no stale state
+    files. A failure while the new folder is written leaves the old one as it was, byte for byte,
+    and no temp folder behind."""
+    learned = _run(tmp_path / "a", [hs.LSTM(4)], state_encoder="learned")
+    plain = _run(tmp_path / "b", [hs.LSTM(3)])
+    repo = tmp_path / "repo"
+    write_triton_repository(learned, repo, "m")
+    assert sorted(_tree(repo / "m")) == ["1/model.onnx", "config.pbtxt", "initial_state/layers.0.c",
+                                         "initial_state/layers.0.h"]  # fmt: skip
+    write_triton_repository(plain, repo, "m")
+    assert sorted(_tree(repo / "m")) == ["1/model.onnx", "config.pbtxt"]  # no stale initial_state/
+    states = _config(repo / "m" / "config.pbtxt").sequence_batching.state
+    assert [s.initial_state[0].WhichOneof("state_data") for s in states] == ["zero_data"] * 2
+    before = _tree(repo / "m")
+
+    import hiddenstate.runs.files as files
+
+    real, calls = files.write_fsynced, []
+
+    def fail_on_the_config(path: Path, data: bytes, **kw: object) -> None:
+        calls.append(path.name)
+        if path.name == "config.pbtxt":
+            raise OSError(28, "No space left on device")
+        real(path, data, **kw)
+
+    monkeypatch.setattr(files, "write_fsynced", fail_on_the_config)
+    with pytest.raises(OSError, match="No space left"):
+        write_triton_repository(learned, repo, "m")
+    assert "model.onnx" in calls  # the new model was written, and still the old folder is whole
+    assert _tree(repo / "m") == before
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]  # no temp folder left
+
+
+def test_a_model_folder_holding_files_an_export_does_not_write_is_refused(tmp_path: Path) -> None:
+    run_dir = _run(tmp_path, [hs.LSTM(4)])
+    repo = tmp_path / "repo"
+    write_triton_repository(run_dir, repo, "m")
+    (repo / "m" / "2").mkdir()
+    (repo / "m" / "2" / "model.onnx").write_bytes(b"another version")
+    (repo / "m" / "1" / "notes.txt").write_text("mine")
+    before = _tree(repo / "m")
+    with pytest.raises(ConfigError) as info:
+        write_triton_repository(run_dir, repo, "m")
+    assert str(info.value) == (
+        f"{repo / 'm'} holds 1/notes.txt, 2, which an export does not write and a re-export would remove; "
+        "move them away or choose another name"
+    )
+    assert _tree(repo / "m") == before
+    (repo / "x").write_text("a file")
+    with pytest.raises(ConfigError, match=r"x: is a file, not a model folder$"):
+        write_triton_repository(run_dir, repo, "x")

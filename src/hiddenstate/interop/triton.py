@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -88,15 +90,16 @@ def write_triton_repository(
     """Write ``out/name`` as a Triton model repository entry; returns the ExportReport.
 
     The graph is checked in onnxruntime first exactly as :func:`~hiddenstate.interop.onnx.export_onnx`
-    does (with its ``(batch, 1)`` reset); nothing is written when that fails.
+    does (with its ``(batch, 1)`` reset); nothing is written when that fails. The folder is
+    written whole, then renamed into place, so a re-export replaces it all at once (files of the
+    old export that the new one lacks go); a folder holding anything else is refused.
     """
     from hiddenstate.interop._onnx_plan import source_of
     from hiddenstate.interop.onnx import _describe, model_bytes, verify_bytes
-    from hiddenstate.runs.files import atomic_write
 
     check_model_name(name)
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-        raise ConfigError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or not 1 <= max_batch_size < 2**31:
+        raise ConfigError(f"max_batch_size must be an int from 1 to 2147483647 (Triton's int32), got {max_batch_size!r}")
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{root}: the output folder is a file")
@@ -133,13 +136,74 @@ def write_triton_repository(
         text += _state_block(n, hidden, None if plan.initial is None else plan.initial.get(n))
     text += "}\n" + "instance_group [ { kind: KIND_CPU count: 1 } ]\n"
 
+    files = {"1/model.onnx": data, "config.pbtxt": text.encode()}
+    for n, value in (plan.initial or {}).items():
+        files[f"initial_state/{n}"] = np.asarray(value, np.float32).reshape(-1).tobytes()
     folder = root / name
-    (folder / "1").mkdir(parents=True, exist_ok=True)
-    if plan.initial is not None:
-        (folder / "initial_state").mkdir(exist_ok=True)
-        for n, value in plan.initial.items():
-            atomic_write(folder / "initial_state" / n, np.asarray(value, np.float32).reshape(-1).tobytes())
-    atomic_write(folder / "1" / "model.onnx", data)
-    atomic_write(folder / "config.pbtxt", text.encode())
+    _commit_entry(folder, files)
     report.path = folder / "1" / "model.onnx"
     return report
+
+
+#: what an export writes in a model's folder: the only entries a re-export may replace
+_OURS = ("config.pbtxt", "1", "initial_state")
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """The entries of an existing model folder that an export does not write (another version,
+    a file of the user's); a re-export replaces the folder whole, so it refuses to drop them."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in _OURS or (entry.name == "config.pbtxt") == entry.is_dir():
+            found.append(entry.name)
+        elif entry.name == "1":
+            found += [f"1/{e.name}" for e in sorted(entry.iterdir()) if e.name != "model.onnx" or e.is_dir()]
+        elif entry.name == "initial_state":
+            found += [f"initial_state/{e.name}" for e in sorted(entry.iterdir()) if e.is_dir()]
+    return found
+
+
+def _commit_entry(folder: Path, files: dict[str, bytes]) -> None:
+    """Write the model folder whole: every file, fsynced, into a temp folder beside it, then one
+    rename into place (the old folder moved aside first, then removed). A crash or a failure
+    leaves the old entry or the new one, never a new model.onnx beside an old config.pbtxt or
+    an old initial state; the files of a learned initial state that is gone go with it."""
+    from hiddenstate.runs.files import fsync_dir, write_fsynced
+
+    if folder.exists():
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: is a file, not a model folder")
+        foreign = _foreign_entries(folder)
+        if foreign:
+            raise ConfigError(
+                f"{folder} holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which an export "
+                "does not write and a re-export would remove; move them away or choose another name"
+            )
+    root = folder.parent
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in [*root.glob(f".{folder.name}.*.tmp"), *root.glob(f".{folder.name}.*.old")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
+    token = f"{os.getpid()}.{secrets.token_hex(4)}"
+    tmp, old = root / f".{folder.name}.{token}.tmp", root / f".{folder.name}.{token}.old"
+    moved = False
+    try:
+        tmp.mkdir()
+        for rel, data in files.items():
+            path = tmp / rel
+            path.parent.mkdir(exist_ok=True)
+            write_fsynced(path, data)
+        for sub in {(tmp / rel).parent for rel in files}:  # the subfolders' entries, then tmp's own
+            fsync_dir(sub)
+        fsync_dir(tmp)
+        if folder.exists():
+            os.rename(folder, old)
+            moved = True
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not folder.exists():
+            os.rename(old, folder)  # the old entry back in place
+        raise
+    fsync_dir(root)
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)

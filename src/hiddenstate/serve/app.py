@@ -405,9 +405,7 @@ def check_media_type(header: str | None) -> None:
     media = header.split(";", 1)[0].strip().lower()
     if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
         return
-    raise UnsupportedMediaTypeError(
-        f"content-type {header[:100]!r} is not JSON; send the body as application/json"
-    )
+    raise UnsupportedMediaTypeError(f"content-type {header[:100]!r} is not JSON; send the body as application/json")
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
