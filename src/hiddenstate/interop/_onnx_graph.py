@@ -100,7 +100,7 @@ def _f32(a: Any) -> np.ndarray:
 
 
 def build_graph(plan: GraphPlan, opset: int) -> Any:
-    """The ``onnx.ModelProto`` of ``plan`` at ``opset`` (13 or later)."""
+    """The ``onnx.ModelProto`` of ``plan`` at ``opset`` (14 or later)."""
     from onnx import TensorProto, helper
 
     b = _Builder()
