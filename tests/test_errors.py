@@ -4,6 +4,7 @@ the service, the client and the command line read them from there."""
 from __future__ import annotations
 
 import inspect
+import re
 
 import httpx
 import pytest
@@ -60,6 +61,24 @@ def test_every_error_class_is_in_the_table_with_its_status_code_and_exit_code() 
         assert error_for_code(cls.code).code == cls.code, name  # type: ignore[union-attr]
     assert error_for_code("store_unavailable") is StoreUnavailableError
     assert error_for_code("no_such_code") is None
+
+
+def test_the_module_docstring_draws_every_class_under_its_parent() -> None:
+    drawn: dict[str, str | None] = {}  # class: the class it is drawn under
+    parents: list[str] = []  # the open branch, one name per depth
+    tree = (errors.__doc__ or "").split("::", 1)[1].split("\n\n")[1].splitlines()
+    for k, line in enumerate(tree):
+        if k and "──" not in line:
+            continue  # a description running on
+        found = re.match(r"[ │├└─]*([A-Z]\w+)", line)
+        assert found, line
+        depth = (line.index("──") - 4) // 4 + 1 if k else 0
+        parents[depth:] = [found.group(1)]
+        drawn[found.group(1)] = parents[depth - 1] if depth else None
+    assert set(drawn) == set(TABLE)
+    for name, parent in drawn.items():
+        base = next((b for b in getattr(errors, name).__bases__ if issubclass(b, HiddenStateError)), None)
+        assert (base.__name__ if base else None) == parent, name
 
 
 class TeapotError(ServeError):

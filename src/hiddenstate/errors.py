@@ -18,6 +18,7 @@ The hierarchy::
     └── ServeError                    the streaming service's failures
         ├── MalformedRequestError     a body that is not JSON, or nested too deeply
         ├── BodyTooLargeError         a body over the service's limit
+        ├── UnsupportedMediaTypeError a body sent as anything but JSON (a form, text/plain)
         ├── SequenceGapError          an observe whose seq is not the next one
         ├── ReplayConflictError       a repeated seq whose body differs from the applied one
         ├── NonFiniteError            the model turned a stream's state or output into NaN/inf
