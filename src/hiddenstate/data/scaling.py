@@ -25,7 +25,10 @@ ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 @dataclass(frozen=True, eq=False)
 class StandardScaler:
-    """``(x - mean) / std`` per column; a column with std 0 gets std 1 (it is only centred).
+    """``(x - mean) / std`` per column; a constant column gets std 1 (it is only centred).
+
+    Constant means that the column's range is within float64 rounding of its values (1e-12
+    relative), so a column whose computed std is 1e-15 rather than 0 counts as constant too.
 
     Build it with :meth:`fit`. ``transform``/``inverse_transform`` take numpy arrays or torch
     tensors of shape ``(..., n_columns)`` and return the same kind.
