@@ -135,6 +135,15 @@ def test_with_the_cosine_schedule_epochs_must_match(tmp_path: Path) -> None:
     assert len(_resume(tmp_path, schedule="cosine", epochs=2).rows) == 2
 
 
+def test_fewer_epochs_than_the_checkpoint_was_trained_for_are_refused_as_a_shrink(tmp_path: Path) -> None:
+    _first_epoch(tmp_path, epochs=3)  # stopped after one of its three epochs
+    with pytest.raises(
+        hs.ConfigError, match="^" + re.escape(_message(tmp_path, "epochs", 2, 3, "; epochs may only grow")) + "$"
+    ):
+        _resume(tmp_path, epochs=2)
+    assert len(list_checkpoints(tmp_path)) == 1
+
+
 def test_a_crafted_train_config_in_the_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
     _first_epoch(tmp_path)
     listing = tmp_path / "checkpoints" / "epoch-0001" / "checkpoint.json"

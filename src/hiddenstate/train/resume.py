@@ -111,7 +111,9 @@ def check_resume(
     if found:
         change = found[0]
         why = {
-            "epochs": "; with the cosine schedule every epoch's learning rate depends on epochs",
+            "epochs": "; with the cosine schedule every epoch's learning rate depends on epochs"
+            if saved.schedule == "cosine"
+            else "; epochs may only grow",
             "patience": "; patience may only grow",
         }.get(change.field, "")
         raise ConfigError(
