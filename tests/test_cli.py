@@ -337,7 +337,7 @@ def test_commands_of_other_modules_load_on_first_use(monkeypatch: pytest.MonkeyP
 
 def test_help_has_examples() -> None:
     out = ok("train", "--help").stdout
-    assert "Examples" in out and "hiddenstate train --out runs/demo --resume --epochs 30" in out
+    assert "Examples" in out and "hiddenstate train --out runs/demo --resume --epochs 90" in out
     assert "--state-policy" in out and "--batch-size" in out
     for command in ("evaluate", "forecast", "plot", "inspect"):
         assert "Examples" in ok(command, "--help").stdout
@@ -438,6 +438,24 @@ def test_a_relative_data_path_is_kept_absolute(tmp_path: Path, monkeypatch: pyte
     ok("train", "wide.csv", "--time-col", "date", "--out", tmp_path / "run", *TINY)
     monkeypatch.chdir(tmp_path)  # elsewhere: the run still finds its data
     assert "repeat last value" in ok("evaluate", tmp_path / "run").output
+
+
+def test_the_resume_example_of_train_help_continues_the_run_of_the_example_before_it(tmp_path: Path) -> None:
+    import inspect
+
+    from hiddenstate.cli.train import TRAIN_EPILOG, train
+
+    found = re.search(r"--resume --epochs (\d+)", TRAIN_EPILOG)
+    assert found and int(found.group(1)) > inspect.signature(train).parameters["epochs"].default  # epochs only grow
+    ok("train", "--out", tmp_path / "run", "--synthetic-steps", "600", *TINY)
+    result = invoke("train", "--out", tmp_path / "run", "--resume", "--epochs", "1")
+    assert result.exit_code == 1
+    assert "cannot resume with epochs 1: the checkpoint was trained with 2; epochs may only grow" in result.stderr
+
+
+def test_lr_help_states_its_bound_once() -> None:
+    out = ok("train", "--help").stdout
+    assert "above 0" in out and "x>=0.0" not in out  # the bound is x > 0, checked by the command
 
 
 def test_bounds_of_forecast_horizon_and_lr(csv_run: tuple[Path, Path]) -> None:

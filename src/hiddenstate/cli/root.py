@@ -57,7 +57,7 @@ app = typer.Typer(
     cls=OneLineErrors,
     help="Stateful LSTM/GRU forecasting whose hidden state you can set, read, carry and save.",
     epilog=(
-        "Start here: [bold]hiddenstate train --out runs/demo[/bold] trains on built-in data in about a minute.\n\n"
+        "Start here: [bold]hiddenstate train --out runs/demo[/bold] trains on built-in data in about 10 seconds.\n\n"
         "Each command has examples in its [bold]--help[/bold]."
     ),
     rich_markup_mode="rich",

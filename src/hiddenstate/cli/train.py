@@ -49,11 +49,11 @@ _HIDDEN = ",".join(str(layer["hidden_size"]) for layer in DEFAULTS.layers)
 TRAIN_EPILOG = """\
 [bold]Examples[/bold]
 
-  [dim]# built-in synthetic data (2 variables, daily + weekly cycles): about a minute on 2 cores[/dim]
+  [dim]# built-in synthetic data (2 variables, daily + weekly cycles): about 10 seconds on 2 cores[/dim]
   hiddenstate train --out runs/demo
 
-  [dim]# continue that run up to 30 epochs[/dim]
-  hiddenstate train --out runs/demo --resume --epochs 30
+  [dim]# continue that run (60 epochs) up to 90 epochs[/dim]
+  hiddenstate train --out runs/demo --resume --epochs 90
 
   [dim]# a wide CSV like ETT, forecasting OT from every column, on ETT's standard split[/dim]
   hiddenstate train ../shared/data/ett/ETTm1.csv --time-col date --targets OT --split ett --out runs/ett
@@ -79,7 +79,7 @@ def train(
     steps: Annotated[int, typer.Option(min=1, help="Steps per chunk (truncated-BPTT window).")] = DEFAULTS.steps,
     hidden: Annotated[str, typer.Option(help="Hidden sizes per layer, e.g. 64,32 (or lstm:64,gru:32).")] = _HIDDEN,
     cell: Annotated[Cell, typer.Option(help="Cell of every layer.")] = DEFAULTS.layers[0]["cell"],
-    lr: Annotated[float, typer.Option(min=0.0, help="Learning rate (Adam), above 0.")] = DEFAULTS.lr,
+    lr: Annotated[float, typer.Option(help="Learning rate (Adam), above 0.")] = DEFAULTS.lr,
     seed: Annotated[int, typer.Option(min=0, help="Random seed; CPU runs are deterministic.")] = DEFAULTS.seed,
     state_policy: Annotated[
         Policy, typer.Option("--state-policy", help="Where each chunk's state comes from.")
