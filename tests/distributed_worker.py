@@ -20,13 +20,17 @@ import safetensors.torch
 import torch
 
 import hiddenstate as hs
+from hiddenstate.data.scaled import ScaledBatches
 
 
-def batches(ragged: bool, seed: int) -> hs.StatefulBatches:
+def batches(ragged: bool, seed: int, scaled: bool = False) -> hs.StatefulBatches | ScaledBatches:
     rng = np.random.default_rng(seed)
     lengths = [61, 47, 33, 58, 20] if ragged else [50, 50, 50, 50]  # ragged: 5 lanes end apart
     series = [rng.standard_normal((n, 2)).cumsum(0) * 0.1 for n in lengths]
-    return hs.StatefulBatches(series, series, batch_size=len(lengths), steps=8, split=False)
+    lanes = hs.StatefulBatches(series, series, batch_size=len(lengths), steps=8, split=False)
+    if not scaled:
+        return lanes
+    return ScaledBatches(lanes, [[10.0**j, 2.0] for j in range(len(lengths))])  # each series its own scale
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,11 +46,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pids", type=Path)
     p.add_argument("--raise-rank", type=int)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--scaled", action="store_true")  # a likelihood head on ScaledBatches
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
     encode = "encode" in args.policy
-    model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.GRU(6)], state_encoder="cond:2" if encode else None)
+    model = hs.SequenceModel(
+        2,
+        2,
+        [hs.LSTM(8), hs.GRU(6)],
+        state_encoder="cond:2" if encode else None,
+        likelihood="normal" if args.scaled else None,
+    )
     config = hs.TrainConfig(
         epochs=args.epochs,
         lr=1e-2,
@@ -71,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"planted failure after epoch {row['epoch']}")
 
         callbacks.append(fail)
-    train = batches(args.ragged, seed=0)
-    val, test = batches(args.ragged, seed=1), batches(args.ragged, seed=2)
+    train = batches(args.ragged, seed=0, scaled=args.scaled)
+    val, test = batches(args.ragged, seed=1, scaled=args.scaled), batches(args.ragged, seed=2, scaled=args.scaled)
     trainer.fit(train, val, run_dir=args.run_dir, resume=args.resume, callbacks=callbacks)
     test_loss = trainer.evaluate(test)["loss"]  # every rank takes part: the test covers every lane
     if rank == 0:

@@ -168,6 +168,15 @@ def test_two_ranks_equal_one_process_on_ragged_lanes(two_ranks_ragged: tuple, on
     assert max(diff.values()) < TOL, diff
 
 
+def test_two_ranks_equal_one_process_with_a_likelihood_on_scaled_batches(tmp_path: Path) -> None:
+    # each row's series scale must travel with the row to the rank that owns it
+    args = ("--epochs", "2", "--ragged", "--scaled")
+    _in_process("--result", str(tmp_path / "one.st"), *args)
+    _run(_torchrun(2, "--result", str(tmp_path / "two.st"), *args))
+    diff = _max_diff(_load(tmp_path / "two.st"), _load(tmp_path / "one.st"))
+    assert max(diff.values()) < TOL, diff
+
+
 def test_a_distributed_run_loads_in_one_plain_process(two_ranks_ragged: tuple) -> None:
     run_dir, result = two_ranks_ragged
     run = hs.load_run(run_dir)

@@ -132,9 +132,11 @@ class LaneBlocks:
 
 @dataclass(frozen=True, eq=False)
 class RankBatch(Batch):
-    """A rank's rows of one global batch; ``global_valid`` counts the valid places of every rank's rows."""
+    """A rank's rows of one global batch; ``global_valid`` counts the valid places of every rank's rows;
+    ``scale`` ``(rows, n_out)`` is the rows' mean scale where the global batch has one (a ScaledBatch)."""
 
     global_valid: int = 0
+    scale: torch.Tensor | None = None
 
 
 class RankBatches:
@@ -182,6 +184,7 @@ class RankBatches:
                 return own
             return torch.cat([own, torch.full((pad, *t.shape[1:]), fill, dtype=t.dtype, device=t.device)])
 
+        scale = getattr(batch, "scale", None)  # a likelihood's per-row scale: it must stay with its rows
         return RankBatch(
             x=part(batch.x, 0.0),  # (rows, steps, n_in)
             y=part(batch.y, 0.0),  # (rows, steps, n_out)
@@ -190,6 +193,7 @@ class RankBatches:
             cond=part(batch.cond, 0.0),  # (rows, n_in)
             lanes=tuple(batch.lanes[first:stop]) + (None,) * pad,
             global_valid=batch.valid_count if isinstance(batch, Batch) else int(batch.mask.sum()),
+            scale=None if scale is None else part(scale, 1.0),  # (rows, n_out); idle rows: 1, as ScaledBatches
         )
 
 
