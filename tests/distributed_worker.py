@@ -5,7 +5,8 @@ writes ``--result`` (safetensors: the weights as ``weight.*``, every lane's stat
 ``state.*``, the last validation and the test loss) and, with ``--run-dir``, saves the run there.
 Nothing in it knows about ranks except the test hooks: ``--kill-rank`` (write that rank's pid to
 ``PIDS/rank-R-restart-N`` and slow the epochs down, so the test can SIGKILL it mid-run) and
-``--raise-rank`` (raise on that rank after its first epoch).
+``--raise-rank`` (raise on that rank after its first epoch) and ``--fast-clock-rank`` (that
+rank's Trainer reads a clock that runs 10,000 times fast, so its ``max_minutes`` runs out first).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ import torch
 
 import hiddenstate as hs
 from hiddenstate.data.scaled import ScaledBatches
+from hiddenstate.train import trainer as trainer_module
 
 
 def batches(ragged: bool, seed: int, scaled: bool = False) -> hs.StatefulBatches | ScaledBatches:
@@ -47,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--raise-rank", type=int)
     p.add_argument("--device", default="cpu")
     p.add_argument("--scaled", action="store_true")  # a likelihood head on ScaledBatches
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--fast-clock-rank", type=int)
+    p.add_argument("--each-rank", action="store_true")  # every rank also writes RESULT.rank-R
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         detach_every=args.detach_every,
         device=args.device,
         keep_checkpoints=None,
+        max_minutes=args.max_minutes,
     )
     trainer = hs.Trainer(model, config)
     rank = int(os.environ.get("RANK", "0"))
@@ -84,8 +91,16 @@ def main(argv: list[str] | None = None) -> None:
         callbacks.append(fail)
     train = batches(args.ragged, seed=0, scaled=args.scaled)
     val, test = batches(args.ragged, seed=1, scaled=args.scaled), batches(args.ragged, seed=2, scaled=args.scaled)
+    if args.fast_clock_rank == rank:
+        clock = time.perf_counter
+        trainer_module.time = types.SimpleNamespace(perf_counter=lambda: clock() * 10_000)  # type: ignore[assignment]
     trainer.fit(train, val, run_dir=args.run_dir, resume=args.resume, callbacks=callbacks)
     test_loss = trainer.evaluate(test)["loss"]  # every rank takes part: the test covers every lane
+    if args.each_rank:  # its weights and how many optimizer steps it took
+        own = {f"weight.{k}": v.contiguous() for k, v in model.state_dict().items()}
+        own["steps"] = torch.tensor(max(int(s["step"]) for s in trainer.optimizer.state.values()))
+        args.result.parent.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_file(own, f"{args.result}.rank-{rank}")
     if rank == 0:
         tensors = {f"weight.{k}": v for k, v in model.state_dict().items()}
         tensors.update({f"state.{k}": v for k, v in trainer.lane_state.to_dict().items()})

@@ -251,6 +251,17 @@ def test_an_exception_on_one_rank_ends_the_group_with_its_name(tmp_path: Path) -
     assert not (tmp_path / "r.st").exists()
 
 
+def test_max_minutes_stops_every_rank_after_the_same_chunk(tmp_path: Path) -> None:
+    # rank 1's budget runs out within a few milliseconds, rank 0's never: both must stop together
+    result = tmp_path / "r.st"
+    args = ("--result", str(result), "--epochs", str(EPOCHS), "--max-minutes", "1", "--fast-clock-rank", "1")
+    _run(_torchrun(2, *args, "--each-rank"), timeout=60)
+    assert int(_load(result)["epoch"]) == 1
+    first, second = (_load(Path(f"{result}.rank-{r}")) for r in (0, 1))
+    assert int(first["steps"]) == int(second["steps"]) < 6  # stopped inside epoch 1 (6 chunks), on both
+    assert max(_max_diff(first, second).values()) == 0.0  # the same weights
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nccl needs CUDA")
 def test_nccl_ranks_equal_one_process_on_cuda(tmp_path: Path) -> None:
     nproc = min(2, torch.cuda.device_count())  # one device per local rank

@@ -262,7 +262,7 @@ class Trainer:
                 window = []
             if bar.due():  # the bar reads the loss off the device only every few chunks
                 bar.advance(_weighted_mean(losses, counts), sample_steps)
-            if self._deadline is not None and time.perf_counter() > self._deadline:
+            if self._deadline is not None and self._past_deadline():
                 self.should_stop = True  # the partial epoch is still validated and recorded
                 break
         if window:
@@ -275,6 +275,12 @@ class Trainer:
         train_loss = _weighted_mean(losses, counts)  # the epoch's one sync when the bar is off
         bar.end_epoch(train_loss, sample_steps)
         return train_loss, sample_steps
+
+    def _past_deadline(self) -> bool:
+        """Whether ``config.max_minutes`` is spent; under torchrun, on some rank, so that every rank
+        stops after the same chunk (a rank that ran on would wait in a collective the others never join)."""
+        past = self._deadline is not None and time.perf_counter() > self._deadline
+        return past if self.distributed is None else self.distributed.any(past)
 
     def _held(
         self,
