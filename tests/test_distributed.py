@@ -262,6 +262,35 @@ def test_max_minutes_stops_every_rank_after_the_same_chunk(tmp_path: Path) -> No
     assert max(_max_diff(first, second).values()) == 0.0  # the same weights
 
 
+_FAILING_COMMAND = """
+import os
+import hiddenstate.train.trainer as trainer
+from hiddenstate.cli import main
+from hiddenstate.errors import CheckpointError
+save = trainer.Trainer._save
+def planted(self, run):
+    if os.environ["RANK"] == "1":
+        raise CheckpointError("planted failure on rank 1")
+    save(self, run)
+trainer.Trainer._save = planted
+main()
+"""
+
+
+def test_a_command_line_error_on_one_rank_leaves_the_group_at_once(tmp_path: Path) -> None:
+    # the failing rank prints its error and exits: it must not wait at exit for the ranks that wait for it
+    script = tmp_path / "train.py"
+    script.write_text(_FAILING_COMMAND)
+    args = ("train", "--synthetic-steps", "500", "--epochs", "2", "--hidden", "4", "--batch-size", "4", "--steps", "16")
+    args += ("--no-plots", "--out", str(tmp_path / "run"))
+    cmd = _torchrun(2, *args, program=(str(script),))
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Error: rank 1: planted failure on rank 1" in output
+    assert "Timed out" not in output, output[-4000:]  # no rank waited out the collective timeout
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nccl needs CUDA")
 def test_nccl_ranks_equal_one_process_on_cuda(tmp_path: Path) -> None:
     nproc = min(2, torch.cuda.device_count())  # one device per local rank

@@ -52,6 +52,7 @@ __all__ = [
     "RankBatches",
     "lane_blocks",
     "launched",
+    "mark_failed",
     "rank",
     "restarted",
     "setup",
@@ -416,6 +417,13 @@ def setup(config: Any) -> Distributed | None:
 _failed = False  # set when this rank dies of an exception: then no rank is waited for at exit
 
 
+def mark_failed() -> None:
+    """Say that this rank is ending with an error it has reported itself (as the command line
+    does): at exit it leaves the group at once instead of waiting for ranks that wait for it."""
+    global _failed
+    _failed = True
+
+
 def _destroy() -> None:
     """At exit: wait for the other ranks, then leave the group. A rank that leaves while another
     still talks to it makes gloo abort that other process."""
@@ -433,8 +441,7 @@ def _install_failure_report() -> None:
     previous = sys.excepthook
 
     def report(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
-        global _failed
-        _failed = True
+        mark_failed()
         where = f"rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}"
         message = "".join(traceback.format_exception_only(kind, error)).strip()
         print(f"hiddenstate: {where} failed: {message}", file=sys.stderr, flush=True)

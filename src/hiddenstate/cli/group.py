@@ -118,5 +118,8 @@ def _fail(message: str, code: int) -> int:
     text = " ".join(str(message).split()).replace("Value error, ", "")  # pydantic's prefix, via typer
     if os.environ.get("WORLD_SIZE") and os.environ.get("RANK"):  # under torchrun: which rank failed
         text = f"rank {os.environ['RANK']}: {text}"
+        from hiddenstate.distributed import mark_failed
+
+        mark_failed()  # at exit, leave the group at once: the other ranks may be waiting for this one
     typer.echo(f"Error: {text}", err=True)
     return code
