@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,25 @@ def test_a_short_block_is_padded_with_masked_idle_rows() -> None:
     assert b1.batch_size == 3 and not b1.mask[2].any() and b1.lanes[2] is None
     assert torch.equal(b1.x[2], torch.zeros_like(b1.x[2]))
     assert b0.global_valid == b1.global_valid == whole.valid_count
+
+
+def test_batches_the_ranks_cannot_split_are_refused_by_name() -> None:
+    from hiddenstate.data.lanes import Batch
+    from hiddenstate.ett.windows import WindowBatch
+
+    rows, ones = torch.zeros(4, 3, 1), torch.ones(4, dtype=torch.bool)
+    window = WindowBatch(rows, rows, ones[:, None].expand(4, 3), ones, None, torch.arange(4))
+    with pytest.raises(hs.ConfigError, match=r"^distributed training: batch 0 \(WindowBatch\) has no cond, lanes; "):
+        RankBatches([window], LaneBlocks.of(4, 2), 0).rows(window)
+
+    @dataclass(frozen=True, eq=False)
+    class WithState(Batch):
+        state: hs.State | None = None
+
+    state = hs.State.zeros(hs.StateSpec([hs.LSTM(2)]), 4)
+    batch = WithState(rows, rows, ones, ones[:, None].expand(4, 3), rows[:, 0], (None,) * 4, state)
+    with pytest.raises(hs.ConfigError, match=r"batch 0 brings its own starting state \(state_policy 'batch'\)"):
+        list(RankBatches([batch], LaneBlocks.of(4, 2), 1))
 
 
 def test_outside_torchrun_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,6 +131,25 @@ class LaneBlocks:
         }
 
 
+_ROW_FIELDS = ("x", "y", "reset", "mask", "cond", "lanes")
+
+
+def _num_rows(batch: Any, k: int) -> int:
+    """The rows of ``batch``, one a lane, once it is one the ranks can split into their blocks."""
+    missing = [name for name in _ROW_FIELDS if not hasattr(batch, name)]
+    if missing:
+        raise ConfigError(
+            f"distributed training: batch {k} ({type(batch).__name__}) has no {', '.join(missing)}; "
+            f"each rank keeps its lanes' rows of batches with {', '.join(_ROW_FIELDS)} (a Batch)"
+        )
+    if getattr(batch, "state", None) is not None:
+        raise ConfigError(
+            f"distributed training: batch {k} brings its own starting state (state_policy 'batch'), "
+            "which the ranks cannot split into their lanes; train it in one process (TrainConfig(distributed='off'))"
+        )
+    return int(batch.x.shape[0])
+
+
 @dataclass(frozen=True, eq=False)
 class RankBatch(Batch):
     """A rank's rows of one global batch; ``global_valid`` counts the valid places of every rank's rows;
@@ -171,9 +190,9 @@ class RankBatches:
 
     def rows(self, batch: Batch, k: int = 0) -> RankBatch:
         """This rank's block of ``batch``'s rows, padded to ``blocks.rows`` with masked idle rows."""
-        if batch.batch_size != self.blocks.num_lanes:
+        if _num_rows(batch, k) != self.blocks.num_lanes:
             raise ShapeError(
-                f"batch {k}: {batch.batch_size} rows, but the lanes were laid out for {self.blocks.num_lanes}; "
+                f"batch {k}: {batch.x.shape[0]} rows, but the lanes were laid out for {self.blocks.num_lanes}; "
                 "every batch of a distributed run must have the same lanes"
             )
         first, stop = self.blocks.blocks[self.rank]
@@ -250,7 +269,7 @@ class Distributed:
             first = next(iter(batches), None)
             if first is None:
                 raise ConfigError("distributed training: the batches are empty")
-            num_lanes = first.batch_size
+            num_lanes = _num_rows(first, 0)
         length = len(batches) if hasattr(batches, "__len__") else -1  # type: ignore[arg-type]
         self.check_same("batches (number, lanes)", [length, num_lanes])
         blocks = LaneBlocks.of(num_lanes, self.world_size)
