@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import safetensors.torch
 import torch
 
 import hiddenstate as hs
-from hiddenstate.distributed import LaneBlocks, RankBatches, lane_blocks, setup
+from hiddenstate.distributed import TIMEOUT_ENV, LaneBlocks, RankBatches, lane_blocks, setup
 from hiddenstate.runs.run import list_checkpoints, load_checkpoint
 from hiddenstate.runs.snapshot import capture_rng, restore_rng
 
@@ -173,6 +174,15 @@ def test_outside_torchrun_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> No
         hs.TrainConfig(distributed="on")
 
 
+@pytest.mark.parametrize("raw", ["0", "nan", "inf", "1e300"])
+def test_a_collective_timeout_out_of_bounds_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    for name, value in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"), (TIMEOUT_ENV, raw)):
+        monkeypatch.setenv(name, value)
+    expected = f"HIDDENSTATE_COLLECTIVE_TIMEOUT: expected seconds > 0 and at most 604800 (a week), got '{raw}'"
+    with pytest.raises(hs.ConfigError, match=f"^{re.escape(expected)}$"):  # before any process group is made
+        setup(hs.TrainConfig(device="cpu"))
+
+
 # -- real process groups ------------------------------------------------------------------------
 
 
@@ -284,6 +294,7 @@ def test_max_minutes_stops_every_rank_after_the_same_chunk(tmp_path: Path) -> No
 
 _FAILING_COMMAND = """
 import os
+import re
 import hiddenstate.train.trainer as trainer
 from hiddenstate.cli import main
 from hiddenstate.errors import CheckpointError

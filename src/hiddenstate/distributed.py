@@ -62,6 +62,7 @@ __all__ = [
 #: died without its process ending never leaves the others hanging.
 TIMEOUT_ENV = "HIDDENSTATE_COLLECTIVE_TIMEOUT"
 _DEFAULT_TIMEOUT_S = 180.0
+_MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week; far beyond it, torch's timeouts overflow
 # Dropout masks differ by rank: rank r's torch generator is seeded with seed + r * _RANK_SEED_STRIDE.
 _RANK_SEED_STRIDE = 1_000_003
 
@@ -382,8 +383,8 @@ def _timeout() -> datetime.timedelta:
         seconds = float(raw) if raw else _DEFAULT_TIMEOUT_S
     except ValueError:
         raise ConfigError(f"{TIMEOUT_ENV}: expected seconds, got {raw!r}") from None
-    if not seconds > 0:
-        raise ConfigError(f"{TIMEOUT_ENV}: expected seconds > 0, got {raw!r}")
+    if not 0 < seconds <= _MAX_TIMEOUT_S:  # also refuses nan and inf: every wait has an end
+        raise ConfigError(f"{TIMEOUT_ENV}: expected seconds > 0 and at most {_MAX_TIMEOUT_S:.0f} (a week), got {raw!r}")
     return datetime.timedelta(seconds=seconds)
 
 
