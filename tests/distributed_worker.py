@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scaled", action="store_true")  # a likelihood head on ScaledBatches
     p.add_argument("--max-minutes", type=float)
     p.add_argument("--fast-clock-rank", type=int)
+    p.add_argument("--other-data-rank", type=int)  # that rank gets the other lanes (ragged <-> equal)
     p.add_argument("--each-rank", action="store_true")  # every rank also writes RESULT.rank-R
     args = p.parse_args(argv)
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"planted failure after epoch {row['epoch']}")
 
         callbacks.append(fail)
-    train = batches(args.ragged, seed=0, scaled=args.scaled)
+    train = batches(args.ragged != (args.other_data_rank == rank), seed=0, scaled=args.scaled)
     val, test = batches(args.ragged, seed=1, scaled=args.scaled), batches(args.ragged, seed=2, scaled=args.scaled)
     if args.fast_clock_rank == rank:
         clock = time.perf_counter

@@ -281,6 +281,14 @@ def test_an_exception_on_one_rank_ends_the_group_with_its_name(tmp_path: Path) -
     assert not (tmp_path / "r.st").exists()
 
 
+def test_ranks_given_different_batches_are_refused_on_every_rank(tmp_path: Path) -> None:
+    cmd = _torchrun(2, "--result", str(tmp_path / "r.st"), "--ragged", "--other-data-rank", "1")
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
+    assert done.returncode != 0
+    message = "the ranks were given different batches (number, lanes) (rank 0: [8, 5], rank 1: [6, 4])"
+    assert f"failed: hiddenstate.errors.ConfigError: distributed training: {message}" in done.stderr  # at fit's start
+
+
 def test_max_minutes_stops_every_rank_after_the_same_chunk(tmp_path: Path) -> None:
     # rank 1's budget runs out within a few milliseconds, rank 0's never: both must stop together
     result = tmp_path / "r.st"
