@@ -198,6 +198,16 @@ def test_two_ranks_equal_one_process_on_ragged_lanes(two_ranks_ragged: tuple, on
     assert max(diff.values()) < TOL, diff
 
 
+def test_two_ranks_equal_one_process_with_an_encoder_and_detach_every_2(tmp_path: Path) -> None:
+    # the encoder runs only where a lane resets (DDP looks for unused parameters); a window's two
+    # chunks are weighted by every rank's valid elements
+    args = ("--epochs", "2", "--ragged", "--policy", "carry+encode", "--detach-every", "2")
+    _in_process("--result", str(tmp_path / "one.st"), *args)
+    _run(_torchrun(2, "--result", str(tmp_path / "two.st"), *args))
+    diff = _max_diff(_load(tmp_path / "two.st"), _load(tmp_path / "one.st"))
+    assert max(diff.values()) < TOL, diff
+
+
 def test_two_ranks_equal_one_process_with_a_likelihood_on_scaled_batches(tmp_path: Path) -> None:
     # each row's series scale must travel with the row to the rank that owns it
     args = ("--epochs", "2", "--ragged", "--scaled")
