@@ -104,6 +104,31 @@ def test_save_refuses_what_keras_cannot_represent(tmp_path: Path, kwargs: dict[s
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_round_trip_keeps_which_layers_are_stateful(tmp_path: Path) -> None:
+    # The seed model: Keras carries layer 0 only; written back, layer 1 must still start from zeros.
+    source = keras.Sequential(
+        [
+            keras.Input(batch_shape=(10, 96, 2)),
+            keras.layers.LSTM(8, stateful=True, return_sequences=True),
+            keras.layers.LSTM(8, return_sequences=True),
+            keras.layers.TimeDistributed(keras.layers.Dense(2)),
+        ]
+    )
+    rng = np.random.default_rng(0)
+    for w in source.weights:
+        w.assign(rng.normal(0.0, 0.5, tuple(w.shape)).astype("float32"))
+    source.save(tmp_path / "seed.keras")
+    imported = hs.keras.load(tmp_path / "seed.keras")
+    assert imported.stateful_layers == (True, False) and imported.config()["stateful"] == [True, False]
+    assert hs.build_model(imported.config()).stateful_layers == (True, False)
+    back = keras.saving.load_model(hs.keras.save(imported, tmp_path / "back.keras"))
+    assert [layer.stateful for layer in back.layers[:2]] == [True, False]
+    for _ in range(2):  # the second batch starts from the carried layer 0 and a zero layer 1 in both
+        x = rng.normal(size=(10, 96, 2)).astype("float32")
+        want = np.asarray(source.predict_on_batch(x))
+        assert float(np.abs(np.asarray(back.predict_on_batch(x)) - want).max()) < 1e-5
+
+
 # -- hiddenstate import keras --------------------------------------------------------------------
 
 

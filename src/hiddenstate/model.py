@@ -354,8 +354,9 @@ class SequenceModel(nn.Module):
         head_dropout: dropout on the stack's output, before the Dense layers (training only).
         return_sequences: False makes ``y`` the last step's output only, ``(batch, output_size)``;
             ``forward(..., sequences=True)`` still gives every step's.
-        stateful, batch_size: recorded as the source model declared them (Keras ``stateful=True``
-            and its fixed batch size); they change no computation.
+        stateful, batch_size: recorded as the source model declared them (Keras ``stateful=True``,
+            a bool or one per layer, and its fixed batch size); they change no computation.
+            ``stateful`` reads True when any layer is, ``stateful_layers`` gives each layer's.
 
     ``forward(x, state=None, *, cond=None, reset=None) -> (y, State)`` with ``x``
     ``(batch, steps, input_size)`` and ``y`` ``(batch, steps, output_size)``. A missing state
@@ -383,7 +384,7 @@ class SequenceModel(nn.Module):
         head_dropout: float = 0.0,
         return_sequences: bool = True,
         rnn_bias: bool | Sequence[bool] = True,
-        stateful: bool = False,
+        stateful: bool | Sequence[bool] = False,
         batch_size: int | None = None,
         likelihood: Any = None,
     ) -> None:
@@ -427,7 +428,12 @@ class SequenceModel(nn.Module):
         self.direct_head = nn.Linear(self.rnn.output_size, horizon * output_size) if horizon > 0 else None
 
     def _keras_options(
-        self, dense: Sequence[Sequence[Any]], head_dropout: float, return_sequences: bool, stateful: bool, batch: Any
+        self,
+        dense: Sequence[Sequence[Any]],
+        head_dropout: float,
+        return_sequences: bool,
+        stateful: bool | Sequence[bool],
+        batch: Any,
     ) -> None:
         """The Dense layers and the flags of a model brought in from Keras (see the class docstring)."""
         self.dense_sizes: list[tuple[int, str | None, bool]] = []
@@ -449,7 +455,13 @@ class SequenceModel(nn.Module):
         self.head_dropout = nn.Dropout(head_dropout) if head_dropout > 0 else None
         if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
             raise ConfigError(f"batch_size must be a positive int or None, got {batch!r}")
-        self.return_sequences, self.stateful, self.batch_size = bool(return_sequences), bool(stateful), batch
+        n = self.rnn.state_spec.num_layers
+        flags = [stateful] * n if isinstance(stateful, bool) else [bool(f) for f in stateful]
+        if len(flags) != n:
+            raise ConfigError(f"stateful: expected one bool or {n} (one per layer), got {len(flags)}")
+        # Keras carries only the layers built with stateful=True (the seed model: layer 0, not 1).
+        self.stateful_layers = tuple(flags)
+        self.return_sequences, self.stateful, self.batch_size = bool(return_sequences), any(flags), batch
 
     def _keras_config(self) -> dict[str, Any]:
         """The config keys of :meth:`_keras_options`, only where they differ from the defaults."""
@@ -465,7 +477,8 @@ class SequenceModel(nn.Module):
         if not all(self.rnn.bias):
             extra["rnn_bias"] = list(self.rnn.bias)
         if self.stateful or self.batch_size is not None:
-            extra.update(stateful=self.stateful, batch_size=self.batch_size)
+            mixed = len(set(self.stateful_layers)) > 1
+            extra.update(stateful=list(self.stateful_layers) if mixed else self.stateful, batch_size=self.batch_size)
         return extra
 
     @property

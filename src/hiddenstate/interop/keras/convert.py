@@ -321,7 +321,7 @@ def _build(
         )
     specs = [LayerSpec(cell, int(cfg["units"])) for _, cell, cfg in recurrent]
     biases = [bool(cfg.get("use_bias", True)) for _, _, cfg in recurrent]
-    stateful = any(bool(cfg.get("stateful")) for _, _, cfg in recurrent)
+    stateful = [bool(cfg.get("stateful")) for _, _, cfg in recurrent]
     batch = batch_shape[0] if batch_shape and isinstance(batch_shape[0], int) else None
     last_units = specs[-1].hidden_size
     if dense:
@@ -365,7 +365,7 @@ def _build(
         return_sequences=bool(recurrent[-1][2].get("return_sequences", False)),
         rnn_bias=biases,
         stateful=stateful,
-        batch_size=batch if stateful else None,
+        batch_size=batch if any(stateful) else None,
     )
     with torch.no_grad():
         cells: list[Any] = list(model.rnn.cells)

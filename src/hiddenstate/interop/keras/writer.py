@@ -79,10 +79,11 @@ def build_keras_model(model: SequenceModel) -> Any:
     weights: list[tuple[Any, list[np.ndarray]]] = []
     p = model.rnn.dropout.p if model.rnn.dropout is not None else 0.0
     last = spec.num_layers - 1
-    for i, (ls, cell, bias) in enumerate(zip(spec.layers, model.rnn.cells, model.rnn.bias, strict=True)):
+    layer_options = zip(spec.layers, model.rnn.cells, model.rnn.bias, model.stateful_layers, strict=True)
+    for i, (ls, cell, bias, stateful) in enumerate(layer_options):
         options: dict[str, Any] = {
             "return_sequences": model.return_sequences if i == last else True,
-            "stateful": model.stateful,
+            "stateful": stateful,
             "use_bias": bias,
         }
         if ls.cell == "gru":
