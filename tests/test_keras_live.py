@@ -157,3 +157,30 @@ def test_no_stateful_layer() -> None:
     m = keras.Sequential([keras.Input(shape=(None, 2)), keras.layers.GRU(3, name="g")])
     with pytest.raises(hs.ConfigError, match="has no stateful recurrent layer"):
         hs.keras.get_state(m)
+
+
+def test_stateful_layers_inside_a_wrapper_or_a_nested_model_are_named() -> None:
+    # not "has no stateful recurrent layer; build them with stateful=True": they are stateful
+    bidirectional = keras.Sequential(
+        [
+            keras.Input(batch_shape=(10, 5, 2)),
+            keras.layers.Bidirectional(keras.layers.LSTM(8, stateful=True, return_sequences=True), name="bi"),
+        ]
+    )
+    with pytest.raises(
+        hs.ConfigError,
+        match="^"
+        + re.escape(
+            "Keras layer 'bi' (Bidirectional) is or holds a stateful recurrent layer that hs.keras does not reach: "
+            "it reads and writes the model's own LSTM/GRU/SimpleRNN layers only"
+        )
+        + "$",
+    ):
+        hs.keras.get_state(bidirectional)
+    inner = _seed_model()
+    inputs = keras.Input(batch_shape=(10, 96, 2))
+    outer = keras.Model(inputs, inner(inputs))
+    with pytest.raises(hs.ConfigError, match=re.escape(f"; pass the inner model {inner.name!r} itself") + "$"):
+        hs.keras.set_state(outer, layer=0, h=np.zeros((10, 8)))
+    hs.keras.set_state(inner, layer=0, h=np.ones((10, 8)))  # the inner model itself works
+    assert float(hs.keras.get_state(inner).layers[0].h.min()) == 1.0

@@ -39,12 +39,27 @@ def _stateful_layers(model: Any) -> list[tuple[Any, LayerSpec]]:
         kind = next((cell for cls, cell in _CELLS.items() if isinstance(layer, getattr(keras.layers, cls))), None)
         if kind is not None and getattr(layer, "stateful", False):
             found.append((layer, LayerSpec(kind, int(layer.units))))
+        elif kind is None and _holds_stateful(layer, keras):
+            nested = f"; pass the inner model {layer.name!r} itself" if hasattr(layer, "layers") else ""
+            raise ConfigError(
+                f"Keras layer {layer.name!r} ({type(layer).__name__}) is or holds a stateful recurrent layer that "
+                f"hs.keras does not reach: it reads and writes the model's own LSTM/GRU/SimpleRNN layers only{nested}"
+            )
     if not found:
         raise ConfigError(
             f"Keras model {getattr(model, 'name', model)!r} has no stateful recurrent layer; build its LSTM/GRU/"
             "SimpleRNN layers with stateful=True and a fixed batch size (keras.Input(batch_shape=...))"
         )
     return found
+
+
+def _holds_stateful(layer: Any, keras: Any) -> bool:
+    """Whether a wrapper (Bidirectional, TimeDistributed) or a nested model holds a stateful RNN."""
+    if isinstance(layer, keras.layers.RNN):
+        return bool(getattr(layer, "stateful", False))
+    inner = [getattr(layer, name, None) for name in ("forward_layer", "backward_layer", "layer")]
+    inner += list(getattr(layer, "layers", None) or [])
+    return any(_holds_stateful(sub, keras) for sub in inner if sub is not None)
 
 
 def _batch(layer: Any) -> int | None:
