@@ -68,9 +68,9 @@ def test_wrong_shape_refused_with_the_message(model: Any) -> None:
         hs.keras.set_state(model, layer=0, h=np.zeros((10, 8), np.float32), c=torch.zeros(9, 8))
     # nothing was written: the h given with the bad c did not land either
     assert np.array_equal(keras.ops.convert_to_numpy(model.layers[0].states[0].value), before)
-    with pytest.raises(
-        hs.StateError, match=re.escape("set_state: layer must be an int in 0..0 (the stateful layers), got 1")
-    ):
+    # the seed model's layer 1 is not stateful: the message lists the layers that are, by Keras name
+    numbered = f"(the stateful layers 0: {model.layers[0].name!r}), got 1"
+    with pytest.raises(hs.StateError, match=f"^{re.escape('set_state: layer must be an int in 0..0 ' + numbered)}$"):
         hs.keras.set_state(model, layer=1, h=np.zeros((10, 8)))
     # no hint at an option set_state does not have, and the value's kind named
     with pytest.raises(

@@ -145,8 +145,10 @@ def set_state(
                 writes.append((klayer.states[j], _checked(ls, i, name, t, _batch(klayer))))
     else:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
+            numbered = ", ".join(f"{i}: {k.name!r}" for i, (k, _) in enumerate(layers))
             raise StateError(
-                f"set_state: layer must be an int in 0..{len(layers) - 1} (the stateful layers), got {layer!r}"
+                f"set_state: layer must be an int in 0..{len(layers) - 1} (the stateful layers {numbered}), "
+                f"got {layer!r}"
             )
         klayer, ls = layers[layer]
         if c is not None and not ls.has_c:
