@@ -184,3 +184,26 @@ def test_stateful_layers_inside_a_wrapper_or_a_nested_model_are_named() -> None:
         hs.keras.set_state(outer, layer=0, h=np.zeros((10, 8)))
     hs.keras.set_state(inner, layer=0, h=np.ones((10, 8)))  # the inner model itself works
     assert float(hs.keras.get_state(inner).layers[0].h.min()) == 1.0
+
+
+def test_states_set_before_every_training_minibatch() -> None:
+    # The seed user's loop on the torch backend: use_cudnn=False, as docs/keras.md says (Keras 3.15.1)
+    model = keras.Sequential(
+        [
+            keras.Input(batch_shape=(10, 8, 2)),
+            keras.layers.LSTM(8, stateful=True, return_sequences=True, use_cudnn=False),
+            keras.layers.LSTM(8, stateful=True, return_sequences=True, use_cudnn=False),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(5)
+    series = rng.normal(size=(10, 3 * 8 + 2, 2)).astype("float32")
+    projection = rng.normal(size=(2, 8)).astype("float32")  # the user's own map from 2 values to 8
+    for start in range(1, 3 * 8, 8):
+        previous = series[:, start - 1] @ projection  # (batch, 8), from the previous true values
+        for i in range(2):
+            hs.keras.set_state(model, layer=i, h=np.tanh(previous), c=previous)
+        assert np.allclose(hs.keras.get_state(model).layers[1].c.numpy(), previous)
+        model.train_on_batch(series[:, start : start + 8], series[:, start + 1 : start + 9])
+    hs.keras.check_state(model)  # still the layers' own Variables after training
