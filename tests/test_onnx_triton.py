@@ -280,3 +280,14 @@ def test_a_model_folder_holding_files_an_export_does_not_write_is_refused(tmp_pa
     (repo / "x").write_text("a file")
     with pytest.raises(ConfigError, match=r"x: is a file, not a model folder$"):
         write_triton_repository(run_dir, repo, "x")
+
+
+@pytest.mark.parametrize("size", [0, 2**31, True, 1.5])
+def test_a_max_batch_size_triton_cannot_hold_is_refused_and_nothing_is_written(tmp_path: Path, size: object) -> None:
+    model = hs.SequenceModel(2, 2, [hs.LSTM(4)])
+    with pytest.raises(ConfigError) as info:
+        write_triton_repository(model, tmp_path / "repo", "m", max_batch_size=size)  # type: ignore[arg-type]
+    assert str(info.value) == f"max_batch_size must be an int from 1 to 2147483647 (Triton's int32), got {size!r}"
+    assert not (tmp_path / "repo").exists()
+    write_triton_repository(model, tmp_path / "repo", "m", max_batch_size=2**31 - 1)
+    assert _config(tmp_path / "repo" / "m" / "config.pbtxt").max_batch_size == 2**31 - 1

@@ -99,7 +99,9 @@ def write_triton_repository(
 
     check_model_name(name)
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or not 1 <= max_batch_size < 2**31:
-        raise ConfigError(f"max_batch_size must be an int from 1 to 2147483647 (Triton's int32), got {max_batch_size!r}")
+        raise ConfigError(
+            f"max_batch_size must be an int from 1 to 2147483647 (Triton's int32), got {max_batch_size!r}"
+        )
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"{root}: the output folder is a file")
