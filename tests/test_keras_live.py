@@ -77,10 +77,11 @@ def test_wrong_shape_refused_with_the_message(model: Any) -> None:
         hs.StateError, match=r"^layer 0 \(lstm, hidden 8\) `h`: expected shape \(batch=10, hidden=8\), got \(8,\)$"
     ):
         hs.keras.set_state(model, layer=0, h=np.zeros(8), c=np.zeros((10, 8)))
-    with pytest.raises(
-        hs.StateError, match=r"^layer 0 \(lstm, hidden 8\) `h`: expected an array of numbers, got <U3 array$"
-    ):
-        hs.keras.set_state(model, layer=0, h="abc", c=np.zeros((10, 8)))
+    not_real = {"<U3": "abc", "complex128": np.full((10, 8), 1 + 2j), "bool": torch.ones(10, 8, dtype=torch.bool)}
+    for shown, value in not_real.items():  # a complex value would lose its imaginary part in a cast
+        message = f"layer 0 (lstm, hidden 8) `h`: expected an array of real numbers, got {shown} array"
+        with pytest.raises(hs.StateError, match=f"^{re.escape(message)}$"):
+            hs.keras.set_state(model, layer=0, h=value, c=np.zeros((10, 8)))
     assert np.array_equal(keras.ops.convert_to_numpy(model.layers[0].states[0].value), before)
 
 

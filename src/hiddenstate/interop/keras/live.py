@@ -174,11 +174,16 @@ def _checked(ls: LayerSpec, index: int, name: str, value: Any, batch: int | None
 
 
 def _as_tensor(value: Any, ls: LayerSpec, index: int, name: str) -> torch.Tensor:
+    """``value`` as float32, when it holds real numbers: a complex value (whose imaginary part a
+    cast drops), booleans and strings are refused."""
     try:
-        return torch.as_tensor(np.asarray(value, dtype=np.float32))
+        found = np.asarray(value)
     except (TypeError, ValueError):
-        shown = f"{value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
-        raise StateError(f"{ls.describe(index)} `{name}`: expected an array of numbers, got {shown}") from None
+        found = None
+    if found is None or found.dtype.kind not in "fiu":
+        shown = f"{found.dtype} array" if found is not None else type(value).__name__
+        raise StateError(f"{ls.describe(index)} `{name}`: expected an array of real numbers, got {shown}") from None
+    return torch.as_tensor(found.astype(np.float32))
 
 
 def reset_state(model: Any, mask: Any = None) -> None:
