@@ -336,6 +336,28 @@ def test_sequence_model_errors() -> None:
         model(torch.zeros(10, 5, 2), (torch.zeros(1, 10, 8), torch.zeros(1, 10, 8)))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("backend", ["torch", "fused"])
+def test_a_state_of_another_dtype_or_device_than_x_is_refused(backend: str) -> None:
+    # The fused kernel would read a float64 or float16 state's memory as float32: wrong numbers
+    # (or past the end of the buffer) instead of an error.
+    model = hs.SequenceModel(2, 2, [hs.LSTM(8)])
+    model.rnn.set_backend(backend)
+    x = torch.zeros(3, 5, 2)
+    for dtype in (torch.float64, torch.float16):
+        with raises(
+            StateError,
+            f"state is {dtype} on cpu but x is torch.float32 on cpu; convert it with state.to(device=..., dtype=...)",
+        ):
+            model(x, hs.State.zeros(model.state_spec, 3, dtype=dtype))
+    with raises(
+        StateError,
+        "state is torch.float32 on meta but x is torch.float32 on cpu; convert it with state.to(device=..., dtype=...)",
+    ):
+        model(x, hs.State.zeros(model.state_spec, 3, device="meta"))
+    y, _ = model(x, hs.State.zeros(model.state_spec, 3))  # the matching state still runs
+    assert tuple(y.shape) == (3, 5, 2)
+
+
 def test_cond_errors() -> None:
     model = hs.SequenceModel(2, 2, [hs.LSTM(8), hs.LSTM(16)], state_encoder="cond:2")
     with raises(

@@ -189,6 +189,13 @@ class StackedRNN(nn.Module):
             raise StateError(f"state spec {state.spec.describe()} differs from the model's {self._spec.describe()}")
         if state.batch_size != x.shape[0]:
             raise StateError(f"state has batch {state.batch_size} but x has batch {x.shape[0]}")
+        # The fused kernel reads the state's memory as x's dtype, so a mismatch would give wrong
+        # numbers, not an error; under autocast the carried state is legitimately half precision.
+        if state.device != x.device or (state.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type)):
+            raise StateError(
+                f"state is {state.dtype} on {state.device} but x is {x.dtype} on {x.device}; "
+                "convert it with state.to(device=..., dtype=...)"
+            )
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         self.check_input(x, state)
