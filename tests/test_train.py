@@ -279,6 +279,21 @@ def test_detach_every_k_equals_one_chunk_k_times_longer() -> None:
     assert not torch.allclose(c.model.head.weight, a.model.head.weight, atol=1e-6)
 
 
+def test_detach_every_k_weights_each_chunk_by_its_valid_steps() -> None:
+    # One lane, 20 input rows: chunks of 6 hold 6, 6, 6 and 2 valid steps, chunks of 12 hold 12
+    # and 8. Stepped every 2 chunks, the short ones must give the mean over the window's valid
+    # elements (as the long chunks do), not the mean of the two chunk means.
+    x = _series(2 + 20)
+    short = hs.StatefulBatches([x], [x], batch_size=1, steps=6)
+    long = hs.StatefulBatches([x], [x], batch_size=1, steps=12)
+    assert [b.valid_count for b in short] == [6, 6, 6, 2] and [b.valid_count for b in long] == [12, 8]
+    a = hs.Trainer(_model(), _config(detach_every=2))
+    b = hs.Trainer(_model(), _config(detach_every=1))
+    assert a.fit(short).train_loss == pytest.approx(b.fit(long).train_loss, rel=1e-5)
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(v, b.model.state_dict()[k], rtol=1e-5, atol=1e-6)
+
+
 def _with_padding_targets(batches: hs.StatefulBatches, value: float) -> list[Batch]:
     out = []
     for b in batches:
