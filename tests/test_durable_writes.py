@@ -98,3 +98,16 @@ def test_a_checkpoint_is_fsynced_whole_before_the_rename_that_commits_it(events,
     files_done = max(before.index(("fsync", str(tmp / name))) for name in names)
     assert ("fsync", str(tmp)) in before[files_done + 1 :], "the checkpoint's folder not fsynced before the rename"
     assert ("fsync", str(final.parent)) in events[commit + 1 :], "checkpoints/ not fsynced after the rename"
+
+
+def test_folders_a_checkpoint_creates_are_fsynced_into_their_parents(events, tmp_path) -> None:
+    model = hs.SequenceModel(2, 2, [hs.LSTM(4)])
+    run = tmp_path / "runs" / "a"  # neither exists yet
+    final = save_checkpoint(
+        run, epoch=1, model=model, optimizer=torch.optim.Adam(model.parameters()), train_config={}, trainer={}
+    )
+    (commit,) = [i for i, e in enumerate(events) if e[0] == "rename"]
+    for folder in (tmp_path, tmp_path / "runs", run):  # each holds a folder that did not exist
+        assert ("fsync", str(folder)) in events[:commit], f"{folder} not fsynced after a folder was made in it"
+    assert final.parent == run / "checkpoints"
+

@@ -33,6 +33,7 @@ __all__ = [
     "file_entry",
     "fsync_dir",
     "json_bytes",
+    "make_dirs",
     "parse_state",
     "parse_tensors",
     "pause_for_crash_test",
@@ -65,6 +66,18 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)``, with each folder it creates fsynced into its
+    parent, so a checkpoint committed inside a new folder survives a power loss with it."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        fsync_dir(folder.parent)
 
 
 def write_fsynced(path: Path, data: bytes, *, name: str | None = None) -> None:

@@ -35,7 +35,7 @@ field, and absurd declared sizes allocate nothing.
 
 The durable-write and verified-read primitives live in :mod:`hiddenstate.runs.files`, and the RNG
 and optimizer parts of a checkpoint in :mod:`hiddenstate.runs.snapshot`; ``atomic_write``,
-``remove_stale_temp_files``, ``capture_rng`` and ``restore_rng`` are re-exported here.
+``make_dirs``, ``remove_stale_temp_files``, ``capture_rng`` and ``restore_rng`` are re-exported here.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from hiddenstate.runs.files import (
     file_entry,
     fsync_dir,
     json_bytes,
+    make_dirs,
     parse_state,
     parse_tensors,
     pause_for_crash_test,
@@ -98,6 +99,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_run",
+    "make_dirs",
     "remove_stale_temp_files",
     "restore_rng",
     "save_checkpoint",
@@ -253,7 +255,7 @@ def save_run(
         files["lane_state.safetensors"] = state_bytes(lane_state)
     manifest["files"] = {name: file_entry(data) for name, data in files.items()}
     manifest_bytes = json_bytes(manifest)
-    run.mkdir(parents=True, exist_ok=True)
+    make_dirs(run)
     manifest_path = run / "manifest.json"
     # Without a manifest the run reads as unsaved; so a crash below never pairs new files with an old manifest.
     if manifest_path.exists():
@@ -402,7 +404,7 @@ def save_checkpoint(
     """
     spec = _model_spec(model)
     folder = Path(run_dir) / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     for stale in folder.iterdir():  # left by a process killed mid-write or mid-prune
         if stale.name.startswith((".tmp-", ".trash-")):
             shutil.rmtree(stale, ignore_errors=True)

@@ -498,7 +498,7 @@ class Trainer:
         rank_rng = dist.rank_rng() if dist is not None else None  # a collective: every rank takes part
         if dist is not None and not dist.is_main:
             return  # rank 0 alone writes the run directory
-        run.mkdir(parents=True, exist_ok=True)
+        checkpoint.make_dirs(run)
         checkpoint.atomic_write(run / "metrics.csv", _metrics_csv(self.history.rows))
         checkpoint.save_checkpoint(
             run,
