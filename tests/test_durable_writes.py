@@ -111,3 +111,19 @@ def test_folders_a_checkpoint_creates_are_fsynced_into_their_parents(events, tmp
         assert ("fsync", str(folder)) in events[:commit], f"{folder} not fsynced after a folder was made in it"
     assert final.parent == run / "checkpoints"
 
+
+def test_save_run_again_removes_the_old_manifest_before_replacing_a_file(monkeypatch, tmp_path) -> None:
+    model = hs.SequenceModel(2, 2, [hs.LSTM(4)])
+    run = tmp_path / "run"
+    hs.save_run(run, model, scaler=None, inputs=["a", "b"], targets=["a", "b"])
+    seen: list[tuple[str, bool]] = []
+    replace = os.replace
+
+    def record_replace(src, dst) -> None:
+        seen.append((Path(dst).name, (run / "manifest.json").exists()))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", record_replace)
+    hs.save_run(run, model, scaler=None, inputs=["a", "b"], targets=["a", "b"])
+    # a crash between these replaces must not pair the new weights with the old manifest
+    assert seen == [("model.safetensors", False), ("manifest.json", False)]
