@@ -439,6 +439,19 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, sampler: str) -> None:
     assert [float(r["train_loss"]) for r in rows] == whole.history.train_loss
 
 
+def test_each_epoch_reads_a_shuffling_sampler_in_that_epochs_order() -> None:
+    x = _series(60)
+    train = hs.WindowSampler([x], [x], window=8, batch_size=16, shuffle=True, seed=1)
+    model = _recording()
+    hs.Trainer(model, _config(epochs=3)).fit(train)
+    per_epoch = len(train)
+    firsts = [model.calls[e * per_epoch]["x"] for e in range(3)]
+    for epoch, x0 in enumerate(firsts):
+        train.set_epoch(epoch)
+        assert torch.equal(x0, next(iter(train)).x)
+    assert not torch.equal(firsts[0], firsts[1]) and not torch.equal(firsts[1], firsts[2])
+
+
 def test_early_stopping_keeps_the_best_weights() -> None:
     train = _batches((98,), batch_size=2, steps=8)
     x = _series(98)
