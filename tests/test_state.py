@@ -117,6 +117,8 @@ def test_zeros() -> None:
     assert g.layers[0].c is None and g.layers[1].c is None
     with raises(StateError, "batch_size must be at least 1, got 0"):
         hs.State.zeros(LSTM_8_16, 0)
+    with raises(StateError, "layer 0 (gru, hidden 8) `h`: a State has at least one row, got (0, 8)"):
+        hs.State.from_tensors(GRU_8_16, [z(0, 8), z(0, 16)])
 
 
 def test_from_tensors_keeps_values() -> None:
