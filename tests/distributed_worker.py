@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fast-clock-rank", type=int)
     p.add_argument("--other-data-rank", type=int)  # that rank gets the other lanes (ragged <-> equal)
     p.add_argument("--each-rank", action="store_true")  # every rank also writes RESULT.rank-R
+    p.add_argument("--stop-rank", type=int)  # that rank's callback sets should_stop after epoch 1
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -90,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"planted failure after epoch {row['epoch']}")
 
         callbacks.append(fail)
+    if args.stop_rank == rank:
+
+        def stop(trainer: hs.Trainer, row: dict) -> None:
+            trainer.should_stop = True
+
+        callbacks.append(stop)
     train = batches(args.ragged != (args.other_data_rank == rank), seed=0, scaled=args.scaled)
     val, test = batches(args.ragged, seed=1, scaled=args.scaled), batches(args.ragged, seed=2, scaled=args.scaled)
     if args.fast_clock_rank == rank:

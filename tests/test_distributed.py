@@ -310,6 +310,17 @@ def test_max_minutes_stops_every_rank_after_the_same_chunk(tmp_path: Path) -> No
     assert max(_max_diff(first, second).values()) == 0.0  # the same weights
 
 
+def test_a_callback_stop_on_one_rank_stops_every_rank_after_that_epoch(tmp_path: Path) -> None:
+    # rank 1 alone asks to stop after epoch 1: without the agreement rank 0 would train on alone
+    # (and wait in a collective no one joins)
+    result = tmp_path / "r.st"
+    _run(_torchrun(2, "--result", str(result), "--epochs", str(EPOCHS), "--stop-rank", "1", "--each-rank"), timeout=60)
+    assert int(_load(result)["epoch"]) == 1 < EPOCHS
+    first, second = (_load(Path(f"{result}.rank-{r}")) for r in (0, 1))
+    assert int(first["steps"]) == int(second["steps"]) == 6  # the whole first epoch (6 chunks), on both
+    assert max(_max_diff(first, second).values()) == 0.0
+
+
 _FAILING_COMMAND = """
 import os
 import re
