@@ -132,6 +132,18 @@ def test_fused_backend_names_the_device_and_dtype_it_cannot_take() -> None:
         model(torch.zeros(2, 3, 2, dtype=torch.bfloat16))
 
 
+def test_a_half_precision_state_under_cpu_autocast_is_read_as_its_values() -> None:
+    # check_input lets the state's dtype differ from x's under autocast; the kernel reads x's dtype
+    rnn = _seed_model("fused").rnn.eval()
+    x = torch.randn(3, 5, 2)
+    with torch.no_grad():
+        state = rnn(x)[1].to(dtype=torch.bfloat16)  # a carried state, as autocast leaves it
+        want = rnn(x, state.to(dtype=torch.float32))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = rnn(x, state)
+    assert torch.equal(got[0], want[0]) and got[1].allclose(want[1], atol=0)
+
+
 def test_switching_back_to_torch_restores_the_default_path() -> None:
     model = _seed_model("fused")
     model.rnn.set_backend("torch")

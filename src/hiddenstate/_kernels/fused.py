@@ -280,8 +280,8 @@ def fused_lstm(
     batch = x.shape[0]
     if hx is None:
         h0 = c0 = x.new_zeros(batch, cell.hidden_size)
-    else:
-        h0, c0 = hx[0][0].contiguous(), hx[1][0].contiguous()  # (batch, hidden)
+    else:  # under CPU autocast a carried state may be half precision; the kernel reads x's dtype
+        h0, c0 = hx[0][0].to(x.dtype).contiguous(), hx[1][0].to(x.dtype).contiguous()  # (batch, hidden)
     x = _rows(x)
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or h0.requires_grad or c0.requires_grad or any(w.requires_grad for w in weights)
