@@ -35,6 +35,23 @@ def test_fused_layer_equals_nn_lstm_values_and_gradients(batch: int, steps: int,
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_fused_layer_reads_weights_that_are_not_contiguous() -> None:
+    cell = nn.LSTM(3, 5, batch_first=True)
+    with torch.no_grad():  # the same values, held transposed (as load_state_dict(assign=True) may leave them)
+        cell.weight_ih_l0 = nn.Parameter(cell.weight_ih_l0.t().contiguous().t())
+        cell.weight_hh_l0 = nn.Parameter(cell.weight_hh_l0.t().contiguous().t())
+    assert not cell.weight_ih_l0.is_contiguous()
+    x = torch.randn(4, 6, 3)
+    results = []
+    for run in (cell, lambda x: fast.fused_lstm(cell, x)):
+        cell.zero_grad()
+        out, _ = run(x)
+        out.square().sum().backward()
+        results.append([out.detach(), cell.weight_ih_l0.grad.clone(), cell.weight_hh_l0.grad.clone()])
+    for want, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_fused_layer_passes_gradcheck_in_float64() -> None:
     cell = nn.LSTM(3, 4, batch_first=True).double()
     x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)

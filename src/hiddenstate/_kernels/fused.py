@@ -276,7 +276,8 @@ def fused_lstm(
     ``x`` is ``(batch, steps, input)``; ``hx`` is ``(h0, c0)``, each ``(1, batch, hidden)``, or
     None for zeros. Returns ``(out (batch, steps, hidden), (h_n, c_n))`` like ``nn.LSTM``.
     """
-    weights: tuple[torch.Tensor, ...] = tuple(getattr(cell, n) for n in _WEIGHT_NAMES)
+    # the kernel reads weights row-major; a transposed view (load_state_dict(assign=True), functional_call) is copied
+    weights: tuple[torch.Tensor, ...] = tuple(getattr(cell, n).contiguous() for n in _WEIGHT_NAMES)
     batch = x.shape[0]
     if hx is None:
         h0 = c0 = x.new_zeros(batch, cell.hidden_size)
