@@ -208,8 +208,11 @@ def test_saved_run_reproduces_the_reported_test_scores(tmp_path: Path, protocol:
     assert result.best_epoch == run.extra["best_epoch"] == 1 + int(np.argmin(val))
     assert run.extra["val"]["mae"] == pytest.approx(min(val), abs=1e-4)
     name, values, _ = ett.load_ett(ETT_DIR / "ETTh1.csv")
-    _, _, test = hs.Split.ett(name, seq_len=run.model.input_len).borders
+    train, _, test = hs.Split.ett(name, seq_len=run.model.input_len).borders
     scaler = run.scaler
+    # fitted on the train rows only (population std): no val or test row enters the scaling
+    np.testing.assert_allclose(scaler.mean, values[: train[1]].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(scaler.std, values[: train[1]].std(0), rtol=1e-12)
     starts = window_starts(*test, run.model.input_len, 96) + run.model.input_len - 96  # first row of the 96-window
     if protocol == "fair":
         hist, true = _raw_windows(values, starts, 0, 96)
