@@ -189,3 +189,20 @@ def test_cc_may_be_a_command_with_arguments(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("CC", f"{cc} -O2")  # as "ccache gcc" or "gcc -m64" are written
     fused.build_kernel()
     _kernel_works()
+
+
+def test_a_changed_source_is_built_anew_not_loaded_from_the_old_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_build: None
+) -> None:
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("HIDDENSTATE_CACHE_DIR", str(cache_dir))
+    fused.build_kernel()
+    fused.build_kernel.cache_clear()
+    changed = tmp_path / "src" / fused._SOURCE.name  # the same name: the file includes itself
+    changed.parent.mkdir()
+    probe = "#ifndef HS_REAL\nint hs_probe_changed(void) { return 42; }\n"
+    changed.write_text(fused._SOURCE.read_text().replace("#ifndef HS_REAL\n", probe, 1))
+    monkeypatch.setattr(fused, "_SOURCE", changed)
+    lib = fused.build_kernel()
+    assert lib.hs_probe_changed() == 42  # the new source's object, not the stale one
+    assert len([p for p in cache_dir.iterdir() if p.suffix == ".so"]) == 2
