@@ -108,6 +108,14 @@ def test_benchmark_trains_through_the_trainer_with_the_segrnn_schedule_and_one_b
     assert history.best_epoch == 1 + int(np.argmin(val))  # counted from 1
 
 
+def test_the_table_sets_ours_beside_segrnns_published_input_96_rows_at_every_horizon() -> None:
+    # SegRNN's README reports input 96 at every horizon (ETTh1 H96 MAE 0.395 included)
+    result = ett.BenchmarkResult("ETTh1", 192, "fair", 0.9, 0.6, 0.43, 0.428, 1.0, 3, 3, {}, {})
+    row = ett.format_table([result]).splitlines()[2]
+    assert row.startswith("| ETTh1 | 192 | 0.430/0.428 | 0.900 | 0.408/0.419 | 0.460/0.445 |"), row
+    assert ett.PUBLISHED["ETTh1"]["SegRNN"][96] == (0.368, 0.395)
+
+
 def test_repeat_last_scores_by_hand() -> None:
     data = np.array([[0.0], [1.0], [2.0], [4.0]])
     # windows of input 2, horizon 1 in rows [0, 4): starts 0 and 1; errors 2-1=1 and 4-2=2
