@@ -157,7 +157,7 @@ def model_for(
         lr=1e-3,
         loss="mae",
         clip=None,
-        schedule="exponential",  # SegRNN's "type3": 3 epochs at lr, then x 0.9 per epoch
+        schedule="exponential",  # 3 epochs at lr, then x 0.9 per epoch (SegRNN's "type3" keeps 4, then x 0.8)
         step_size=3,
         gamma=0.9,
         patience=5 if hourly else 3,
