@@ -297,7 +297,10 @@ def run_deepar(df: Any, freq: str, cuts: list[int], steps: int, val: int, seed: 
     series = {u: g["y"].to_numpy() for u, g in df.groupby("unique_id", sort=False)}
     start = pd.Period(df["ds"].iloc[0], freq=freq)
     rows = lambda stop: [{"start": start, "target": y[:stop], "item_id": u} for u, y in series.items()]  # noqa: E731
-    train, valid = ListDataset(rows(cuts[0] - val), freq=freq), ListDataset(rows(cuts[0]), freq=freq)
+    # GluonTS scores the last `prediction_length` rows of each validation entry: one entry per
+    # validation window, so that its checkpoint is chosen on the validation rows ours stops on
+    train = ListDataset(rows(cuts[0] - val), freq=freq)
+    valid = ListDataset([e for k in range(max(1, val // H)) for e in rows(cuts[0] - k * H)], freq=freq)
     per_epoch = 50
     est = DeepAREstimator(
         freq=freq,
