@@ -337,6 +337,26 @@ def test_future_rows_are_found_in_a_longer_futr_df(fitted) -> None:
     )
 
 
+def test_futr_df_is_looked_up_by_stamp_whatever_its_order_and_other_rows(fitted) -> None:
+    """futr_df is read for the forecast's own steps only: its rows may come in any order, and a
+    gap or a missing value outside those steps is not the forecast's business; inside them it is
+    named as the steps it leaves without covariates."""
+    span = _future(FULL, N)
+    expected = fitted.predict(futr_df=span, seed=3)
+    pd.testing.assert_frame_equal(fitted.predict(futr_df=span.sample(frac=1, random_state=0), seed=3), expected)
+    pos = FULL.groupby("unique_id").cumcount()
+    holes = FULL[(pos != N + 8) & (pos != 3)].copy()  # gaps after the span and before it
+    holes.loc[holes.groupby("unique_id").cumcount() == N + 10, "hour"] = np.nan
+    pd.testing.assert_frame_equal(fitted.predict(futr_df=holes, seed=3), expected)
+    steps = "of the 6 steps 2024-01-07 16:00:00 .. 2024-01-07 21:00:00 (first missing: "
+    inside = span.drop(span.index[span.unique_id == "b"][2])
+    _bad(f"futr_df: series 'b' lacks future exogenous rows for 1 {steps}2024-01-07 18:00:00)", fitted.predict,
+         futr_df=inside)  # fmt: skip
+    nan = span.copy()
+    nan.loc[nan.index[nan.unique_id == "c"][4], "hour"] = np.nan
+    _bad("futr_df: series 'c': column 'hour' is missing at 2024-01-07 20:00:00", fitted.predict, futr_df=nan)
+
+
 def _two_layer(**kw) -> hs.Forecaster:
     cfg = hs.TrainConfig(epochs=1, lr=1e-2, progress=False, device="cpu")
     return hs.Forecaster(model=[hs.LSTM(16), hs.LSTM(16)], horizon=H, freq="h", config=cfg, steps=24, **kw)

@@ -46,6 +46,7 @@ from hiddenstate.data.features import SeriesFeatures
 from hiddenstate.data.lanes import StatefulBatches
 from hiddenstate.data.longframe import (
     SeriesRows,
+    check_finite,
     fmt_stamp,
     forecast_frame,
     future_stamps,
@@ -458,12 +459,15 @@ class Forecaster:
             return {u: np.zeros((h, 0)) for u in ids}
         if futr_df is None:
             raise DataError(f"futr_df: needed for the future exogenous columns {self.futr_exog}")
-        rows = self._read(futr_df, "futr_df", self.futr_exog)
+        rows = read_long(  # a lookup by stamp: rows outside the forecast may be missing or hold gaps
+            futr_df, "futr_df", id_col=self.id_col, time_col=self.time_col, columns=self.futr_exog, freq=self.freq,
+            history=False,
+        )  # fmt: skip
         out = {}
         for u in ids:
             want = stamps[u]
             have = rows.get(u)
-            ds = want[:0] if have is None else have.ds  # read_long checked them sorted: bisection finds each
+            ds = want[:0] if have is None else have.ds  # read_long sorted them: bisection finds each
             at = np.searchsorted(ds, want)
             found = at < len(ds)
             found[found] = ds[at[found]] == want[found]
@@ -474,6 +478,7 @@ class Forecaster:
                     f"{fmt_stamp(want[0])} .. {fmt_stamp(want[-1])} (first missing: {fmt_stamp(missing[0])})"
                 )
             out[u] = have.values[at]
+            check_finite("futr_df", SeriesRows(u, want, out[u]), self.futr_exog)
         return out
 
     def predict(

@@ -18,7 +18,16 @@ import numpy as np
 from hiddenstate._extras import require
 from hiddenstate.errors import ConfigError, DataError
 
-__all__ = ["SeriesRows", "fmt_stamp", "forecast_frame", "future_stamps", "read_long", "samples_frame", "step_of"]
+__all__ = [
+    "SeriesRows",
+    "check_finite",
+    "fmt_stamp",
+    "forecast_frame",
+    "future_stamps",
+    "read_long",
+    "samples_frame",
+    "step_of",
+]
 
 
 def _pd() -> Any:
@@ -85,8 +94,13 @@ def read_long(
     columns: Sequence[str],
     freq: Any,
     min_rows: int = 1,
+    history: bool = True,
 ) -> dict[Any, SeriesRows]:
-    """Split ``df`` into series (in order of first appearance), checking ``columns`` and the stamps."""
+    """Split ``df`` into series (in order of first appearance), checking ``columns`` and the stamps.
+
+    ``history=False`` reads a frame whose rows are looked up by stamp (``futr_df``): each series'
+    rows are sorted by stamp and may have gaps and missing values; the caller checks the rows it
+    reads with :func:`check_finite`."""
     pd = _pd()
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
@@ -109,6 +123,9 @@ def read_long(
         ds, vals = ds_all[idx], values[idx]
         if len(ds) < min_rows:
             raise DataError(f"{what}: series {uid!r} has {len(ds)} rows; it needs at least {min_rows}")
+        if not history:
+            order = np.argsort(ds, kind="stable")
+            ds, vals = ds[order], vals[order]
         back = np.nonzero(ds[1:] < ds[:-1])[0]
         if back.size:
             k = back[0] + 1
@@ -118,6 +135,9 @@ def read_long(
         dup = np.nonzero(ds[1:] == ds[:-1])[0]
         if dup.size:
             raise DataError(f"{what}: series {uid!r}: duplicated timestamp {fmt_stamp(ds[dup[0]])}")
+        if not history:
+            out[uid] = SeriesRows(uid, ds, vals)
+            continue
         want = _expected(ds[0], len(ds), freq)
         off = np.nonzero(ds != want)[0]
         if off.size:
@@ -131,13 +151,19 @@ def read_long(
                 f"{what}: series {uid!r}: gap in freq {freq!r} after {fmt_stamp(ds[k - 1])}: "
                 f"next is {fmt_stamp(ds[k])}, expected {fmt_stamp(want[k])}"
             )
-        bad = np.argwhere(~np.isfinite(vals))
-        if bad.size:
-            r, c = bad[0]
-            kind = "missing" if np.isnan(vals[r, c]) else f"not finite ({vals[r, c]})"
-            raise DataError(f"{what}: series {uid!r}: column {columns[c]!r} is {kind} at {fmt_stamp(ds[r])}")
+        check_finite(what, SeriesRows(uid, ds, vals), columns)
         out[uid] = SeriesRows(uid, ds, vals)
     return out
+
+
+def check_finite(what: str, rows: SeriesRows, columns: Sequence[str]) -> None:
+    """Fail on the first missing or infinite value of ``rows``, naming its series, column and stamp."""
+    bad = np.argwhere(~np.isfinite(rows.values))
+    if bad.size:
+        r, c = bad[0]
+        v = rows.values[r, c]
+        kind = "missing" if np.isnan(v) else f"not finite ({v})"
+        raise DataError(f"{what}: series {rows.uid!r}: column {columns[c]!r} is {kind} at {fmt_stamp(rows.ds[r])}")
 
 
 def _numbers(df: Any, what: str, columns: Sequence[str], id_col: str, time_col: str) -> np.ndarray:
