@@ -203,6 +203,22 @@ def test_integer_timestamps_and_column_overrides() -> None:
     assert out["t"].tolist() == [50, 51, 52] * 2 and out["sid"].tolist() == [7] * 3 + [8] * 3
 
 
+@pytest.mark.parametrize("unit", ["s", "us", "ns"])
+def test_forecast_stamps_keep_the_unit_of_ds_and_reach_past_2262(unit) -> None:
+    """A fixed-duration freq steps in the stamps' own unit: the forecast's ds has the input's dtype,
+    and stamps past 2262 (out of reach of nanoseconds) are not wrapped around."""
+    start = "2024-01-01" if unit == "ns" else "2300-01-01"
+    df = pd.DataFrame({"unique_id": "a", "ds": pd.date_range(start, periods=30, freq="15min", unit=unit),
+                       "y": np.arange(30.0) % 7 + 1})  # fmt: skip
+    cfg = hs.TrainConfig(epochs=1, progress=False, device="cpu")
+    fc = hs.Forecaster([hs.LSTM(4)], 3, "15min", config=cfg, steps=8).fit(df)
+    out = fc.predict(seed=0)
+    assert out["ds"].dtype == df["ds"].dtype
+    assert out["ds"].tolist() == pd.date_range(df["ds"].iloc[-1], periods=4, freq="15min")[1:].tolist()
+    cv = fc.cross_validation(df, n_windows=2, seed=0)
+    assert cv["ds"].dtype == cv["cutoff"].dtype == df["ds"].dtype
+
+
 def _bad(message: str, fn, *args, **kw) -> None:
     with pytest.raises(DataError) as e:
         fn(*args, **kw)

@@ -76,7 +76,12 @@ def _expected(first: Any, n: int, freq: Any) -> np.ndarray:
     pd = _pd()
     start = np.asarray(first)
     if isinstance(step, pd.offsets.Tick) and start.dtype.kind == "M":  # a fixed duration, naive stamps
-        return start + np.arange(n) * np.timedelta64(step.nanos, "ns")
+        delta = np.timedelta64(step.nanos, "ns")
+        unit = np.datetime_data(start.dtype)[0]
+        own = delta.astype(f"m8[{unit}]")
+        if own.astype("m8[ns]") == delta:  # in the stamps' own unit: ns overflow past 2262
+            delta = own
+        return start + np.arange(n) * delta
     return np.asarray(pd.date_range(pd.Timestamp(first), periods=n, freq=step).to_numpy())
 
 
