@@ -264,6 +264,25 @@ def test_bad_input_fails_in_one_line_naming_the_series_or_column(fitted) -> None
     _bad("update: unknown series 'z'; the forecaster was fitted on 3 series", fitted.update, unknown)
 
 
+def test_missing_ids_stamps_and_numeric_stamps_fail_by_name() -> None:
+    """A row without a series id is not dropped (as groupby would), a missing stamp is not a
+    'gap', and numbers in ds with a calendar freq are not read as nanoseconds since 1970."""
+    fc = _forecaster()
+    df = _frame(40).astype({"unique_id": object})
+    last_of_a = df.copy()
+    last_of_a.loc[39, "unique_id"] = None
+    _bad("df: column 'unique_id' is missing in 1 of 120 rows (the first: row 39)", fc.fit, last_of_a, STATIC)
+    nat = df.copy()
+    nat.loc[45, "ds"] = pd.NaT
+    _bad("df: series 'b': column 'ds' is missing after 2024-01-01 04:00:00", fc.fit, nat, STATIC)
+    numeric = df.assign(ds=df.groupby("unique_id").cumcount())
+    _bad("df: column 'ds' holds numbers, not timestamps; integer stamps take an int freq", fc.fit, numeric, STATIC)
+    with pytest.raises(
+        ConfigError, match=re.escape("freq: expected a pandas frequency string or a positive int, got None")
+    ):
+        hs.Forecaster(freq=None)
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="Forecaster forecasts distributions"):
         hs.Forecaster(likelihood=None)

@@ -45,7 +45,7 @@ class SeriesRows:
 
 def step_of(freq: Any) -> Any:
     """The step of ``freq``: a pandas offset for a string (``"h"``, ``"15min"``), the int for integer stamps."""
-    if isinstance(freq, bool):
+    if isinstance(freq, bool) or freq is None:
         raise ConfigError(f"freq: expected a pandas frequency string or a positive int, got {freq!r}")
     if isinstance(freq, int | np.integer):
         if freq < 1:
@@ -112,10 +112,16 @@ def read_long(
     for col in (id_col, time_col, *columns):
         if col not in df.columns:
             raise DataError(f"{what}: missing column {col!r}")
+    no_id = df[id_col].isna().to_numpy()
+    if no_id.any():  # groupby would drop these rows without a word
+        n, first = int(no_id.sum()), int(no_id.argmax())
+        raise DataError(f"{what}: column {id_col!r} is missing in {n} of {len(df)} rows (the first: row {first})")
     step = step_of(freq)
     stamps = df[time_col]
     if isinstance(step, int) and not pd.api.types.is_integer_dtype(stamps):
         raise DataError(f"{what}: column {time_col!r} must hold integers for the int freq {freq}")
+    if not isinstance(step, int) and pd.api.types.is_numeric_dtype(stamps):  # to_datetime would read nanoseconds
+        raise DataError(f"{what}: column {time_col!r} holds numbers, not timestamps; integer stamps take an int freq")
     if not isinstance(step, int) and not pd.api.types.is_datetime64_any_dtype(stamps):  # else: stamps already
         try:
             stamps = pd.to_datetime(stamps)
@@ -128,6 +134,10 @@ def read_long(
         ds, vals = ds_all[idx], values[idx]
         if len(ds) < min_rows:
             raise DataError(f"{what}: series {uid!r} has {len(ds)} rows; it needs at least {min_rows}")
+        nat = np.nonzero(pd.isna(ds))[0]
+        if nat.size:
+            where = f"after {fmt_stamp(ds[nat[0] - 1])}" if nat[0] else "in its first row"
+            raise DataError(f"{what}: series {uid!r}: column {time_col!r} is missing {where}")
         if not history:
             order = np.argsort(ds, kind="stable")
             ds, vals = ds[order], vals[order]
