@@ -215,6 +215,32 @@ def test_predict_arguments() -> None:
         fc.predict(h=2.0)
 
 
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(level=[150]), "level must hold whole numbers in (0, 100), got [150]"),
+        (dict(quantiles=[1.5]), "quantiles must be numbers in (0, 1), got [1.5]"),
+        (dict(level=[80], quantiles=[0.5]), "give level or quantiles, not both: quantiles replace the level columns"),
+        (dict(seed="x"), "seed must be an int or None, got 'x'"),
+        (dict(h=0, step_size=1), "h must be an int >= 1, got 0"),
+        (dict(step_size=1.5), "step_size must be an int >= 1, got 1.5"),
+        (dict(n_windows=True), "n_windows must be an int >= 1, got True"),
+    ],
+)
+def test_cross_validation_arguments_are_refused_before_the_first_fit(kw, message) -> None:
+    """cross_validation refits: a bad argument found only by the first window's predict would
+    leave the forecaster refitted on the rows before it."""
+    df = _counts()
+    fc = _fc().fit(df)
+    before, weights = fc.predict(seed=0), _weights(fc)
+    with pytest.raises(ConfigError) as e:
+        fc.cross_validation(df, **({"n_windows": 2} | kw))
+    _one_line(e, message)
+    for k, v in fc.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    pd.testing.assert_frame_equal(fc.predict(seed=0), before, check_exact=True)
+
+
 def test_a_passed_model_sets_the_likelihood() -> None:
     normal = hs.SequenceModel(1, 1, [hs.LSTM(4)], likelihood="normal")
     assert hs.Forecaster(model=normal).likelihood == "normal"

@@ -50,6 +50,7 @@ from hiddenstate.data.longframe import (
     fmt_stamp,
     forecast_frame,
     future_stamps,
+    quantile_columns,
     read_long,
     samples_frame,
     step_of,
@@ -58,7 +59,7 @@ from hiddenstate.data.scaled import ScaledBatches
 from hiddenstate.errors import ConfigError, DataError
 from hiddenstate.likelihood import mean_scale, resolve_likelihood
 from hiddenstate.model import LSTM, SequenceModel
-from hiddenstate.paths import sample_paths, whole
+from hiddenstate.paths import check_seed, sample_paths, whole
 from hiddenstate.state import LayerSpec, State
 from hiddenstate.train.config import TrainConfig
 from hiddenstate.train.trainer import Trainer
@@ -558,10 +559,11 @@ class Forecaster:
         then carries each series' state from cutoff to cutoff with :meth:`update`: one pass over
         each series, not one per window. Ends with the states at the last cutoff."""
         pd = require("pandas", "data")
-        h = self.horizon if h is None else h
-        step = h if step_size is None else step_size
-        if isinstance(n_windows, bool) or not isinstance(n_windows, int) or n_windows < 1 or step < 1:
-            raise ConfigError(f"n_windows and step_size must be ints >= 1, got {n_windows!r} and {step!r}")
+        h = whole("h", self.horizon if h is None else h)
+        step = whole("step_size", h if step_size is None else step_size)
+        n_windows = whole("n_windows", n_windows)
+        quantile_columns(self.alias, level, quantiles)  # every argument checked before the first fit
+        check_seed(seed)
         series = self._read(df, "df", self._history_columns(), min_rows=1)
         cuts = {}
         for u, s in series.items():

@@ -24,6 +24,7 @@ __all__ = [
     "fmt_stamp",
     "forecast_frame",
     "future_stamps",
+    "quantile_columns",
     "read_long",
     "samples_frame",
     "step_of",
@@ -233,6 +234,19 @@ def forecast_frame(
     id, time and alias column names."""
     id_col, time_col, name = names
     cols: dict[str, np.ndarray] = {name: paths.mean(axis=0)}
+    labels, qs = quantile_columns(name, level, quantiles)
+    cols.update(zip(labels, np.quantile(paths, qs, axis=0), strict=True))  # one sort for every quantile
+    h = paths.shape[2]
+    out = {id_col: _ids_at(ids, np.repeat(np.arange(len(ids)), h)), time_col: np.concatenate([stamps[u] for u in ids])}
+    out.update({k: v.reshape(-1) for k, v in cols.items()})
+    return _pd().DataFrame(out)
+
+
+def quantile_columns(
+    name: str, level: Sequence[int] | None = None, quantiles: Sequence[float] | None = None
+) -> tuple[list[str], list[float]]:
+    """The quantile columns of :func:`forecast_frame` beside ``<name>`` and their quantiles;
+    a bad ``level`` or ``quantiles`` fails here, before anything is drawn."""
     if quantiles is not None and level is not None:
         raise ConfigError("give level or quantiles, not both: quantiles replace the level columns")
     if quantiles is not None:
@@ -248,11 +262,7 @@ def forecast_frame(
         labels = [f"{name}-median", *(f"{name}-lo-{v}" for v in reversed(levels))]
         labels += [f"{name}-hi-{v}" for v in levels]
         qs = [0.5, *((1 - v / 100) / 2 for v in reversed(levels)), *(1 - (1 - v / 100) / 2 for v in levels)]
-    cols.update(zip(labels, np.quantile(paths, qs, axis=0), strict=True))  # one sort for every quantile
-    h = paths.shape[2]
-    out = {id_col: _ids_at(ids, np.repeat(np.arange(len(ids)), h)), time_col: np.concatenate([stamps[u] for u in ids])}
-    out.update({k: v.reshape(-1) for k, v in cols.items()})
-    return _pd().DataFrame(out)
+    return labels, qs
 
 
 def samples_frame(
