@@ -283,6 +283,21 @@ def test_missing_ids_stamps_and_numeric_stamps_fail_by_name() -> None:
         hs.Forecaster(freq=None)
 
 
+def test_local_stamps_across_a_dst_change_are_named_and_the_fix_given_works() -> None:
+    """ISO strings with their UTC offsets (+01:00, then +02:00) are timestamps, not junk: the
+    message says so and how to give them one zone, and the frame so converted fits."""
+    ds = pd.date_range("2024-03-30 20:00", periods=30, freq="h", tz="Europe/Berlin")
+    df = pd.DataFrame({"unique_id": "a", "ds": [t.isoformat() for t in ds], "y": np.arange(30.0) % 5 + 1})
+    fc = hs.Forecaster([hs.LSTM(4)], 3, "h", config=hs.TrainConfig(epochs=1, progress=False, device="cpu"), steps=8)
+    _bad(
+        "df: column 'ds' holds stamps with different UTC offsets; give them one time zone: "
+        "pd.to_datetime(df['ds'], utc=True).dt.tz_convert(<its IANA zone>)",
+        fc.fit, df,
+    )  # fmt: skip
+    df["ds"] = pd.to_datetime(df["ds"], utc=True).dt.tz_convert("Europe/Berlin")
+    assert fc.fit(df).predict(seed=0)["ds"].tolist() == list(pd.date_range(ds[-1], periods=4, freq="h")[1:])
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ConfigError, match="Forecaster forecasts distributions"):
         hs.Forecaster(likelihood=None)

@@ -127,6 +127,7 @@ def read_long(
         try:
             stamps = pd.to_datetime(stamps)
         except (ValueError, TypeError):
+            _mixed_offsets(stamps, what, time_col)
             raise DataError(f"{what}: column {time_col!r} does not hold timestamps") from None
     values = _numbers(df, what, columns, id_col, time_col)
     ds_all = stamps.to_numpy()
@@ -180,6 +181,19 @@ def check_finite(what: str, rows: SeriesRows, columns: Sequence[str]) -> None:
         v = rows.values[r, c]
         kind = "missing" if np.isnan(v) else f"not finite ({v})"
         raise DataError(f"{what}: series {rows.uid!r}: column {columns[c]!r} is {kind} at {fmt_stamp(rows.ds[r])}")
+
+
+def _mixed_offsets(stamps: Any, what: str, time_col: str) -> None:
+    """Fail by name when ``stamps`` are timestamps whose UTC offsets differ (local times written
+    across a daylight-saving change), which pandas reads only as UTC."""
+    try:
+        _pd().to_datetime(stamps, utc=True)
+    except (ValueError, TypeError):
+        return
+    raise DataError(
+        f"{what}: column {time_col!r} holds stamps with different UTC offsets; give them one time zone: "
+        f"pd.to_datetime(df[{time_col!r}], utc=True).dt.tz_convert(<its IANA zone>)"
+    )
 
 
 def _numbers(df: Any, what: str, columns: Sequence[str], id_col: str, time_col: str) -> np.ndarray:
