@@ -303,6 +303,12 @@ def test_bad_arguments() -> None:
         hs.Forecaster(likelihood=None)
     with pytest.raises(ConfigError, match=re.escape("freq: 'every hour' is not a pandas frequency")):
         hs.Forecaster(freq="every hour")
+    for old, new in (("M", "ME"), ("H", "h")):  # pandas 3's own hint for the spellings it dropped
+        message = (
+            f"freq: {old!r} is not a pandas frequency (e.g. 'h', '15min', 'D') or an int; pandas says to use {new!r}"
+        )
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            hs.Forecaster(freq=old)
     with pytest.raises(ConfigError, match="not fitted"):
         hs.Forecaster().predict()
 

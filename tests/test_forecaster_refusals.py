@@ -220,6 +220,7 @@ def test_predict_arguments() -> None:
     [
         (dict(level=[150]), "level must hold whole numbers in (0, 100), got [150]"),
         (dict(quantiles=[1.5]), "quantiles must be numbers in (0, 1), got [1.5]"),
+        (dict(quantiles=["a"]), "quantiles must be numbers in (0, 1), got ['a']"),
         (dict(level=[80], quantiles=[0.5]), "give level or quantiles, not both: quantiles replace the level columns"),
         (dict(seed="x"), "seed must be an int or None, got 'x'"),
         (dict(h=0, step_size=1), "h must be an int >= 1, got 0"),

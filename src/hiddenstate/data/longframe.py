@@ -9,6 +9,7 @@ extra and is imported on first use.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +62,12 @@ def step_of(freq: Any) -> Any:
 def _offset(freq: Any) -> Any:
     try:
         return _pd().tseries.frequencies.to_offset(freq)
-    except (ValueError, TypeError):
-        raise ConfigError(f"freq: {freq!r} is not a pandas frequency (e.g. 'h', '15min', 'D') or an int") from None
+    except (ValueError, TypeError) as e:
+        hint = re.search(r"Please use '([^']+)' instead|Did you mean ([^?'\s]+)\?", str(e))
+        then = f"; pandas says to use {next(g for g in hint.groups() if g)!r}" if hint else ""
+        raise ConfigError(
+            f"freq: {freq!r} is not a pandas frequency (e.g. 'h', '15min', 'D') or an int{then}"
+        ) from None
 
 
 def future_stamps(last: Any, freq: Any, h: int) -> np.ndarray:
@@ -264,7 +269,10 @@ def quantile_columns(
     if quantiles is not None and level is not None:
         raise ConfigError("give level or quantiles, not both: quantiles replace the level columns")
     if quantiles is not None:
-        qs = [float(q) for q in quantiles]
+        try:
+            qs = [float(q) for q in quantiles]
+        except (TypeError, ValueError):
+            raise ConfigError(f"quantiles must be numbers in (0, 1), got {list(quantiles)}") from None
         if not all(0 < q < 1 for q in qs):
             raise ConfigError(f"quantiles must be numbers in (0, 1), got {list(quantiles)}")
         labels = [f"{name}-ql{q:g}" for q in qs]
