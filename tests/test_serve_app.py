@@ -567,6 +567,32 @@ def test_startup_refuses_states_of_another_spec(
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_startup_refuses_records_of_other_columns_under_the_same_spec(
+    kind: str, request: pytest.FixtureRequest, run_dir: Path, tmp_path: Path
+) -> None:
+    """A retrained model of the same spec with another input column: the stored last rows would be
+    read with the wrong width (a forecast of an old stream was a 500), so the store is refused."""
+    url = _store_url(kind, request, tmp_path)
+    for api in _serve(run_dir, url):
+        assert observe(api, "old", 1, [[50.0, 40.0]], horizon=2).status_code == 200
+        before = api.store.checksum()
+    wider = ServedModel.from_run(
+        load_run(demo_run(tmp_path / "wider", inputs=("load", "temp", "hum"), targets=("load", "temp")))
+    )
+    assert wider.spec.fingerprint() == ServedModel.from_run(load_run(run_dir)).spec.fingerprint()
+    store = open_store(url)
+    with pytest.raises(ServeError) as e:
+        Service(wider, store)
+    assert store.checksum() == before
+    store.close()
+    assert str(e.value).endswith(
+        'holds records of a model with columns {"inputs": ["load", "temp"], "targets": ["load", "temp"]}, but the '
+        f'model in {wider.source} has {{"inputs": ["load", "temp", "hum"], "targets": ["load", "temp"]}}; '
+        "serve it with another --store, or delete the old states"
+    )
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_ttl_expires_idle_streams(kind: str, request: pytest.FixtureRequest, run_dir: Path, tmp_path: Path) -> None:
     for api in _serve(run_dir, _store_url(kind, request, tmp_path), ttl=0.5):
         stream = sid()

@@ -22,6 +22,7 @@ raises StoreUnavailableError (a 503), and what it was asked to write was not wri
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -65,14 +66,24 @@ def _quantile_key(q: float) -> str:
 
 
 def check_store(store: StateStore, served: ServedModel) -> None:
-    """Pin the model's spec fingerprint in the store, or refuse a store that holds another spec's states."""
+    """Pin the model's spec fingerprint and columns in the store, or refuse a store that holds
+    another spec's states, or records of other columns."""
+    # A record's last row, prediction and forecast are laid out by the columns, not by the spec:
+    # a model of the same spec with other columns would read them wrongly (or fail on their size).
+    columns = json.dumps({"inputs": list(served.inputs), "targets": list(served.targets)})
     want = {"fingerprint": served.spec.fingerprint(), "spec": served.spec.describe(), "layout": LAYOUT}
-    held = store.init_meta(want)
+    held = store.init_meta({**want, "columns": columns})
+    model = f"the model{' in ' + served.source if served.source else ''}"
     if held.get("fingerprint") != want["fingerprint"] or held.get("layout", LAYOUT) != LAYOUT:
         raise ServeError(
             f"store {store.url} holds states of spec fingerprint {held.get('fingerprint')!r} "
-            f"({held.get('spec', '?')}), but the model{' in ' + served.source if served.source else ''} has "
+            f"({held.get('spec', '?')}), but {model} has "
             f"{want['fingerprint']!r} ({want['spec']}); serve it with another --store, or delete the old states"
+        )
+    if held.get("columns", columns) != columns:
+        raise ServeError(
+            f"store {store.url} holds records of a model with columns {held['columns']}, but {model} has "
+            f"{columns}; serve it with another --store, or delete the old states"
         )
 
 

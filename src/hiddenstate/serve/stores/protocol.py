@@ -15,7 +15,8 @@ outside ``serve/stores/`` checks which class a store is: what differs is in
 :meth:`StateStore.durability`, :attr:`StateStore.local` and :meth:`StateStore.maintain`.
 
 States are plain float32 bytes: every tensor of ``State.to_dict()`` for one row, in the order
-of ``StateSpec.names``, end to end. The store's ``meta`` pins the spec fingerprint, so bytes
+of ``StateSpec.names``, end to end. The store's ``meta`` pins the spec fingerprint and the
+model's input and target columns (the layout of the last row, prediction and forecast), so bytes
 are never read back with another layout. Nothing here unpickles anything.
 """
 
