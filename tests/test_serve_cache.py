@@ -17,9 +17,11 @@ import pytest
 import torch
 
 import hiddenstate as hs
+from hiddenstate.data.scaling import StandardScaler
 from hiddenstate.runs.run import load_run
 from hiddenstate.serve import ServedModel, Service, open_store
 from hiddenstate.serve.testing import demo_run
+from hiddenstate.state import LayerState
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +103,55 @@ def test_a_stale_cache_never_changes_a_verdict_or_an_answer(run_dir: Path, store
             gone = await obs(a, 6, values())
             assert (gone.status, gone.error, gone.expected_seq) == (409, "sequence_gap", 1)
             assert (await obs(a, 1, values())).status == 200
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+class NanWhenHigh(hs.SequenceModel):
+    """A SequenceModel whose state turns NaN in rows where a normalised input is above 5."""
+
+    def forward(self, x: torch.Tensor, state: hs.State | None = None, **kw: Any) -> tuple[torch.Tensor, hs.State]:
+        y, new = super().forward(x, state, **kw)
+        high = (x > 5).flatten(1).any(1, keepdim=True)  # (batch, 1)
+        layers = [LayerState(torch.where(high, float("nan"), ls.h), ls.c) for ls in new.layers]
+        return y, hs.State._trusted(new.spec, layers)
+
+
+def test_a_stale_cache_never_makes_a_nonfinite_verdict(store_url: str) -> None:
+    """The model turns these rows into NaN, but the stream behind a's cache is gone or elsewhere:
+    the verdict is the store's (a gap), as the other replica says, not a's stale 'nonfinite'."""
+    scaler = StandardScaler.fit(np.random.default_rng(0).normal(50, 10, (100, 2)), columns=["load", "temp"])
+    served = ServedModel.build(NanWhenHigh(2, 2, [hs.LSTM(4)]), scaler, ["load", "temp"], ["load", "temp"])
+    zeros = {name: [[0.0] * width] for name, width in served.layout}
+    wild = [[500.0, 40.0]]
+
+    async def scenario() -> None:
+        a = Service(served, open_store(store_url), max_wait=0.0)
+        b = Service(served, open_store(store_url), max_wait=0.0)
+        await a.start()
+        await b.start()
+
+        async def obs(svc: Service, stream: str, seq: int, rows: list[list[float]]) -> Any:
+            (outcome,) = await svc.observe(svc.observations([(stream, seq, rows, None)]))
+            return (outcome.status, outcome.error, outcome.expected_seq)
+
+        try:
+            for stream in ("gone", "moved", "here", "raced"):
+                assert (await obs(a, stream, 1, [[50.0, 40.0]]))[0] == 200  # a caches seq 1
+            await b.delete("gone")
+            await b.put_state("moved", zeros, 7, None)
+            assert (await obs(b, "raced", 2, [[50.0, 40.0]]))[0] == 200
+            # in one batch with a stream whose compare-and-set loses
+            both = await a.observe(a.observations([("gone", 2, wild, None), ("raced", 2, [[50.0, 40.0]], None)]))
+            assert [(o.status, o.error, o.replayed) for o in both] == [(409, "sequence_gap", False), (200, "", True)]
+            assert await obs(a, "moved", 2, wild) == await obs(b, "moved", 2, wild) == (409, "sequence_gap", 8)
+            assert await obs(b, "gone", 2, wild) == (409, "sequence_gap", 1)
+            # a cached record that is current: the verdict stands, counted once
+            assert await obs(a, "here", 2, wild) == (422, "nonfinite", None)
+            assert a.metrics._outcomes["nonfinite"] == 1
         finally:
             await a.stop()
             await b.stop()

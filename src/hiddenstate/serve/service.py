@@ -35,6 +35,7 @@ import torch
 
 from hiddenstate.errors import (
     ConfigError,
+    NonFiniteError,
     ServeError,
     StateError,
     StoreBusyError,
@@ -190,15 +191,27 @@ class Service:
         """One micro-batch, in the worker thread, through the stages of :mod:`.stages`; one transaction."""
         served = self.served
         counts: Counter[str] = Counter()  # outcomes, counted into the metrics once per batch
-        results, moving = stages.judge(batch, self._records(batch), served, counts)
+        records, cached = self._records(batch)
+        results, moving = stages.judge(batch, records, served, counts)
         steps = 0
         if moving.go:
             done = stages.advance(served, stages.decode(served, moving.have), moving)
             forecasts = stages.forecast(served, moving, done)
             writes, answers = stages.encode(served, moving, done, forecasts, results, counts)
             steps = self._commit(writes, answers, results, counts)
+            if counts["nonfinite"] and cached:
+                self._recheck(batch, results, cached, counts)
         self.metrics.outcomes(counts, steps=steps)
         return results
+
+    def _recheck(self, batch: list[Observation], results: list[Any], cached: set[str], counts: Counter[str]) -> None:
+        """A non-finite verdict made from a cached record, which may be stale (no compare-and-set
+        confirms it, as it does an advance): read the stream from the store and judge it again."""
+        for k, o in enumerate(batch):
+            if o.stream_id in cached and results[k] is not RETRY and results[k].error == NonFiniteError.code:
+                results[k] = RETRY
+                self._cache.pop(o.stream_id, None)
+                counts["nonfinite"] -= 1
 
     def _commit(
         self,
@@ -223,15 +236,15 @@ class Service:
         self._remember(written)
         return steps
 
-    def _records(self, batch: list[Observation]) -> dict[str, Record]:
+    def _records(self, batch: list[Observation]) -> tuple[dict[str, Record], set[str]]:
         """Each stream's record, from this process's cache where the observation would advance it,
-        else from the store.
+        else from the store; and the ids taken from the cache.
 
         The cache holds the record this process last wrote or read for a stream. It may be stale
         (another replica, a PUT or a DELETE elsewhere), which is safe only for an advance: its write
         is a compare-and-set on the cached version and fails against anything newer, and the stream
-        is then read from the store and judged again. Every other verdict (replay, gap) is made
-        from the store.
+        is then read from the store and judged again. Every other verdict (replay, gap, and a
+        non-finite advance: see _recheck) is made from the store.
         """
         cache = self._cache
         found: dict[str, Record] = {}
@@ -243,11 +256,12 @@ class Service:
                 found[o.stream_id] = r
             else:
                 missing.append(o.stream_id)
+        cached = set(found)
         if missing:
             read = self.store.read(missing)
             found.update(read)
             self._remember(read)
-        return found
+        return found, cached
 
     def _remember(self, records: Mapping[str, Record]) -> None:
         """Put records into the cache (most recent last); drop the least recently written beyond its size."""
