@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import numpy as np
@@ -108,17 +108,21 @@ def test_put_state_takes_a_mapping_of_arrays(client: Client) -> None:
 
 
 class DropsFirstAnswer(httpx.BaseTransport):
-    """A real HTTP transport that loses the answer of the first request after the server applied it."""
+    """A real HTTP transport that loses the answer of the first request after the server applied it
+    (``meanwhile`` runs between the two, as another client would)."""
 
-    def __init__(self) -> None:
+    def __init__(self, meanwhile: Callable[[], object] | None = None) -> None:
         self.inner = httpx.HTTPTransport()
         self.dropped = 0
+        self.meanwhile = meanwhile
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.inner.handle_request(request)
         if self.dropped == 0:
             self.dropped += 1
             response.close()
+            if self.meanwhile is not None:
+                self.meanwhile()
             raise httpx.ReadError("connection reset", request=request)
         return response
 
@@ -133,3 +137,20 @@ def test_a_lost_answer_is_fetched_again_without_advancing_twice(client: Client) 
     assert transport.dropped == 1 and answer.replayed and answer.seq == 1
     assert client.get_state("c-5").seq == 1
     assert client.observe("c-5", 2, [[50.0, 40.0]]).seq == 2
+
+
+def test_a_put_whose_answer_was_lost_is_not_sent_again(client: Client) -> None:
+    client.observe("c-6", 1, [[50.0, 40.0]])
+    held = client.get_state("c-6")
+    # With a version: it was applied, so sending it again would be refused as a conflict.
+    transport = DropsFirstAnswer()
+    with httpx.Client(transport=transport, timeout=30) as http, Client(client.base_url, http=http) as flaky:
+        with pytest.raises(httpx.ReadError):
+            flaky.put_state("c-6", held.tensors, seq=5, version=held.version)
+    assert transport.dropped == 1 and client.get_state("c-6").seq == 5
+    # Without one: sent again, it would undo an observe another client was answered for meanwhile.
+    transport = DropsFirstAnswer(meanwhile=lambda: client.observe("c-6", 6, [[50.0, 40.0]]))
+    with httpx.Client(transport=transport, timeout=30) as http, Client(client.base_url, http=http) as flaky:
+        with pytest.raises(httpx.ReadError):
+            flaky.put_state("c-6", held.tensors, seq=5)
+    assert transport.dropped == 1 and client.get_state("c-6").seq == 6

@@ -97,8 +97,11 @@ class Client:
     ``http`` is an httpx.Client to use instead of a new one (for a custom transport or limits).
     A request whose connection drops before the answer arrives (say, a keep-alive connection the
     server closed as it was reused) is sent again, up to ``retries`` times: the seq contract makes
-    that safe, since an observe already applied is answered again, not applied twice. DELETE is
-    never resent.
+    that safe, since an observe already applied is answered again, not applied twice. PUT and
+    DELETE are never resent: no seq makes them safe to repeat. A PUT applied before its answer
+    was lost would be applied again over whatever came after it (an observe another client was
+    answered for), or, with a ``version``, refused as a conflict although it was applied; the
+    error is raised instead, and :meth:`get_state` tells what the store holds.
     """
 
     def __init__(
@@ -117,7 +120,7 @@ class Client:
     def _call(
         self, method: str, path: str, body: Any = None, *, stream_id: str | None = None, seq: int | None = None
     ) -> httpx.Response:
-        attempts = 1 if method == "DELETE" else 1 + self.retries
+        attempts = 1 if method in ("PUT", "DELETE") else 1 + self.retries
         for attempt in range(attempts):
             try:
                 response = self._http.request(method, f"{self.base_url}{path}", json=body)
