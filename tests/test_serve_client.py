@@ -154,3 +154,9 @@ def test_a_put_whose_answer_was_lost_is_not_sent_again(client: Client) -> None:
         with pytest.raises(httpx.ReadError):
             flaky.put_state("c-6", held.tensors, seq=5)
     assert transport.dropped == 1 and client.get_state("c-6").seq == 6
+
+
+@pytest.mark.parametrize("retries", [-1, 1.5, True, "2"])
+def test_a_retry_count_that_is_not_a_whole_number_from_0_is_refused(retries: object) -> None:
+    with pytest.raises(hs.ConfigError, match=f"^Client: retries must be an int >= 0, got {retries!r}$"):
+        Client(retries=retries)  # type: ignore[arg-type]

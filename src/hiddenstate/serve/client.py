@@ -23,6 +23,7 @@ import numpy as np
 
 from hiddenstate._extras import require
 from hiddenstate.errors import (
+    ConfigError,
     RequestError,
     SequenceGapError,
     ServeError,
@@ -112,6 +113,8 @@ class Client:
         retries: int = 2,
         http: httpx.Client | None = None,
     ) -> None:
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigError(f"Client: retries must be an int >= 0, got {retries!r}")
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
