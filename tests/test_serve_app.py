@@ -21,12 +21,10 @@ import hiddenstate as hs
 from hiddenstate.data.scaling import StandardScaler
 from hiddenstate.errors import ServeError
 from hiddenstate.forecast import forecast_original
-from hiddenstate.model import register_model_kind
 from hiddenstate.runs.run import Run, load_run, save_run
 from hiddenstate.serve import Limits, ServedModel, Service, create_app, open_store
 from hiddenstate.serve.stores import StateStore
-from hiddenstate.serve.testing import ThreadServer, demo_run
-from hiddenstate.state import LayerState
+from hiddenstate.serve.testing import NanWhenHigh, ThreadServer, demo_run
 
 LIMITS = Limits(max_steps=64, max_streams=50, max_total_steps=500, max_horizon=24, max_body_bytes=64 * 1024)
 _ids = count()
@@ -603,20 +601,6 @@ def test_ttl_expires_idle_streams(kind: str, request: pytest.FixtureRequest, run
         assert observe(api, stream, 3, [[50.0, 40.0]]).json()["expected_seq"] == 1
         assert observe(api, stream, 1, [[50.0, 40.0]]).status_code == 200
         assert api.http.get("/v1/model").json()["ttl"] == 0.5
-
-
-@register_model_kind("test_nan_when_high")
-class NanWhenHigh(hs.SequenceModel):
-    """A SequenceModel whose state turns NaN in rows where a normalised input is above 5."""
-
-    def forward(self, x: torch.Tensor, state: hs.State | None = None, **kw: Any) -> tuple[torch.Tensor, hs.State]:
-        y, new = super().forward(x, state, **kw)
-        high = (x > 5).flatten(1).any(1, keepdim=True)  # (batch, 1)
-        layers = [LayerState(torch.where(high, float("nan"), ls.h), ls.c) for ls in new.layers]
-        return y, hs.State._trusted(new.spec, layers)
-
-    def config(self) -> dict[str, Any]:
-        return {**super().config(), "kind": "test_nan_when_high"}
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])

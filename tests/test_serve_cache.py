@@ -20,8 +20,7 @@ import hiddenstate as hs
 from hiddenstate.data.scaling import StandardScaler
 from hiddenstate.runs.run import load_run
 from hiddenstate.serve import ServedModel, Service, open_store
-from hiddenstate.serve.testing import demo_run
-from hiddenstate.state import LayerState
+from hiddenstate.serve.testing import NanWhenHigh, demo_run
 
 
 @pytest.fixture(scope="module")
@@ -108,16 +107,6 @@ def test_a_stale_cache_never_changes_a_verdict_or_an_answer(run_dir: Path, store
             await b.stop()
 
     asyncio.run(scenario())
-
-
-class NanWhenHigh(hs.SequenceModel):
-    """A SequenceModel whose state turns NaN in rows where a normalised input is above 5."""
-
-    def forward(self, x: torch.Tensor, state: hs.State | None = None, **kw: Any) -> tuple[torch.Tensor, hs.State]:
-        y, new = super().forward(x, state, **kw)
-        high = (x > 5).flatten(1).any(1, keepdim=True)  # (batch, 1)
-        layers = [LayerState(torch.where(high, float("nan"), ls.h), ls.c) for ls in new.layers]
-        return y, hs.State._trusted(new.spec, layers)
 
 
 def test_a_stale_cache_never_makes_a_nonfinite_verdict(store_url: str) -> None:

@@ -29,7 +29,10 @@ import httpx
 import numpy as np
 import torch
 
-__all__ = ["RedisServer", "ServerProcess", "ThreadServer", "demo_run", "free_port"]
+from hiddenstate.model import SequenceModel, register_model_kind
+from hiddenstate.state import LayerState, State
+
+__all__ = ["NanWhenHigh", "RedisServer", "ServerProcess", "ThreadServer", "demo_run", "free_port"]
 
 
 def free_port() -> int:
@@ -37,6 +40,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@register_model_kind("test_nan_when_high")
+class NanWhenHigh(SequenceModel):
+    """A SequenceModel whose state turns NaN in rows where a normalised input is above 5: for
+    the tests of the service's nonfinite refusal (a finite input that the model ruins)."""
+
+    def forward(self, x: torch.Tensor, state: State | None = None, **kw: Any) -> tuple[torch.Tensor, State]:
+        y, new = super().forward(x, state, **kw)
+        high = (x > 5).flatten(1).any(1, keepdim=True)  # (batch, 1)
+        layers = [LayerState(torch.where(high, float("nan"), ls.h), ls.c) for ls in new.layers]
+        return y, State._trusted(new.spec, layers)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "kind": "test_nan_when_high"}
 
 
 def demo_run(
