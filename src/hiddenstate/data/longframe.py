@@ -272,7 +272,7 @@ def quantile_columns(
         try:
             qs = [float(q) for q in quantiles]
         except (TypeError, ValueError):
-            raise ConfigError(f"quantiles must be numbers in (0, 1), got {list(quantiles)}") from None
+            qs = [float("nan")]  # not numbers: refused below, as numbers outside (0, 1) are
         if not all(0 < q < 1 for q in qs):
             raise ConfigError(f"quantiles must be numbers in (0, 1), got {list(quantiles)}")
         labels = [f"{name}-ql{q:g}" for q in qs]

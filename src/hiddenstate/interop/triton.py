@@ -156,7 +156,8 @@ def _foreign_entries(folder: Path) -> list[str]:
     a file of the user's); a re-export replaces the folder whole, so it refuses to drop them."""
     found = []
     for entry in sorted(folder.iterdir()):
-        if entry.name not in _OURS or (entry.name == "config.pbtxt") == entry.is_dir():
+        folder_expected = entry.name != "config.pbtxt"
+        if entry.name not in _OURS or entry.is_dir() != folder_expected:
             found.append(entry.name)
         elif entry.name == "1":
             found += [f"1/{e.name}" for e in sorted(entry.iterdir()) if e.name != "model.onnx" or e.is_dir()]
@@ -170,7 +171,7 @@ def _commit_entry(folder: Path, files: dict[str, bytes]) -> None:
     rename into place (the old folder moved aside first, then removed). A crash or a failure
     leaves the old entry or the new one, never a new model.onnx beside an old config.pbtxt or
     an old initial state; the files of a learned initial state that is gone go with it."""
-    from hiddenstate.runs.files import fsync_dir, write_fsynced
+    from hiddenstate.runs.files import fsync_dir, make_dirs, write_fsynced
 
     if folder.exists():
         if not folder.is_dir():
@@ -182,7 +183,7 @@ def _commit_entry(folder: Path, files: dict[str, bytes]) -> None:
                 "does not write and a re-export would remove; move them away or choose another name"
             )
     root = folder.parent
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)
     for stale in [*root.glob(f".{folder.name}.*.tmp"), *root.glob(f".{folder.name}.*.old")]:
         shutil.rmtree(stale, ignore_errors=True)  # left by an export that was killed
     token = f"{os.getpid()}.{secrets.token_hex(4)}"
@@ -194,9 +195,8 @@ def _commit_entry(folder: Path, files: dict[str, bytes]) -> None:
             path = tmp / rel
             path.parent.mkdir(exist_ok=True)
             write_fsynced(path, data)
-        for sub in {(tmp / rel).parent for rel in files}:  # the subfolders' entries, then tmp's own
+        for sub in {tmp} | {(tmp / rel).parent for rel in files}:  # tmp's entries and its subfolders'
             fsync_dir(sub)
-        fsync_dir(tmp)
         if folder.exists():
             os.rename(folder, old)
             moved = True
