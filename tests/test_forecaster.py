@@ -204,9 +204,10 @@ def test_integer_timestamps_and_column_overrides() -> None:
 
 
 @pytest.mark.parametrize("unit", ["s", "us", "ns"])
-def test_forecast_stamps_keep_the_unit_of_ds_and_reach_past_2262(unit) -> None:
+def test_forecast_stamps_keep_the_unit_of_ds_and_reach_past_2262(unit, tmp_path) -> None:
     """A fixed-duration freq steps in the stamps' own unit: the forecast's ds has the input's dtype,
-    and stamps past 2262 (out of reach of nanoseconds) are not wrapped around."""
+    and stamps past 2262 (out of reach of nanoseconds) are not wrapped around. A saved and loaded
+    forecaster keeps the unit too (the stored stamp is text, which parses to another resolution)."""
     start = "2024-01-01" if unit == "ns" else "2300-01-01"
     df = pd.DataFrame({"unique_id": "a", "ds": pd.date_range(start, periods=30, freq="15min", unit=unit),
                        "y": np.arange(30.0) % 7 + 1})  # fmt: skip
@@ -215,6 +216,8 @@ def test_forecast_stamps_keep_the_unit_of_ds_and_reach_past_2262(unit) -> None:
     out = fc.predict(seed=0)
     assert out["ds"].dtype == df["ds"].dtype
     assert out["ds"].tolist() == pd.date_range(df["ds"].iloc[-1], periods=4, freq="15min")[1:].tolist()
+    fc.save(tmp_path / "fc")
+    pd.testing.assert_frame_equal(hs.Forecaster.load(tmp_path / "fc").predict(seed=0), out, check_exact=True)
     cv = fc.cross_validation(df, n_windows=2, seed=0)
     assert cv["ds"].dtype == cv["cutoff"].dtype == df["ds"].dtype
 

@@ -186,6 +186,11 @@ def _edited(saved, tmp_path, edit):
         (lambda m: m["series"][0].update(ds="yesterday"), "series 'a': ds 'yesterday' is not a stored stamp"),
         (lambda m: m["series"][0].pop("y"), "series entry 0: expected an object with id, scale, y, hist, stat, ds"),
         (lambda m: m.pop("horizon"), "manifest.json: the forecaster entry lacks ['horizon']"),
+        (lambda m: m.update(ds_unit="hours"), "manifest.json: ds_unit 'hours' is not one of s, ms, us, ns"),
+        (
+            lambda m: m["series"][0].update(ds="2024-01-04T07:00:00.0000005"),  # half a microsecond: ds is in us
+            "series 'a': ds '2024-01-04T07:00:00.0000005' does not fit ds_unit 'us'",
+        ),
     ],
 )
 def test_a_hand_edited_manifest_is_refused_by_name(saved, tmp_path, edit, message) -> None:

@@ -42,12 +42,14 @@ def save_forecaster(fc: Any, path: str | os.PathLike[str]) -> Path:
             raise ConfigError(f"save: series id {u!r} cannot be saved; ids must be str, int or float")
     int_ds = isinstance(step_of(fc.freq), int)
     tz = None if int_ds else _zone(fc._series[ids[0]]["ds"])
+    unit = None if int_ds else require("pandas", "data").Timestamp(fc._series[ids[0]]["ds"]).unit
     stamp = (lambda v: int(v)) if int_ds else (lambda v: require("pandas", "data").Timestamp(v).isoformat())
     meta = {
         "format": FORMAT,
         "horizon": fc.horizon,
         "freq": fc.freq,
         "tz": tz,
+        "ds_unit": unit,  # the stamps' resolution (s, ms, us, ns), which the forecast frames keep
         "likelihood": fc.likelihood,
         "columns": {"id": fc.id_col, "time": fc.time_col, "target": fc.target_col},
         "futr_exog": fc.futr_exog,
@@ -132,8 +134,9 @@ def _series_entry(where: str, s: Any, fc: Any) -> dict[str, Any]:
     return {"id": uid, "scale": scale, "y": y, "hist": hist, "stat": stat, "tail": tail}
 
 
-def _stamp(where: str, uid: Any, value: Any, int_ds: bool, tz: str | None) -> Any:
-    """A stored last stamp as the forecaster holds it: an int, naive datetime64, or tz-aware Timestamp."""
+def _stamp(where: str, uid: Any, value: Any, int_ds: bool, tz: str | None, unit: str | None) -> Any:
+    """A stored last stamp as the forecaster holds it: an int, naive datetime64, or tz-aware
+    Timestamp, in the resolution ``unit`` that ``ds`` had (None, from an older run: as parsed)."""
     pd = require("pandas", "data")
     try:
         if int_ds:
@@ -141,9 +144,14 @@ def _stamp(where: str, uid: Any, value: Any, int_ds: bool, tz: str | None) -> An
                 raise TypeError
             return np.int64(value)
         ts = pd.Timestamp(value)
-        return ts.to_datetime64() if tz is None else ts.tz_convert(tz)
     except (TypeError, ValueError, KeyError):
         raise ConfigError(f"{where}: series {uid!r}: ds {value!r} is not a stored stamp") from None
+    if unit is not None:
+        try:
+            ts = ts.as_unit(unit, round_ok=False)
+        except ValueError:  # finer than the unit, or out of its range
+            raise ConfigError(f"{where}: series {uid!r}: ds {value!r} does not fit ds_unit {unit!r}") from None
+    return ts.to_datetime64() if tz is None else ts.tz_convert(tz)
 
 
 def load_forecaster(cls: Any, path: str | os.PathLike[str]) -> Any:
@@ -185,7 +193,9 @@ def load_forecaster(cls: Any, path: str | os.PathLike[str]) -> Any:
     except ConfigError as exc:
         raise ConfigError(f"{path}: the stored forecaster's {exc}") from None
     int_ds = isinstance(step_of(fc.freq), int)
-    tz = meta.get("tz")
+    tz, unit = meta.get("tz"), meta.get("ds_unit")
+    if unit not in (None, "s", "ms", "us", "ns"):
+        raise ConfigError(f"{path}: manifest.json: ds_unit {unit!r} is not one of s, ms, us, ns")
     for i, raw in enumerate(meta["series"]):
         where = f"{path}: manifest.json: series entry {i}"
         s = _series_entry(where, raw, fc)
@@ -193,5 +203,8 @@ def load_forecaster(cls: Any, path: str | os.PathLike[str]) -> Any:
         if uid in fc._series:
             raise ConfigError(f"{where}: series {uid!r} is stored twice")
         fc._ids.append(uid)
-        fc._series[uid] = s | {"state": run.lane_state.select([i]), "ds": _stamp(where, uid, raw["ds"], int_ds, tz)}
+        fc._series[uid] = s | {
+            "state": run.lane_state.select([i]),
+            "ds": _stamp(where, uid, raw["ds"], int_ds, tz, unit),
+        }
     return fc
