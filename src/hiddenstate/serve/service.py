@@ -22,6 +22,8 @@ raises StoreUnavailableError (a 503), and what it was asked to write was not wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import time
 from collections import Counter
@@ -138,6 +140,10 @@ class Service:
             give_up=lambda o: Outcome.refusal(self._busy(o.stream_id)),
         )
         self._threads = threads
+        # The store's calls off the worker (reads, health, housekeeping) run here, not in asyncio's
+        # default executor: stop() waits for them, so the store is never closed under a running call
+        # (SQLite closed under a running statement crashes the process).
+        self.store_calls = ThreadPoolExecutor(thread_name_prefix="hiddenstate-store")
         self._sweeper: asyncio.Task[None] | None = None
         self._count: tuple[float, int] | None = None  # (loop time, streams) of the last count
 
@@ -150,9 +156,13 @@ class Service:
 
     async def stop(self) -> None:
         await self.batcher.stop()
+        loop = asyncio.get_running_loop()
         if self._sweeper is not None:
-            self._sweeper.cancel()
-        await asyncio.get_running_loop().run_in_executor(self.worker, self.store.close)
+            self._sweeper.cancel()  # its store call in flight runs on in its thread, and is waited for:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await loop.run_in_executor(None, functools.partial(self.store_calls.shutdown, wait=True))
+        await loop.run_in_executor(self.worker, self.store.close)
         self.worker.shutdown(wait=True)
 
     async def _maintenance(self) -> None:
@@ -163,7 +173,7 @@ class Service:
         while True:
             await asyncio.sleep(0.5)
             try:
-                await loop.run_in_executor(None, self.store.maintain)
+                await loop.run_in_executor(self.store_calls, self.store.maintain)
                 if self.store.ttl and loop.time() - last_sweep >= sweep_every:
                     last_sweep = loop.time()
                     await self._in_worker(self.store.sweep)
@@ -348,7 +358,7 @@ class Service:
         return {"id": stream_id, "seq": r.seq, "method": method, "forecast": served.targets_original(f).tolist()}
 
     async def get_state(self, stream_id: str) -> dict[str, Any]:
-        r = await asyncio.get_running_loop().run_in_executor(None, self._record, stream_id)
+        r = await asyncio.get_running_loop().run_in_executor(self.store_calls, self._record, stream_id)
         return {"id": stream_id, "seq": r.seq, "version": r.version, "state": self.served.state_lists(r.state)}
 
     async def put_state(
@@ -406,7 +416,7 @@ class Service:
         """Streams in the store, counted at most every 10 s (a Redis count scans every key)."""
         loop = asyncio.get_running_loop()
         if self._count is None or loop.time() - self._count[0] > 10.0:
-            self._count = (loop.time(), int(await loop.run_in_executor(None, self.store.count)))
+            self._count = (loop.time(), int(await loop.run_in_executor(self.store_calls, self.store.count)))
         return self._count[1]
 
     def durability_report(self) -> dict[str, Any]:
@@ -419,4 +429,4 @@ class Service:
         return self._durability.to_json()
 
     async def ping(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.store.ping)
+        await asyncio.get_running_loop().run_in_executor(self.store_calls, self.store.ping)
