@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import time
 from collections import Counter
@@ -158,10 +157,10 @@ class Service:
         await self.batcher.stop()
         loop = asyncio.get_running_loop()
         if self._sweeper is not None:
-            self._sweeper.cancel()  # its store call in flight runs on in its thread, and is waited for:
+            self._sweeper.cancel()  # a store call it has in flight keeps running in its thread
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        await loop.run_in_executor(None, functools.partial(self.store_calls.shutdown, wait=True))
+        await loop.run_in_executor(None, self.store_calls.shutdown)  # waits for every store call in flight
         await loop.run_in_executor(self.worker, self.store.close)
         self.worker.shutdown(wait=True)
 
