@@ -155,7 +155,7 @@ def run_hiddenstate(
     decay = {"schedule": "exponential", "gamma": args.decay, "step_size": 1} if args.decay < 1 else {}
     cfg = hs.TrainConfig(
         epochs=args.epochs, lr=args.lr, progress=False, device="cpu", seed=args.seed, threads=1,
-        patience=args.patience, **decay,
+        patience=args.patience, ema=args.ema or None, **decay,
     )  # fmt: skip
     torch_seed(args.seed)  # the weights' initialisation too
     futr = list(CALENDAR) if args.calendar else []
@@ -385,7 +385,9 @@ def bench(name: str, args: argparse.Namespace, stats: bool = True) -> list[dict[
     ours = run_hiddenstate(df, freq, cuts, season, val, args)
     print(
         f"  hiddenstate done: {ours['epochs']} epochs (best {ours['best_epoch']}), {ours['optimizer_steps']} steps "
-        f"of {ours['chunk']} rows in {ours['train_s']:.0f}s; validation CRPS {ours['val_crps']:.4f} at spread 1"
+        f"of {ours['chunk']} rows in {ours['train_s']:.0f}s"
+        + (f", weights averaged (ema {args.ema})" if args.ema else "")
+        + f"; validation CRPS {ours['val_crps']:.4f} at spread 1"
         + (
             f", {ours['val_best']:.4f} at the calibrated spread {ours['spread']:.3f} ({ours['calib_s']:.1f}s)"
             if args.calibrate
@@ -608,6 +610,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=5, help="epochs without a better val loss before stopping")
     parser.add_argument("--lr", type=float, default=3e-3, help="hiddenstate's learning rate (Adam)")
     parser.add_argument("--decay", type=float, default=0.9, help="hiddenstate's lr factor per epoch (1: constant)")
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.995,
+        help="hiddenstate's moving average of the weights, the decay per step (0: none; chosen on validation)",
+    )
     parser.add_argument("--val", type=int, default=None, help="validation rows per series (default: the test span)")
     parser.add_argument(
         "--lags", default="auto", help="target lags: auto (1-7 and 14 seasons), gluonts (DeepAR's), none, or a list"

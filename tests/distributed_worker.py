@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--other-data-rank", type=int)  # that rank gets the other lanes (ragged <-> equal)
     p.add_argument("--each-rank", action="store_true")  # every rank also writes RESULT.rank-R
     p.add_argument("--stop-rank", type=int)  # that rank's callback sets should_stop after epoch 1
+    p.add_argument("--ema", type=float)  # TrainConfig.ema
     args = p.parse_args(argv)
 
     torch.manual_seed(0)
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         keep_checkpoints=None,
         max_minutes=args.max_minutes,
+        ema=args.ema,
     )
     trainer = hs.Trainer(model, config)
     rank = int(os.environ.get("RANK", "0"))

@@ -536,3 +536,22 @@ def test_a_column_named_twice_and_a_file_given_as_a_run(csv_run: tuple[Path, Pat
     assert result.exit_code == 2 and "Invalid value for --inputs: 'load' named twice in 'load,load'" in result.stderr
     result = invoke("forecast", data)
     assert (result.exit_code, result.stderr) == (1, f"Error: {data}: is a file, not a run directory\n")
+
+
+def test_train_ema_option_is_kept_and_continued_on_resume(tmp_path: Path) -> None:
+    ok("train", "--out", tmp_path / "run", "--ema", "0.9", "--synthetic-steps", "600", *TINY)
+    assert hs.load_run(tmp_path / "run").config["ema"] == 0.9
+    checkpoint = tmp_path / "run" / "checkpoints" / "epoch-0002"
+    assert (checkpoint / "ema.safetensors").is_file()
+    ok("train", "--out", tmp_path / "run", "--resume", "--epochs", "3")  # the run's own ema, not the default
+    assert hs.load_run(tmp_path / "run").config["ema"] == 0.9
+    result = invoke("train", "--out", tmp_path / "run", "--resume", "--epochs", "4", "--ema", "0.99")
+    listing = tmp_path / "run" / "checkpoints" / "epoch-0003" / "checkpoint.json"
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"Error: {listing}: cannot resume with ema 0.99: the checkpoint was trained with 0.9; "
+        "a resumed run continues the same training (only epochs and patience may grow)\n",
+    )
+    result = invoke("train", "--out", tmp_path / "bad", "--ema", "1.5", *TINY)
+    assert result.exit_code == 2 and "Invalid value for --ema: 1.5 is not between 0 and 1" in result.stderr
+    assert not (tmp_path / "bad").exists()

@@ -217,6 +217,26 @@ def test_two_ranks_equal_one_process_with_a_likelihood_on_scaled_batches(tmp_pat
     assert max(diff.values()) < TOL, diff
 
 
+def test_two_ranks_equal_one_process_with_a_moving_average_and_resume_it(tmp_path: Path) -> None:
+    # every rank averages the same stepped weights; validation (across ranks) scores the average,
+    # and a run stopped after epoch 1 on two ranks resumes in one process with the average it saved
+    args = ("--epochs", "3", "--ragged", "--ema", "0.9")
+    _in_process("--result", str(tmp_path / "one.st"), *args)
+    _run(_torchrun(2, "--result", str(tmp_path / "two.st"), *args))
+    one = _load(tmp_path / "one.st")
+    diff = _max_diff(_load(tmp_path / "two.st"), one)
+    assert max(diff.values()) < TOL, diff
+    run = tmp_path / "run"
+    _run(_torchrun(2, "--result", str(tmp_path / "part.st"), *args, "--run-dir", str(run), "--stop-rank", "0"))
+    assert (run / "checkpoints" / "epoch-0001" / "ema.safetensors").is_file()
+    _in_process("--result", str(tmp_path / "resumed.st"), *args, "--run-dir", str(run), "--resume")
+    diff = _max_diff(_load(tmp_path / "resumed.st"), one)
+    assert max(diff.values()) < TOL, diff
+    plain = _load(tmp_path / "resumed.st")["val_loss"]  # and the average is what made the difference
+    _in_process("--result", str(tmp_path / "plain.st"), "--epochs", "3", "--ragged")
+    assert float(_load(tmp_path / "plain.st")["val_loss"]) != pytest.approx(float(plain), rel=1e-4)
+
+
 def test_a_distributed_run_loads_in_one_plain_process(two_ranks_ragged: tuple) -> None:
     run_dir, result = two_ranks_ragged
     run = hs.load_run(run_dir)

@@ -69,6 +69,7 @@ def _message(run: Path, field: str, given: Any, saved: Any, why: str = "") -> st
         ("seed", 1),
         ("restore_best", False),
         ("patience", 2),
+        ("ema", 0.99),
     ],
 )
 def test_a_changed_field_is_refused_naming_it_and_both_values(tmp_path: Path, field: str, value: Any) -> None:

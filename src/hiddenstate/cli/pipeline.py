@@ -162,6 +162,7 @@ def prepare_training(
     progress: bool,
     backend: str = "torch",
     precision: str = "fp32",
+    ema: float | None = None,
 ) -> TrainJob:
     """Read the data, fit the scalers on the train split, lay out the batches and build the model.
 
@@ -221,6 +222,7 @@ def prepare_training(
         lr=settings.lr,
         loss=settings.loss,
         patience=patience,
+        ema=ema,
         state_policy=policy,
         seed=settings.seed,
         device=device,

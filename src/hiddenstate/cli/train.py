@@ -108,6 +108,13 @@ def train(
     patience: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many epochs without a better val loss.")
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            help="Validate and keep a moving average of the weights with this decay per optimizer step "
+            "(e.g. 0.995; between 0 and 1)."
+        ),
+    ] = None,
     horizon: Annotated[
         int, typer.Option(min=1, help="Forecast horizon for the test evaluation and the direct head.")
     ] = DEFAULTS.horizon,
@@ -141,6 +148,8 @@ def train(
         )
     if lr <= 0:
         raise typer.BadParameter(f"{lr} is not above 0", param_hint="--lr")
+    if ema is not None and not 0 < ema < 1:
+        raise typer.BadParameter(f"{ema} is not between 0 and 1 (a decay such as 0.995)", param_hint="--ema")
     out = out if out is not None else Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     resume = resume or (restarted() and pipeline.holds_run(out))  # torchrun restarted the group: continue
     settings = RunSettings(
@@ -173,6 +182,8 @@ def train(
             epochs = saved.get("epochs", epochs) if isinstance(saved.get("epochs"), int) else epochs
         if ctx.get_parameter_source("patience") != ParameterSource.COMMANDLINE:
             patience = saved.get("patience") if isinstance(saved.get("patience"), int) else patience
+        if ctx.get_parameter_source("ema") != ParameterSource.COMMANDLINE:
+            ema = saved.get("ema") if isinstance(saved.get("ema"), float) else ema
     elif pipeline.holds_run(out):
         raise typer.BadParameter(
             f"{out} already holds a run; pass --resume to continue it, or choose another --out", param_hint="--out"
@@ -182,6 +193,7 @@ def train(
         settings,
         epochs=epochs,
         patience=patience,
+        ema=ema,
         device=device,
         threads=threads,
         progress=sys.stderr.isatty(),

@@ -17,6 +17,7 @@ A run directory holds everything needed to rebuild and continue a model::
           rng.safetensors        torch CPU/CUDA generator states (uint8)
           lane_state.safetensors the carried lane state (when there is one)
           best.safetensors       the best epoch's weights (when validated)
+          ema.safetensors        the moving average of the weights (with TrainConfig.ema)
         epoch-0004/
 
 Crash safety: a single file is replaced by temp file, fsync, rename, fsync of the directory
@@ -368,6 +369,7 @@ class Checkpoint:
     lane_state: State | None
     best_weights: dict[str, torch.Tensor] | None
     trainer: dict[str, Any]
+    ema_weights: dict[str, torch.Tensor] | None = None  # TrainConfig.ema's average, to continue it
     rank_rng: list[dict[str, Any]] | None = None  # every rank's generators, for a distributed run
     distributed: dict[str, Any] | None = None  # world_size, lane_ranks, blocks
 
@@ -391,6 +393,7 @@ def save_checkpoint(
     trainer: Mapping[str, Any],
     lane_state: State | None = None,
     best_weights: Mapping[str, torch.Tensor] | None = None,
+    ema_weights: Mapping[str, torch.Tensor] | None = None,
     keep: int | None = None,
     rank_rng: Sequence[bytes] | None = None,
     distributed: Mapping[str, Any] | None = None,
@@ -419,6 +422,8 @@ def save_checkpoint(
         files["lane_state.safetensors"] = state_bytes(lane_state)
     if best_weights is not None:
         files["best.safetensors"] = tensor_bytes(best_weights, {"fingerprint": spec.fingerprint()})
+    if ema_weights is not None:
+        files["ema.safetensors"] = tensor_bytes(ema_weights, {"fingerprint": spec.fingerprint()})
     for r, blob in enumerate(rank_rng or ()):
         files[f"rng-rank-{r}.safetensors"] = blob
     meta = {
@@ -506,6 +511,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module | None = N
     if "best.safetensors" in blobs:
         best, _ = parse_tensors(folder / "best.safetensors", blobs["best.safetensors"])
         check_tensors(folder / "best.safetensors", best, shape)
+    ema = None
+    if "ema.safetensors" in blobs:
+        ema, _ = parse_tensors(folder / "ema.safetensors", blobs["ema.safetensors"])
+        check_tensors(folder / "ema.safetensors", ema, shape)
     return Checkpoint(
         path=folder,
         epoch=epoch,
@@ -515,6 +524,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, model: nn.Module | None = N
         rng=rng,
         lane_state=lane_state,
         best_weights=best,
+        ema_weights=ema,
         trainer=dict(meta.get("trainer") or {}),
         rank_rng=_rank_rng(folder, blobs) or None,
         distributed=meta.get("distributed"),

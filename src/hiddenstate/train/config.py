@@ -49,6 +49,8 @@ class TrainConfig:
     gamma: float = 0.5
     patience: int | None = None  # early stopping: epochs without a better val loss
     restore_best: bool = True  # with validation, end with the best epoch's weights
+    ema: float | None = None  # decay of an exponential moving average of the weights, updated after
+    # every optimizer step; validation, the best epoch and the final weights then use the average
     state_policy: str = "carry"
     detach_every: int = 1  # chunks per backward/optimizer step and state detach
     seed: int = 0
@@ -82,6 +84,10 @@ class TrainConfig:
                 _positive(name, getattr(self, name))
         if not isinstance(self.weight_decay, int | float) or not self.weight_decay >= 0:
             raise ConfigError(f"TrainConfig.weight_decay: expected a number >= 0, got {self.weight_decay!r}")
+        if self.ema is not None and (
+            isinstance(self.ema, bool) or not isinstance(self.ema, int | float) or not 0 < self.ema < 1
+        ):
+            raise ConfigError(f"TrainConfig.ema: expected None or a decay in (0, 1), such as 0.995; got {self.ema!r}")
         if not isinstance(self.gamma, int | float) or not 0 < self.gamma <= 1:
             raise ConfigError(f"TrainConfig.gamma: expected a number in (0, 1], got {self.gamma!r}")
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from hiddenstate import distributed
 from hiddenstate.data.lanes import Batch
@@ -112,7 +113,8 @@ class Trainer:
     Each epoch starts every lane from the model's initial state, since the data starts over.
     ``fit`` returns a :class:`History`; ``lane_state`` is the State carried by every training lane
     at the end of the last epoch trained (detached; with ``restore_best`` the weights may come
-    from an earlier epoch than this state). Callbacks are called as ``callback(trainer, row)``
+    from an earlier epoch than this state, and with ``config.ema`` they are the moving average, while
+    this state was carried by the weights that trained). Callbacks are called as ``callback(trainer, row)``
     after each epoch; setting ``trainer.should_stop = True`` ends training after that epoch.
     """
 
@@ -157,6 +159,7 @@ class Trainer:
         self.epoch = 0  # finished epochs
         self.should_stop = False
         self._best_weights: dict[str, torch.Tensor] | None = None
+        self._ema: AveragedModel | None = None  # the moving average of the weights (config.ema)
         self._zeros: State | None = None
         self._deadline: float | None = None  # perf_counter() at which fit() stops (config.max_minutes)
         self._net = self.distributed.wrap(self.model) if self.distributed else self.model  # trains through DDP
@@ -198,6 +201,7 @@ class Trainer:
             if dist is not None:
                 dist.seed(cfg.seed)
             self.epoch, self.history, self._best_weights, self.lane_state = 0, History(), None, None
+            self._ema = self._new_average()
         self.should_stop = False
         self._layout = batch_layout(layout_of)  # saved with each checkpoint, checked on resume
         self._deadline = None if cfg.max_minutes is None else time.perf_counter() + cfg.max_minutes * 60
@@ -207,19 +211,20 @@ class Trainer:
                 start = time.perf_counter()
                 train_loss, sample_steps = self._train_epoch(train_batches, bar)
                 train_seconds = time.perf_counter() - start
-                val_loss = self.evaluate(val_batches)["loss"] if val_batches is not None else None
-                bar.show_val(val_loss)
-                self.epoch += 1
-                row = {
-                    "epoch": self.epoch,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "lr": lr,
-                    "seconds": time.perf_counter() - start,
-                    "sample_steps_per_s": sample_steps / max(train_seconds, 1e-9),
-                }
-                self.history.rows.append(row)
-                self._early_stopping(val_loss)
+                with self._averaged():  # with config.ema, validated and kept as best: the average
+                    val_loss = self.evaluate(val_batches)["loss"] if val_batches is not None else None
+                    bar.show_val(val_loss)
+                    self.epoch += 1
+                    row = {
+                        "epoch": self.epoch,
+                        "train_loss": train_loss,
+                        "val_loss": val_loss,
+                        "lr": lr,
+                        "seconds": time.perf_counter() - start,
+                        "sample_steps_per_s": sample_steps / max(train_seconds, 1e-9),
+                    }
+                    self.history.rows.append(row)
+                    self._early_stopping(val_loss)
                 if run is not None:
                     self._save(run)
                 for callback in callbacks:
@@ -228,7 +233,31 @@ class Trainer:
                     self.should_stop = dist.any(self.should_stop)
         if self._best_weights is not None and cfg.restore_best:
             self.model.load_state_dict(self._best_weights)
+        elif self._ema is not None:
+            self.model.load_state_dict(self._ema.module.state_dict())
         return self.history
+
+    def _new_average(self) -> AveragedModel | None:
+        """A fresh moving average of the model's weights (``config.ema``), or None without one;
+        its first update copies the weights after the first optimizer step."""
+        if self.config.ema is None:
+            return None
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema), use_buffers=True)
+
+    @contextmanager
+    def _averaged(self) -> Iterator[None]:
+        """The averaged weights in the model for the block, the trained ones back after it; a
+        no-op without ``config.ema`` or before the first update."""
+        ema = self._ema
+        if ema is None or int(ema.n_averaged) == 0:
+            yield
+            return
+        live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(live)
 
     def _train_epoch(self, batches: Iterable[Any], bar: Progress) -> tuple[float, int]:
         cfg, model, dist = self.config, self.model, self.distributed
@@ -339,6 +368,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(self._params, self.config.clip)
         self._scaler.step(self.optimizer)
         self._scaler.update()
+        if self._ema is not None:
+            self._ema.update_parameters(self.model)
 
     def evaluate(self, batches: Iterable[Any]) -> dict[str, float]:
         """Mean loss, MSE and MAE over the valid elements of ``batches``, carrying state by the
@@ -506,9 +537,10 @@ class Trainer:
             model=self.model,
             optimizer=self.optimizer,
             train_config=self.config.to_json(),
-            trainer={"history": self.history.to_json(), "layout": self._layout},
+            trainer={"history": self.history.to_json(), "layout": self._layout, **self._ema_count()},
             lane_state=self.lane_state,
             best_weights=self._best_weights,
+            ema_weights=self._ema.module.state_dict() if self._ema is not None else None,
             keep=self.config.keep_checkpoints,
             rank_rng=rank_rng,
             distributed=dist.layout() if dist is not None else None,
@@ -541,6 +573,7 @@ class Trainer:
         self._best_weights = (
             None if ckpt.best_weights is None else {k: v.to(self.device) for k, v in ckpt.best_weights.items()}
         )
+        self._ema = self._resume_average(ckpt)
         if self.distributed is not None:  # this rank's own generators when the ranks are as many
             self.distributed.restore_rng(ckpt.rank_rng, ckpt.rng, self.config.seed)
             if not self.distributed.is_main:
@@ -549,6 +582,24 @@ class Trainer:
             checkpoint.restore_rng(ckpt.rng)
         checkpoint.remove_stale_temp_files(run, "metrics.csv")
         checkpoint.atomic_write(run / "metrics.csv", _metrics_csv(self.history.rows))
+
+    def _ema_count(self) -> dict[str, int]:
+        return {} if self._ema is None else {"ema_updates": int(self._ema.n_averaged)}
+
+    def _resume_average(self, ckpt: Any) -> AveragedModel | None:
+        """The moving average as the checkpoint left it: its weights and how many steps it holds."""
+        ema = self._new_average()
+        if ema is None:
+            return None
+        count = ckpt.trainer.get("ema_updates")
+        if ckpt.ema_weights is None or isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            what = "no ema.safetensors" if ckpt.ema_weights is None else f"ema_updates {count!r}, not an int >= 0"
+            raise CheckpointError(
+                f"{ckpt.path}: trained with ema={self.config.ema} but holds {what}; the moving average cannot continue"
+            )
+        ema.module.load_state_dict({k: v.to(self.device) for k, v in ckpt.ema_weights.items()})
+        ema.n_averaged.fill_(count)
+        return ema
 
     @contextmanager
     def _threads(self) -> Iterator[None]:
