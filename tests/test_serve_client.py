@@ -10,10 +10,12 @@ import pytest
 import torch
 
 import hiddenstate as hs
-from hiddenstate.errors import SequenceGapError, StreamNotFoundError, VersionConflictError
+from hiddenstate.errors import SequenceGapError, StoreUnavailableError, StreamNotFoundError, VersionConflictError
 from hiddenstate.runs.run import load_run
 from hiddenstate.serve import Limits, ServedModel, Service, create_app, open_store
+from hiddenstate.serve import client as client_module
 from hiddenstate.serve.client import Answer, Client, RequestError
+from hiddenstate.serve.stores.sqlite import SQLiteStore
 from hiddenstate.serve.testing import ThreadServer, demo_run
 
 
@@ -160,3 +162,65 @@ def test_a_put_whose_answer_was_lost_is_not_sent_again(client: Client) -> None:
 def test_a_retry_count_that_is_not_a_whole_number_from_0_is_refused(retries: object) -> None:
     with pytest.raises(hs.ConfigError, match=f"^Client: retries must be an int >= 0, got {retries!r}$"):
         Client(retries=retries)  # type: ignore[arg-type]
+
+
+class DownForWrites(SQLiteStore):
+    """A real SQLite store whose next ``down`` writes fail as a store that is down would, before
+    anything is written; counts every write asked of it."""
+
+    def __init__(self, path, down: int) -> None:
+        super().__init__(path)
+        self.down, self.asked = down, 0
+
+    def write(self, writes):  # type: ignore[no-untyped-def]
+        self.asked += 1
+        if self.down > 0:
+            self.down -= 1
+            raise StoreUnavailableError(self.url, "disk I/O error")
+        return super().write(writes)
+
+
+@pytest.fixture
+def down_server(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[DownForWrites, str, list[float]]]:
+    """A real server over a store that is down for its first two writes; the client's sleeps are
+    recorded instead of slept."""
+    store = DownForWrites(tmp_path / "s.db", down=2)
+    service = Service(ServedModel.from_run(load_run(demo_run(tmp_path / "run"))), store, limits=Limits(max_steps=8))
+    slept: list[float] = []
+    monkeypatch.setattr(client_module, "sleep", slept.append)
+    with ThreadServer(create_app(service)) as server:
+        yield store, server.url, slept
+
+
+def test_a_store_that_is_down_is_retried_after_its_retry_after(down_server) -> None:
+    store, url, slept = down_server
+    with Client(url, retries=2) as c:
+        answer = c.observe("d-1", 1, [[50.0, 40.0]])
+        assert answer.seq == 1 and not answer.replayed  # applied once, by the third attempt
+        assert store.asked == 3 and slept == [1.0, 1.0]  # the service's Retry-After: 1
+        assert c.get_state("d-1").seq == 1
+        # a PUT is not sent again: a store that broke off after writing answers 503 as well
+        store.down = 1
+        with pytest.raises(RequestError) as refused:
+            c.put_state("d-1", c.get_state("d-1").tensors, seq=4)
+        assert refused.value.status == 503 and store.asked == 4 and slept == [1.0, 1.0]
+        assert c.get_state("d-1").seq == 1
+
+
+def test_a_store_that_stays_down_raises_its_503_after_the_retries(down_server) -> None:
+    store, url, slept = down_server
+    with Client(url, retries=1, max_wait=0.25) as c:
+        with pytest.raises(RequestError) as refused:
+            c.observe("d-2", 1, [[50.0, 40.0]])
+        assert (refused.value.status, refused.value.error) == (503, "store_unavailable")
+        assert store.asked == 2 and slept == [0.25]  # Retry-After capped at max_wait
+        with pytest.raises(StreamNotFoundError):
+            c.get_state("d-2")  # nothing was written
+    with Client(url, retries=0) as c:  # the store is back, but retries=0 never waits
+        assert c.observe("d-2", 1, [[50.0, 40.0]]).seq == 1 and slept == [0.25]
+
+
+@pytest.mark.parametrize("max_wait", [-1, float("inf"), float("nan"), True, "1"])
+def test_a_max_wait_that_is_not_a_number_of_seconds_is_refused(max_wait: object) -> None:
+    with pytest.raises(hs.ConfigError, match=f"^Client: max_wait must be a number of seconds >= 0, got {max_wait!r}$"):
+        Client(max_wait=max_wait)  # type: ignore[arg-type]

@@ -15,8 +15,10 @@ says so, so retrying a request whose answer was lost is always safe.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from time import sleep
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from hiddenstate.errors import (
     RequestError,
     SequenceGapError,
     ServeError,
+    StoreUnavailableError,
     StreamNotFoundError,
     VersionConflictError,
     error_for_code,
@@ -103,6 +106,13 @@ class Client:
     was lost would be applied again over whatever came after it (an observe another client was
     answered for), or, with a ``version``, refused as a conflict although it was applied; the
     error is raised instead, and :meth:`get_state` tells what the store holds.
+
+    A 503 ``store_unavailable`` or ``store_busy`` (the store is down or lost its compare-and-set
+    tries) is sent again after the ``Retry-After`` seconds it names, at most ``max_wait`` each, up
+    to ``retries`` times, except a PUT or DELETE: a store whose connection broke just after it
+    wrote answers 503 too, which the seq makes safe for an observe (the retry is a replay) and
+    nothing makes safe for a PUT. When the store stays down, the last refusal is raised as a
+    :class:`RequestError` with status 503.
     """
 
     def __init__(
@@ -111,26 +121,38 @@ class Client:
         *,
         timeout: float = 30.0,
         retries: int = 2,
+        max_wait: float = 30.0,
         http: httpx.Client | None = None,
     ) -> None:
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"Client: retries must be an int >= 0, got {retries!r}")
+        if isinstance(max_wait, bool) or not isinstance(max_wait, int | float) or not 0 <= max_wait < math.inf:
+            raise ConfigError(f"Client: max_wait must be a number of seconds >= 0, got {max_wait!r}")
         self.base_url = base_url.rstrip("/")
         self.retries = retries
+        self.max_wait = float(max_wait)
         self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
         self._owns = http is None
 
     def _call(
         self, method: str, path: str, body: Any = None, *, stream_id: str | None = None, seq: int | None = None
     ) -> httpx.Response:
-        attempts = 1 if method in ("PUT", "DELETE") else 1 + self.retries
-        for attempt in range(attempts):
+        # after a dropped connection, or a refusal that says to try again later: never a PUT or
+        # DELETE, which a store that broke off after writing may have applied (no seq guards them)
+        resends = waits = 0 if method in ("PUT", "DELETE") else self.retries
+        while True:
             try:
                 response = self._http.request(method, f"{self.base_url}{path}", json=body)
-                break
             except (httpx.ReadError, httpx.RemoteProtocolError):
-                if attempt == attempts - 1:
+                if resends == 0:
                     raise
+                resends -= 1
+                continue
+            wait = self._retry_after(response)
+            if wait is None or waits == 0:
+                break
+            waits -= 1
+            sleep(wait)
         if response.status_code >= 400:
             try:
                 data = response.json()
@@ -144,6 +166,21 @@ class Client:
         from urllib.parse import quote
 
         return f"/v1/streams/{quote(stream_id, safe='')}"
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        """The seconds to wait before sending again, for the service's 503 ``store_unavailable``
+        with a ``Retry-After`` in seconds (capped at ``max_wait``); None for any other answer."""
+        if response.status_code != 503 or "retry-after" not in response.headers:
+            return None
+        try:
+            code = response.json().get("error")
+            seconds = float(response.headers["retry-after"])
+        except (ValueError, AttributeError):
+            return None
+        kind = error_for_code(str(code))
+        if kind is None or not issubclass(kind, StoreUnavailableError) or not 0 <= seconds < math.inf:
+            return None
+        return min(seconds, self.max_wait)
 
     def observe(
         self, stream_id: str, seq: int, values: Sequence[Sequence[float]] | np.ndarray, *, horizon: int | None = None
