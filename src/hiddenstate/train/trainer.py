@@ -211,20 +211,20 @@ class Trainer:
                 start = time.perf_counter()
                 train_loss, sample_steps = self._train_epoch(train_batches, bar)
                 train_seconds = time.perf_counter() - start
-                with self._averaged():  # with config.ema, validated and kept as best: the average
+                with self._averaged():  # with config.ema, validation scores the average
                     val_loss = self.evaluate(val_batches)["loss"] if val_batches is not None else None
-                    bar.show_val(val_loss)
-                    self.epoch += 1
-                    row = {
-                        "epoch": self.epoch,
-                        "train_loss": train_loss,
-                        "val_loss": val_loss,
-                        "lr": lr,
-                        "seconds": time.perf_counter() - start,
-                        "sample_steps_per_s": sample_steps / max(train_seconds, 1e-9),
-                    }
-                    self.history.rows.append(row)
-                    self._early_stopping(val_loss)
+                bar.show_val(val_loss)
+                self.epoch += 1
+                row = {
+                    "epoch": self.epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "lr": lr,
+                    "seconds": time.perf_counter() - start,
+                    "sample_steps_per_s": sample_steps / max(train_seconds, 1e-9),
+                }
+                self.history.rows.append(row)
+                self._early_stopping(val_loss)
                 if run is not None:
                     self._save(run)
                 for callback in callbacks:
@@ -234,7 +234,7 @@ class Trainer:
         if self._best_weights is not None and cfg.restore_best:
             self.model.load_state_dict(self._best_weights)
         elif self._ema is not None:
-            self.model.load_state_dict(self._ema.module.state_dict())
+            self.model.load_state_dict(self._validated().state_dict())
         return self.history
 
     def _new_average(self) -> AveragedModel | None:
@@ -244,16 +244,22 @@ class Trainer:
             return None
         return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.config.ema), use_buffers=True)
 
+    def _validated(self) -> nn.Module:
+        """What validation scores and early stopping keeps: the moving average once it holds a
+        step (``config.ema``), else the model's own weights."""
+        ema = self._ema
+        return ema.module if ema is not None and int(ema.n_averaged) > 0 else self.model
+
     @contextmanager
     def _averaged(self) -> Iterator[None]:
         """The averaged weights in the model for the block, the trained ones back after it; a
-        no-op without ``config.ema`` or before the first update."""
-        ema = self._ema
-        if ema is None or int(ema.n_averaged) == 0:
+        no-op when :meth:`_validated` is the model itself."""
+        validated = self._validated()
+        if validated is self.model:
             yield
             return
         live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(ema.module.state_dict())
+        self.model.load_state_dict(validated.state_dict())
         try:
             yield
         finally:
@@ -518,7 +524,7 @@ class Trainer:
             return
         if h.best_val_loss is None or val_loss < h.best_val_loss:
             h.best_epoch, h.best_val_loss, h.bad_epochs = self.epoch, val_loss, 0
-            self._best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._best_weights = {k: v.detach().clone() for k, v in self._validated().state_dict().items()}
             return
         h.bad_epochs += 1
         if self.config.patience is not None and h.bad_epochs >= self.config.patience:
